@@ -1,0 +1,86 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// FieldError is one problem found in an input file, located by the file and
+// the YAML path of the field, with what is wrong and, where known, the fix.
+// It never carries the value of the field: values may be key material.
+type FieldError struct {
+	File   string // the file, as the user named it ("cluster.yml")
+	Field  string // YAML path ("services.kube-api.secrets_encryption_config.enabled"); empty for the whole file
+	Detail string // what is wrong and how to fix it
+}
+
+func (e *FieldError) Error() string {
+	switch {
+	case e.File == "" && e.Field == "":
+		return e.Detail
+	case e.Field == "":
+		return e.File + ": " + e.Detail
+	case e.File == "":
+		return e.Field + ": " + e.Detail
+	}
+	return e.File + ": " + e.Field + ": " + e.Detail
+}
+
+// Errors is every problem found in one validation pass. Validation collects
+// all of them, so that one run of `atrest validate` shows everything to fix.
+type Errors []*FieldError
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Err returns es as an error, or nil when there is nothing in it.
+func (es Errors) Err() error {
+	if len(es) == 0 {
+		return nil
+	}
+	return es
+}
+
+// AsErrors returns the field errors inside err: the list when err is (or
+// wraps) an Errors or a *FieldError, or nil.
+func AsErrors(err error) Errors {
+	var es Errors
+	if errors.As(err, &es) {
+		return es
+	}
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		return Errors{fe}
+	}
+	return nil
+}
+
+// errorList accumulates field errors for one file.
+type errorList struct {
+	file string
+	errs Errors
+}
+
+func (l *errorList) add(field, format string, args ...any) {
+	l.errs = append(l.errs, &FieldError{File: l.file, Field: field, Detail: fmt.Sprintf(format, args...)})
+}
+
+func (l *errorList) addAll(es Errors) { l.errs = append(l.errs, es...) }
+
+func joinPath(parent, child string) string {
+	switch {
+	case parent == "":
+		return child
+	case child == "":
+		return parent
+	case strings.HasPrefix(child, "["):
+		return parent + child
+	}
+	return parent + "." + child
+}

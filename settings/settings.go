@@ -1,0 +1,431 @@
+// Package settings is atrest's runtime settings: how it reaches Git, Vault,
+// etcd, the Kubernetes API and the nodes, where it keeps snapshots and what
+// it listens on. These are not policy and do not live in Git. A setting is
+// taken from its flag, else its ATREST_* environment variable, else the YAML
+// file given by --settings, else its default. Secrets are never values here:
+// only paths to files (or, for Vault, the standard VAULT_TOKEN variable).
+package settings
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
+)
+
+// Settings is every runtime setting. The YAML keys are the dotted names in
+// the field table (git.url, vault.authMethod, ...).
+type Settings struct {
+	Git        Git        `json:"git"`
+	Vault      Vault      `json:"vault"`
+	Etcd       Etcd       `json:"etcd"`
+	Kubernetes Kubernetes `json:"kubernetes"`
+	SSH        SSH        `json:"ssh"`
+	Snapshots  Snapshots  `json:"snapshots"`
+	Listen     Listen     `json:"listen"`
+	Log        Log        `json:"log"`
+
+	// sources records where each set value came from, for error messages.
+	sources map[string]string
+}
+
+// Git is the repository that holds cluster.yml and atrest.yaml.
+type Git struct {
+	URL                             string        `json:"url"`
+	Ref                             string        `json:"ref"`
+	Path                            string        `json:"path"`
+	SSHKeyFile                      string        `json:"sshKeyFile"`
+	KnownHostsFile                  string        `json:"knownHostsFile"`
+	Username                        string        `json:"username"`
+	PasswordFile                    string        `json:"passwordFile"`
+	BearerTokenFile                 string        `json:"bearerTokenFile"`
+	CAFile                          string        `json:"caFile"`
+	Interval                        time.Duration `json:"interval"`
+	InsecureSkipHostKeyVerification bool          `json:"insecureSkipHostKeyVerification"`
+	InsecureSkipTLSVerify           bool          `json:"insecureSkipTLSVerify"`
+}
+
+// Vault is where the keys, the journal and the lock live.
+type Vault struct {
+	Address             string `json:"address"`
+	CAFile              string `json:"caFile"`
+	ClientCertFile      string `json:"clientCertFile"`
+	ClientKeyFile       string `json:"clientKeyFile"`
+	Namespace           string `json:"namespace"`
+	AuthMethod          string `json:"authMethod"`
+	TokenFile           string `json:"tokenFile"`
+	AppRoleMount        string `json:"approleMount"`
+	AppRoleID           string `json:"approleRoleID"`
+	AppRoleSecretIDFile string `json:"approleSecretIDFile"`
+	AppRoleWrapped      bool   `json:"approleWrapped"`
+	KubernetesMount     string `json:"kubernetesMount"`
+	KubernetesRole      string `json:"kubernetesRole"`
+	KubernetesTokenFile string `json:"kubernetesTokenFile"`
+	KVMount             string `json:"kvMount"`
+	Prefix              string `json:"prefix"`
+}
+
+// Etcd is the cluster's etcd, for snapshots and the census.
+type Etcd struct {
+	Endpoints []string `json:"endpoints"`
+	CAFile    string   `json:"caFile"`
+	CertFile  string   `json:"certFile"`
+	KeyFile   string   `json:"keyFile"`
+}
+
+// Kubernetes is the cluster's API, for the rewrite and the canary.
+type Kubernetes struct {
+	Kubeconfig string  `json:"kubeconfig"`
+	InCluster  bool    `json:"inCluster"`
+	QPS        float64 `json:"qps"`
+	Burst      int     `json:"burst"`
+}
+
+// SSH is how atrest reaches the controlplane nodes of cluster.yml.
+type SSH struct {
+	KeyFile                         string        `json:"keyFile"`
+	KnownHostsFile                  string        `json:"knownHostsFile"`
+	Timeout                         time.Duration `json:"timeout"`
+	InsecureSkipHostKeyVerification bool          `json:"insecureSkipHostKeyVerification"`
+}
+
+// Snapshots is where etcd snapshots and their manifests are kept.
+type Snapshots struct {
+	Dir string `json:"dir"`
+}
+
+// Listen is what the daemon serves.
+type Listen struct {
+	Metrics           string `json:"metrics"`
+	Webhook           string `json:"webhook"`
+	WebhookSecretFile string `json:"webhookSecretFile"`
+}
+
+// Log is the shape of atrest's own logs.
+type Log struct {
+	Format string `json:"format"`
+	Level  string `json:"level"`
+}
+
+// Vault auth methods.
+const (
+	AuthToken      = "token"
+	AuthAppRole    = "approle"
+	AuthKubernetes = "kubernetes"
+)
+
+// Default returns the settings before any flag, variable or file.
+func Default() *Settings {
+	return &Settings{
+		Git:        Git{Ref: "main", Path: ".", Interval: time.Minute},
+		Vault:      Vault{AuthMethod: AuthToken, AppRoleMount: "approle", KubernetesMount: "kubernetes", KubernetesTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token", KVMount: "secret", Prefix: "atrest"},
+		Kubernetes: Kubernetes{QPS: 200, Burst: 400},
+		SSH:        SSH{Timeout: 30 * time.Second},
+		Listen:     Listen{Metrics: "127.0.0.1:9795"},
+		Log:        Log{Format: "text", Level: "info"},
+	}
+}
+
+// field is one setting: its dotted YAML name, its help, and where it lives.
+type field struct {
+	key  string
+	help string
+	ptr  any
+}
+
+func (s *Settings) fields() []field {
+	return []field{
+		{"git.url", "Git repository holding cluster.yml: ssh://, git@host:path, https:// or a local path", &s.Git.URL},
+		{"git.ref", "branch, tag (refs/tags/NAME or NAME) or full commit hash to follow", &s.Git.Ref},
+		{"git.path", "folder inside the repository that holds cluster.yml and atrest.yaml", &s.Git.Path},
+		{"git.sshKeyFile", "file with the SSH private key for Git over SSH (empty: use the SSH agent)", &s.Git.SSHKeyFile},
+		{"git.knownHostsFile", "known_hosts file that verifies the Git server's SSH host key", &s.Git.KnownHostsFile},
+		{"git.username", "user name for Git over HTTPS", &s.Git.Username},
+		{"git.passwordFile", "file with the password for Git over HTTPS", &s.Git.PasswordFile},
+		{"git.bearerTokenFile", "file with a bearer token for Git over HTTPS", &s.Git.BearerTokenFile},
+		{"git.caFile", "PEM bundle of CAs that verify the Git server over HTTPS", &s.Git.CAFile},
+		{"git.interval", "how often to poll the Git source", &s.Git.Interval},
+		{"git.insecureSkipHostKeyVerification", "DANGEROUS: accept any SSH host key from the Git server", &s.Git.InsecureSkipHostKeyVerification},
+		{"git.insecureSkipTLSVerify", "DANGEROUS: accept any TLS certificate from the Git server", &s.Git.InsecureSkipTLSVerify},
+
+		{"vault.address", "Vault address (default: VAULT_ADDR)", &s.Vault.Address},
+		{"vault.caFile", "PEM bundle of CAs that verify Vault (default: VAULT_CACERT)", &s.Vault.CAFile},
+		{"vault.clientCertFile", "client certificate for Vault TLS (default: VAULT_CLIENT_CERT)", &s.Vault.ClientCertFile},
+		{"vault.clientKeyFile", "client key for Vault TLS (default: VAULT_CLIENT_KEY)", &s.Vault.ClientKeyFile},
+		{"vault.namespace", "Vault Enterprise namespace (default: VAULT_NAMESPACE)", &s.Vault.Namespace},
+		{"vault.authMethod", "how atrest logs in to Vault: token, approle or kubernetes", &s.Vault.AuthMethod},
+		{"vault.tokenFile", "file with the Vault token, for authMethod token (default: VAULT_TOKEN)", &s.Vault.TokenFile},
+		{"vault.approleMount", "mount path of the AppRole auth method", &s.Vault.AppRoleMount},
+		{"vault.approleRoleID", "AppRole role id", &s.Vault.AppRoleID},
+		{"vault.approleSecretIDFile", "file with the AppRole secret id", &s.Vault.AppRoleSecretIDFile},
+		{"vault.approleWrapped", "the secret id file holds a response-wrapping token to unwrap", &s.Vault.AppRoleWrapped},
+		{"vault.kubernetesMount", "mount path of the Kubernetes auth method", &s.Vault.KubernetesMount},
+		{"vault.kubernetesRole", "Vault role for Kubernetes auth", &s.Vault.KubernetesRole},
+		{"vault.kubernetesTokenFile", "service-account token file, re-read at every login", &s.Vault.KubernetesTokenFile},
+		{"vault.kvMount", "mount path of the KV v2 secrets engine holding the keyrings", &s.Vault.KVMount},
+		{"vault.prefix", "path prefix of atrest's data inside the KV mount", &s.Vault.Prefix},
+
+		{"etcd.endpoints", "etcd client URLs, comma-separated", &s.Etcd.Endpoints},
+		{"etcd.caFile", "CA that verifies etcd", &s.Etcd.CAFile},
+		{"etcd.certFile", "client certificate for etcd", &s.Etcd.CertFile},
+		{"etcd.keyFile", "client key for etcd", &s.Etcd.KeyFile},
+
+		{"kubernetes.kubeconfig", "kubeconfig for the cluster's API", &s.Kubernetes.Kubeconfig},
+		{"kubernetes.inCluster", "use the pod's service account to reach the cluster's API", &s.Kubernetes.InCluster},
+		{"kubernetes.qps", "client requests per second for the rewrite", &s.Kubernetes.QPS},
+		{"kubernetes.burst", "client burst for the rewrite", &s.Kubernetes.Burst},
+
+		{"ssh.keyFile", "SSH private key for the nodes; overrides cluster.yml's ssh_key_path", &s.SSH.KeyFile},
+		{"ssh.knownHostsFile", "known_hosts file that verifies every node's SSH host key", &s.SSH.KnownHostsFile},
+		{"ssh.timeout", "timeout of each SSH or Docker call to a node", &s.SSH.Timeout},
+		{"ssh.insecureSkipHostKeyVerification", "DANGEROUS: accept any SSH host key from the nodes", &s.SSH.InsecureSkipHostKeyVerification},
+
+		{"snapshots.dir", "directory for etcd snapshots and their manifests", &s.Snapshots.Dir},
+
+		{"listen.metrics", "address for /metrics, /healthz and /readyz", &s.Listen.Metrics},
+		{"listen.webhook", "address for the Git webhook (empty: no webhook)", &s.Listen.Webhook},
+		{"listen.webhookSecretFile", "file with the webhook's HMAC secret", &s.Listen.WebhookSecretFile},
+
+		{"log.format", "log format: text or json", &s.Log.Format},
+		{"log.level", "log level: debug, info, warn or error", &s.Log.Level},
+	}
+}
+
+// EnvName is the environment variable of a setting: git.sshKeyFile is
+// ATREST_GIT_SSH_KEY_FILE.
+func EnvName(key string) string { return "ATREST_" + strings.ToUpper(words(key, "_")) }
+
+// FlagName is the flag of a setting: git.sshKeyFile is --git-ssh-key-file.
+func FlagName(key string) string { return strings.ToLower(words(key, "-")) }
+
+// words splits a dotted camelCase key into words joined by sep. Runs of
+// capitals stay one word (approleRoleID -> approle-role-id).
+func words(key, sep string) string {
+	var b strings.Builder
+	r := []rune(key)
+	for i, c := range r {
+		switch {
+		case c == '.':
+			b.WriteString(sep)
+			continue
+		case c >= 'A' && c <= 'Z' && i > 0 && r[i-1] != '.':
+			prevLower := r[i-1] >= 'a' && r[i-1] <= 'z'
+			nextLower := i+1 < len(r) && r[i+1] >= 'a' && r[i+1] <= 'z'
+			if prevLower || (nextLower && r[i-1] >= 'A' && r[i-1] <= 'Z') {
+				b.WriteString(sep)
+			}
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// SettingsFlag is the flag that names the settings file.
+const SettingsFlag = "settings"
+
+// Loader binds the settings to a command's flags and loads them.
+type Loader struct {
+	flags *pflag.FlagSet
+	env   func(string) string
+}
+
+// Bind registers a flag for every setting, and --settings, on fs. Call Load
+// after the flags are parsed.
+func Bind(fs *pflag.FlagSet) *Loader {
+	def := Default()
+	fs.String(SettingsFlag, "", "YAML file of runtime settings (env ATREST_SETTINGS); flags and ATREST_* variables override it")
+	for _, f := range def.fields() {
+		name := FlagName(f.key)
+		usage := fmt.Sprintf("%s (env %s)", f.help, EnvName(f.key))
+		fs.String(name, formatValue(f.ptr), usage)
+		if _, ok := f.ptr.(*bool); ok {
+			fs.Lookup(name).NoOptDefVal = "true"
+		}
+	}
+	return &Loader{flags: fs, env: os.Getenv}
+}
+
+// Load builds the settings: defaults, then the settings file, then ATREST_*
+// variables, then flags. It checks the form of every value it takes, and
+// names the setting and its source when one is wrong.
+func (l *Loader) Load() (*Settings, error) {
+	s := Default()
+	s.sources = map[string]string{}
+	file, _ := l.flags.GetString(SettingsFlag)
+	if file == "" {
+		file = l.env("ATREST_SETTINGS")
+	}
+	if file != "" {
+		if err := s.loadFile(file); err != nil {
+			return nil, err
+		}
+	}
+	var errs []string
+	for _, f := range s.fields() {
+		if v := l.env(EnvName(f.key)); v != "" {
+			if err := setValue(f.ptr, v); err != nil {
+				errs = append(errs, fmt.Sprintf("%s (from environment variable %s): %v", f.key, EnvName(f.key), err))
+				continue
+			}
+			s.sources[f.key] = "environment variable " + EnvName(f.key)
+		}
+		if fl := l.flags.Lookup(FlagName(f.key)); fl != nil && fl.Changed {
+			if err := setValue(f.ptr, fl.Value.String()); err != nil {
+				errs = append(errs, fmt.Sprintf("%s (from flag --%s): %v", f.key, fl.Name, err))
+				continue
+			}
+			s.sources[f.key] = "flag --" + fl.Name
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("invalid settings:\n  %s", strings.Join(errs, "\n  "))
+	}
+	return s, nil
+}
+
+func (s *Settings) loadFile(file string) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("read settings file: %w", err)
+	}
+	j, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return fmt.Errorf("settings file %s: not valid YAML: %v", file, err)
+	}
+	if len(bytes.TrimSpace(j)) == 0 || string(bytes.TrimSpace(j)) == "null" {
+		return nil
+	}
+	// Every value goes through the same parser as flags and variables, so
+	// "30s" means the same in all three places.
+	var tree map[string]map[string]any
+	if err := json.Unmarshal(j, &tree); err != nil {
+		return fmt.Errorf("settings file %s: must be a mapping of sections (git, vault, etcd, ...) to mappings: %v", file, err)
+	}
+	known := map[string]field{}
+	for _, f := range s.fields() {
+		known[f.key] = f
+	}
+	var errs []string
+	for _, sect := range sortedKeys(tree) {
+		for _, name := range sortedKeys(tree[sect]) {
+			key := sect + "." + name
+			f, ok := known[key]
+			if !ok {
+				errs = append(errs, fmt.Sprintf("%s: not a setting; see `atrest --help` for the list", key))
+				continue
+			}
+			if err := setValue(f.ptr, fileValue(tree[sect][name])); err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %v", key, err))
+				continue
+			}
+			s.sources[key] = "settings file " + file
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("settings file %s:\n  %s", file, strings.Join(errs, "\n  "))
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// fileValue turns a YAML value into the string form flags use.
+func fileValue(v any) string {
+	switch t := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return t
+	case []any:
+		parts := make([]string, len(t))
+		for i, x := range t {
+			parts[i] = fmt.Sprint(x)
+		}
+		return strings.Join(parts, ",")
+	case float64:
+		return strconv.FormatFloat(t, 'f', -1, 64)
+	}
+	return fmt.Sprint(v)
+}
+
+func setValue(ptr any, v string) error {
+	switch p := ptr.(type) {
+	case *string:
+		*p = v
+	case *bool:
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		*p = b
+	case *int:
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", v)
+		}
+		*p = n
+	case *float64:
+		n, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", v)
+		}
+		*p = n
+	case *time.Duration:
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration such as 30s or 5m", v)
+		}
+		*p = d
+	case *[]string:
+		*p = nil
+		for part := range strings.SplitSeq(v, ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				*p = append(*p, part)
+			}
+		}
+	default:
+		return fmt.Errorf("unsupported setting type %T", ptr)
+	}
+	return nil
+}
+
+func formatValue(ptr any) string {
+	switch p := ptr.(type) {
+	case *string:
+		return *p
+	case *bool:
+		return strconv.FormatBool(*p)
+	case *int:
+		return strconv.Itoa(*p)
+	case *float64:
+		return strconv.FormatFloat(*p, 'f', -1, 64)
+	case *time.Duration:
+		return p.String()
+	case *[]string:
+		return strings.Join(*p, ",")
+	}
+	return ""
+}
+
+// Source says where a setting's value came from: a flag, an environment
+// variable, the settings file, or "default".
+func (s *Settings) Source(key string) string {
+	if src, ok := s.sources[key]; ok {
+		return src
+	}
+	return "default"
+}

@@ -1,0 +1,270 @@
+package settings
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path"
+	"slices"
+	"strings"
+)
+
+// Need names a part of the settings a command uses; Validate checks only
+// the parts asked for, so `atrest validate` needs no Vault.
+type Need int
+
+// The parts of the settings.
+const (
+	NeedGit Need = iota
+	NeedVault
+	NeedEtcd
+	NeedKubernetes
+	NeedSSH
+	NeedSnapshots
+	NeedListen
+)
+
+// Validate checks the settings the command needs, and the log settings,
+// and returns every problem at once. Each names the setting, where its value
+// came from, and how to set it. Files named by settings must exist.
+func (s *Settings) Validate(needs ...Need) error {
+	v := &validator{s: s}
+	v.oneOf("log.format", s.Log.Format, "text", "json")
+	v.oneOf("log.level", s.Log.Level, "debug", "info", "warn", "error")
+	for _, n := range needs {
+		switch n {
+		case NeedGit:
+			v.git()
+		case NeedVault:
+			v.vault()
+		case NeedEtcd:
+			v.etcd()
+		case NeedKubernetes:
+			v.kubernetes()
+		case NeedSSH:
+			v.ssh()
+		case NeedSnapshots:
+			v.required("snapshots.dir", s.Snapshots.Dir, "where etcd snapshots are kept")
+		case NeedListen:
+			v.listen()
+		}
+	}
+	if len(v.problems) == 0 {
+		return nil
+	}
+	return errors.New("invalid settings:\n  " + strings.Join(v.problems, "\n  "))
+}
+
+type validator struct {
+	s        *Settings
+	problems []string
+}
+
+func (v *validator) add(key, format string, args ...any) {
+	src := v.s.Source(key)
+	where := fmt.Sprintf("set it with --%s, %s or %s in the settings file", FlagName(key), EnvName(key), key)
+	if src != "default" {
+		where = "from " + src
+	}
+	v.problems = append(v.problems, fmt.Sprintf("%s: %s (%s)", key, fmt.Sprintf(format, args...), where))
+}
+
+func (v *validator) required(key, val, why string) bool {
+	if strings.TrimSpace(val) == "" {
+		v.add(key, "required: %s", why)
+		return false
+	}
+	return true
+}
+
+func (v *validator) oneOf(key, val string, allowed ...string) {
+	if !slices.Contains(allowed, val) {
+		v.add(key, "%q is not one of %s", val, strings.Join(allowed, ", "))
+	}
+}
+
+// file checks that an optional file setting, when set, names a readable
+// regular file.
+func (v *validator) file(key, name string) {
+	if name == "" {
+		return
+	}
+	st, err := os.Stat(name)
+	switch {
+	case err != nil:
+		v.add(key, "cannot use file %s: %v", name, errors.Unwrap(err))
+	case st.IsDir():
+		v.add(key, "%s is a directory, not a file", name)
+	}
+}
+
+func (v *validator) git() {
+	g := v.s.Git
+	if !v.required("git.url", g.URL, "the repository that holds cluster.yml") {
+		return
+	}
+	v.required("git.ref", g.Ref, "the branch, tag or commit to follow")
+	if path.IsAbs(g.Path) || slices.Contains(strings.Split(path.Clean(g.Path), "/"), "..") {
+		v.add("git.path", "%q must be a folder inside the repository (relative, without ..)", g.Path)
+	}
+	if g.Interval <= 0 {
+		v.add("git.interval", "must be positive, not %s", g.Interval)
+	}
+	for _, k := range []struct{ key, val string }{
+		{"git.sshKeyFile", g.SSHKeyFile}, {"git.knownHostsFile", g.KnownHostsFile},
+		{"git.passwordFile", g.PasswordFile}, {"git.bearerTokenFile", g.BearerTokenFile}, {"git.caFile", g.CAFile},
+	} {
+		v.file(k.key, k.val)
+	}
+	switch GitTransport(g.URL) {
+	case "ssh":
+		if g.KnownHostsFile == "" && !g.InsecureSkipHostKeyVerification {
+			v.add("git.knownHostsFile", "required for Git over SSH: the Git server's host key must be verified")
+		}
+	case "https", "http":
+		if g.PasswordFile != "" && g.Username == "" {
+			v.add("git.username", "required with git.passwordFile")
+		}
+		if g.PasswordFile != "" && g.BearerTokenFile != "" {
+			v.add("git.bearerTokenFile", "give either a password or a bearer token, not both")
+		}
+	case "file":
+	default:
+		v.add("git.url", "%q is not a Git URL: use ssh://, git@host:path, https:// or a local path", g.URL)
+	}
+}
+
+// GitTransport classifies a Git URL: "ssh", "https", "http", "file", or ""
+// when it is none of them.
+func GitTransport(raw string) string {
+	if u, err := url.Parse(raw); err == nil && strings.Contains(raw, "://") {
+		switch u.Scheme {
+		case "ssh", "git+ssh":
+			return "ssh"
+		case "https", "http", "file":
+			return u.Scheme
+		}
+		return ""
+	}
+	// scp-like: [user@]host:path, with no slash before the colon.
+	if i := strings.Index(raw, ":"); i > 0 && !strings.Contains(raw[:i], "/") {
+		return "ssh"
+	}
+	if strings.HasPrefix(raw, "/") || strings.HasPrefix(raw, ".") {
+		return "file"
+	}
+	return ""
+}
+
+func (v *validator) vault() {
+	vs := v.s.Vault
+	if vs.Address == "" && os.Getenv("VAULT_ADDR") == "" {
+		v.add("vault.address", "required (or VAULT_ADDR): where Vault listens")
+	} else if vs.Address != "" {
+		if u, err := url.Parse(vs.Address); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			v.add("vault.address", "%q is not an http(s):// URL", vs.Address)
+		}
+	}
+	for _, k := range []struct{ key, val string }{
+		{"vault.caFile", vs.CAFile}, {"vault.clientCertFile", vs.ClientCertFile}, {"vault.clientKeyFile", vs.ClientKeyFile},
+		{"vault.tokenFile", vs.TokenFile}, {"vault.approleSecretIDFile", vs.AppRoleSecretIDFile},
+	} {
+		v.file(k.key, k.val)
+	}
+	if (vs.ClientCertFile == "") != (vs.ClientKeyFile == "") {
+		v.add("vault.clientKeyFile", "vault.clientCertFile and vault.clientKeyFile go together")
+	}
+	switch vs.AuthMethod {
+	case AuthToken:
+		if vs.TokenFile == "" && os.Getenv("VAULT_TOKEN") == "" {
+			v.add("vault.tokenFile", "required for authMethod token (or VAULT_TOKEN)")
+		}
+	case AuthAppRole:
+		v.required("vault.approleRoleID", vs.AppRoleID, "the AppRole role id")
+		v.required("vault.approleSecretIDFile", vs.AppRoleSecretIDFile, "the file with the AppRole secret id")
+		v.required("vault.approleMount", vs.AppRoleMount, "the AppRole mount path")
+	case AuthKubernetes:
+		v.required("vault.kubernetesRole", vs.KubernetesRole, "the Vault role bound to atrest's service account")
+		v.required("vault.kubernetesMount", vs.KubernetesMount, "the Kubernetes auth mount path")
+		v.required("vault.kubernetesTokenFile", vs.KubernetesTokenFile, "the service-account token file")
+	default:
+		v.add("vault.authMethod", "%q is not one of token, approle, kubernetes", vs.AuthMethod)
+	}
+	for _, k := range []struct{ key, val string }{{"vault.kvMount", vs.KVMount}, {"vault.prefix", vs.Prefix}} {
+		if v.required(k.key, k.val, "a Vault path") && (strings.HasPrefix(k.val, "/") || strings.HasSuffix(k.val, "/") || strings.Contains(k.val, "..")) {
+			v.add(k.key, "%q must be a path without leading or trailing slash or ..", k.val)
+		}
+	}
+}
+
+func (v *validator) etcd() {
+	e := v.s.Etcd
+	if len(e.Endpoints) == 0 {
+		v.add("etcd.endpoints", "required: the etcd client URLs")
+	}
+	tls := false
+	for _, ep := range e.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			v.add("etcd.endpoints", "%q is not an http(s)://host:port URL", ep)
+			continue
+		}
+		tls = tls || u.Scheme == "https"
+	}
+	v.file("etcd.caFile", e.CAFile)
+	v.file("etcd.certFile", e.CertFile)
+	v.file("etcd.keyFile", e.KeyFile)
+	if tls && e.CAFile == "" {
+		v.add("etcd.caFile", "required for https endpoints: the CA that verifies etcd")
+	}
+	if (e.CertFile == "") != (e.KeyFile == "") {
+		v.add("etcd.keyFile", "etcd.certFile and etcd.keyFile go together")
+	}
+}
+
+func (v *validator) kubernetes() {
+	k := v.s.Kubernetes
+	if k.Kubeconfig == "" && !k.InCluster && os.Getenv("KUBECONFIG") == "" {
+		v.add("kubernetes.kubeconfig", "required (or KUBECONFIG, or kubernetes.inCluster): how to reach the cluster's API")
+	}
+	if k.Kubeconfig != "" && k.InCluster {
+		v.add("kubernetes.inCluster", "give either a kubeconfig or inCluster, not both")
+	}
+	v.file("kubernetes.kubeconfig", k.Kubeconfig)
+	if k.QPS <= 0 {
+		v.add("kubernetes.qps", "must be positive, not %v", k.QPS)
+	}
+	if k.Burst < 1 {
+		v.add("kubernetes.burst", "must be at least 1, not %d", k.Burst)
+	}
+}
+
+func (v *validator) ssh() {
+	s := v.s.SSH
+	v.file("ssh.keyFile", s.KeyFile)
+	v.file("ssh.knownHostsFile", s.KnownHostsFile)
+	if s.KnownHostsFile == "" && !s.InsecureSkipHostKeyVerification {
+		v.add("ssh.knownHostsFile", "required: every node's SSH host key must be verified")
+	}
+	if s.Timeout <= 0 {
+		v.add("ssh.timeout", "must be positive, not %s", s.Timeout)
+	}
+}
+
+func (v *validator) listen() {
+	l := v.s.Listen
+	for _, k := range []struct{ key, val string }{{"listen.metrics", l.Metrics}, {"listen.webhook", l.Webhook}} {
+		if k.val == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(k.val); err != nil {
+			v.add(k.key, "%q is not host:port", k.val)
+		}
+	}
+	if l.Webhook != "" {
+		v.required("listen.webhookSecretFile", l.WebhookSecretFile, "the webhook's HMAC secret")
+	}
+	v.file("listen.webhookSecretFile", l.WebhookSecretFile)
+}
