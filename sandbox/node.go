@@ -1,0 +1,383 @@
+package sandbox
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// KubeAPIServerVersion is the Kubernetes version the sandbox runs; the image
+// tag says it, and tools/build.sh builds it.
+const KubeAPIServerVersion = "v1.37.2"
+
+// KubeAPIServerImage is the image the nodes run kube-apiserver from, made
+// with `docker import` of a rootfs holding the binary.
+const KubeAPIServerImage = "atrest-sandbox/kube-apiserver:" + KubeAPIServerVersion
+
+// nodeInit runs as PID 1 of a node's PID namespace, in its own mount
+// namespace: it gives the node its own /etc/kubernetes and /run (so its
+// Docker socket is /var/run/docker.sock, as on a real host), then runs sshd
+// and dockerd until it is told to stop. When it exits, the kernel ends
+// everything left in the namespace, containers included.
+const nodeInit = `set -eu
+mkdir -p /etc/kubernetes
+mount --bind "$NODE/etc-kubernetes" /etc/kubernetes
+mount --bind "$NODE/run" /run
+mkdir -p /run/sshd
+/usr/sbin/sshd -D -f "$NODE/ssh/sshd_config" -E "$NODE/sshd.log" &
+sshd=$!
+dockerd --data-root "$NODE/docker" --exec-root /run/docker --pidfile /run/docker.pid \
+  -H unix:///run/docker.sock --storage-driver=vfs --iptables=false --ip6tables=false \
+  --bridge=none --ip-forward=false --ip-masq=false --userland-proxy=false \
+  >>"$NODE/dockerd.log" 2>&1 &
+dockerd=$!
+trap 'kill -TERM $dockerd $sshd 2>/dev/null; wait $dockerd; exit 0' TERM INT
+wait
+`
+
+const sshdConfig = `ListenAddress %[1]s:22
+HostKey %[2]s/ssh/ssh_host_ed25519_key
+HostKey %[2]s/ssh/ssh_host_ecdsa_key
+PidFile /run/sshd.pid
+AuthorizedKeysFile %[2]s/ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowTcpForwarding yes
+AllowStreamLocalForwarding yes
+Subsystem sftp internal-sftp
+`
+
+func (sb *Sandbox) startNodes(ctx context.Context) error {
+	userPub, err := os.ReadFile(sb.SSHKeyFile + ".pub")
+	if err != nil {
+		return err
+	}
+	var knownHosts bytes.Buffer
+	var procs []*proc
+	for i := range sb.opts.Nodes {
+		n := Node{
+			Name:    fmt.Sprintf("node%d", i+1),
+			Address: sb.ip(11 + i),
+			Dir:     sb.path("nodes", fmt.Sprintf("node%d", i+1)),
+		}
+		n.DockerSocket = filepath.Join(n.Dir, "run", "docker.sock")
+		n.APIServerURL = "https://" + n.Address + ":6443"
+		for _, d := range []string{"etc-kubernetes/ssl", "run", "docker", "ssh"} {
+			if err := os.MkdirAll(filepath.Join(n.Dir, d), 0o700); err != nil {
+				return err
+			}
+		}
+		lines, err := writeHostKeys(filepath.Join(n.Dir, "ssh"), n.Address)
+		if err != nil {
+			return err
+		}
+		knownHosts.WriteString(lines)
+		if err := writeFile(filepath.Join(n.Dir, "ssh", "authorized_keys"), userPub); err != nil {
+			return err
+		}
+		if err := writeFile(filepath.Join(n.Dir, "ssh", "sshd_config"), fmt.Appendf(nil, sshdConfig, n.Address, n.Dir)); err != nil {
+			return err
+		}
+		if err := sb.installNodeCerts(n); err != nil {
+			return err
+		}
+		cmd := exec.Command("unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+			"--propagation", "private", "sh", "-c", nodeInit)
+		cmd.Env = append(os.Environ(), "NODE="+n.Dir)
+		p, err := startProc(n.Name, cmd, filepath.Join(n.Dir, "init.log"))
+		if err != nil {
+			return err
+		}
+		p.Namespace = true
+		if err := sb.track(p); err != nil {
+			return err
+		}
+		procs = append(procs, p)
+		sb.Nodes = append(sb.Nodes, n)
+	}
+	sb.KnownHostsFile = sb.path("known_hosts")
+	if err := writeFile(sb.KnownHostsFile, knownHosts.Bytes()); err != nil {
+		return err
+	}
+	for i, n := range sb.Nodes {
+		p := procs[i]
+		if err := waitFor(ctx, n.Name+" sshd", 20*time.Second, p, func(ctx context.Context) error {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", n.Address+":22")
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}); err != nil {
+			return fmt.Errorf("%w\n--- sshd log ---\n%s", err, tail(filepath.Join(n.Dir, "sshd.log"), 20))
+		}
+		if err := waitFor(ctx, n.Name+" dockerd", 60*time.Second, p, func(ctx context.Context) error {
+			return dockerPing(ctx, n.DockerSocket)
+		}); err != nil {
+			return fmt.Errorf("%w\n--- dockerd log ---\n%s", err, tail(filepath.Join(n.Dir, "dockerd.log"), 20))
+		}
+	}
+	return nil
+}
+
+// writeHostKeys writes an ed25519 and an ECDSA host key for sshd and returns
+// their known_hosts lines.
+func writeHostKeys(dir, addr string) (string, error) {
+	_, edKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	var lines strings.Builder
+	for name, key := range map[string]any{"ssh_host_ed25519_key": edKey, "ssh_host_ecdsa_key": ecKey} {
+		block, err := ssh.MarshalPrivateKey(key, "")
+		if err != nil {
+			return "", err
+		}
+		if err := writeFile(filepath.Join(dir, name), pem.EncodeToMemory(block)); err != nil {
+			return "", err
+		}
+		signer, err := ssh.NewSignerFromKey(key)
+		if err != nil {
+			return "", err
+		}
+		lines.WriteString(addr + " " + string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
+	}
+	return lines.String(), nil
+}
+
+// installNodeCerts puts RKE's files into the node's /etc/kubernetes/ssl.
+func (sb *Sandbox) installNodeCerts(n Node) error {
+	copies := map[string]string{
+		"ca.pem":                             "kube-ca.pem",
+		"kube-apiserver.pem":                 "kube-apiserver.pem",
+		"kube-apiserver-key.pem":             "kube-apiserver-key.pem",
+		"kube-node.pem":                      "kube-node.pem",
+		"kube-node-key.pem":                  "kube-node-key.pem",
+		"kube-service-account-token-key.pem": "kube-service-account-token-key.pem",
+	}
+	for from, to := range copies {
+		data, err := os.ReadFile(sb.path("pki", from))
+		if err != nil {
+			return err
+		}
+		if err := writeFile(filepath.Join(n.Dir, "etc-kubernetes", "ssl", to), data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unixClient is an HTTP client that talks to a Unix socket.
+func unixClient(socket string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+}
+
+func dockerPing(ctx context.Context, socket string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://docker/_ping", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := unixClient(socket).Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("docker ping: %s", resp.Status)
+	}
+	return nil
+}
+
+// dockerCLI returns the Docker client matching the Debian engine when there
+// is one, so the client never speaks a newer API than dockerd.
+func dockerCLI() string {
+	if _, err := os.Stat("/usr/bin/docker"); err == nil {
+		return "/usr/bin/docker"
+	}
+	return "docker"
+}
+
+// Docker runs the docker CLI against node i's engine and returns its output.
+func (sb *Sandbox) Docker(ctx context.Context, i int, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, dockerCLI(), args...)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+sb.Nodes[i].DockerSocket)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: docker %s: %w: %s", sb.Nodes[i].Name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return string(out), nil
+}
+
+// APIServerArgs are the kube-apiserver flags RKE uses, for node n.
+func (sb *Sandbox) APIServerArgs(n Node) []string {
+	ssl := "/etc/kubernetes/ssl/"
+	return []string{
+		"--advertise-address=" + n.Address,
+		"--bind-address=" + n.Address,
+		"--secure-port=6443",
+		"--allow-privileged=true",
+		"--anonymous-auth=false",
+		"--authorization-mode=Node,RBAC",
+		"--client-ca-file=" + ssl + "kube-ca.pem",
+		"--etcd-cafile=" + ssl + "kube-ca.pem",
+		"--etcd-certfile=" + ssl + "kube-node.pem",
+		"--etcd-keyfile=" + ssl + "kube-node-key.pem",
+		"--etcd-servers=" + sb.EtcdEndpoint,
+		"--etcd-prefix=/registry",
+		"--storage-backend=etcd3",
+		"--service-account-issuer=rke",
+		"--api-audiences=unknown,rke",
+		"--service-account-key-file=" + ssl + "kube-service-account-token-key.pem",
+		"--service-account-signing-key-file=" + ssl + "kube-service-account-token-key.pem",
+		"--service-cluster-ip-range=10.43.0.0/16",
+		"--tls-cert-file=" + ssl + "kube-apiserver.pem",
+		"--tls-private-key-file=" + ssl + "kube-apiserver-key.pem",
+		"--kubelet-client-certificate=" + ssl + "kube-apiserver.pem",
+		"--kubelet-client-key=" + ssl + "kube-apiserver-key.pem",
+		"--profiling=false",
+		// The sandbox's nodes live on loopback, which the default lease
+		// reconciler of the kubernetes Service refuses to advertise.
+		"--endpoint-reconciler-type=none",
+	}
+}
+
+func (sb *Sandbox) startAPIServers(ctx context.Context) error {
+	rootfs := sb.path("images", "kube-apiserver-rootfs.tar")
+	if err := writeRootfs(rootfs, sb.opts.KubeAPIServer); err != nil {
+		return fmt.Errorf("kube-apiserver image rootfs: %w", err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(sb.Nodes))
+	for i, n := range sb.Nodes {
+		wg.Go(func() {
+			if _, err := sb.Docker(ctx, i, "import", rootfs, KubeAPIServerImage); err != nil {
+				errs[i] = err
+				return
+			}
+			args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
+				"--label=io.rancher.rke.container.name=kube-apiserver",
+				"--volume=/etc/kubernetes:/etc/kubernetes:z",
+				KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
+			if _, err := sb.Docker(ctx, i, append(args, sb.APIServerArgs(n)...)...); err != nil {
+				errs[i] = err
+				return
+			}
+			errs[i] = sb.WaitReady(ctx, i, 120*time.Second)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// WaitReady waits until node i's kube-apiserver answers an authenticated
+// /readyz; on timeout the error holds the tail of the container's log.
+func (sb *Sandbox) WaitReady(ctx context.Context, i int, timeout time.Duration) error {
+	n := sb.Nodes[i]
+	client, err := sb.AdminClient()
+	if err != nil {
+		return err
+	}
+	err = waitFor(ctx, n.Name+" kube-apiserver /readyz", timeout, nil, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.APIServerURL+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("readyz: %s: %s", resp.Status, bytes.TrimSpace(body))
+		}
+		return nil
+	})
+	if err != nil {
+		logs, _ := sb.Docker(context.WithoutCancel(ctx), i, "logs", "--tail=30", "kube-apiserver")
+		return fmt.Errorf("%w\n--- kube-apiserver container log ---\n%s", err, logs)
+	}
+	return nil
+}
+
+// AdminClient is an HTTP client authenticated as a cluster admin
+// (system:masters) that trusts the sandbox CA.
+func (sb *Sandbox) AdminClient() (*http.Client, error) {
+	tlsCfg, err := sb.tlsConfig(sb.AdminCert, sb.AdminKey)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}, Timeout: 30 * time.Second}, nil
+}
+
+// writeRootfs writes a tar holding the kube-apiserver binary and the few
+// directories it expects: the whole image, for `docker import`.
+func writeRootfs(file, binary string) error {
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return err
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	for _, d := range []string{"etc/", "tmp/", "usr/", "usr/local/", "usr/local/bin/", "var/", "var/run/"} {
+		mode := int64(0o755)
+		if d == "tmp/" {
+			mode = 0o1777
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: mode, ModTime: time.Unix(0, 0)}); err != nil {
+			return err
+		}
+	}
+	bin, err := os.Open(binary)
+	if err != nil {
+		return err
+	}
+	defer bin.Close()
+	st, err := bin.Stat()
+	if err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "usr/local/bin/kube-apiserver", Mode: 0o755, Size: st.Size(), ModTime: time.Unix(0, 0)}); err != nil {
+		return err
+	}
+	if _, err := io.Copy(tw, bin); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return f.Close()
+}
