@@ -3,13 +3,10 @@ package cluster
 import (
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"slices"
-
-	apiserverv1 "k8s.io/apiserver/pkg/apis/apiserver/v1"
 )
 
 // Provider is a kube-apiserver encryption provider that holds its keys in
@@ -140,6 +137,24 @@ type ManagedConfig struct {
 	Keys          []Key
 }
 
+// Chains returns the phase's chain for the managed resources.
+func (m ManagedConfig) Chains() Chains {
+	var chain Chain
+	for _, k := range m.Keys {
+		chain = append(chain, KeyEntry(k.Provider, k.Name))
+	}
+	if m.IdentityFirst {
+		chain = append(Chain{Identity}, chain...)
+	} else {
+		chain = append(chain, Identity)
+	}
+	cs := Chains{}
+	for _, r := range ManagedResources {
+		cs[r] = chain
+	}
+	return cs
+}
+
 // Render returns the EncryptionConfiguration file for the phase: consecutive
 // keys of one provider share one provider entry, in order. The same phase
 // always renders to the same bytes. The bytes hold key material.
@@ -147,58 +162,15 @@ func (m ManagedConfig) Render() ([]byte, error) {
 	if len(m.Keys) == 0 {
 		return nil, fmt.Errorf("render managed config: no keys")
 	}
-	seen := map[string]bool{}
-	var providers []apiserverv1.ProviderConfiguration
+	byName := map[string]Key{}
 	for _, k := range m.Keys {
 		if !slices.Contains(ManagedProviders, k.Provider) {
 			return nil, fmt.Errorf("render managed config: key %s: provider %q cannot be managed", k.Name, k.Provider)
 		}
-		if seen[k.Prefix()] {
-			return nil, fmt.Errorf("render managed config: key %s (%s) given twice", k.Name, k.Provider)
+		if _, dup := byName[k.Name]; dup {
+			return nil, fmt.Errorf("render managed config: key %s given twice", k.Name)
 		}
-		seen[k.Prefix()] = true
-		entry := apiserverv1.Key{Name: k.Name, Secret: base64.StdEncoding.EncodeToString(k.Secret)}
-		if n := len(providers); n > 0 {
-			if list := keyList(&providers[n-1], k.Provider); list != nil {
-				*list = append(*list, entry)
-				continue
-			}
-		}
-		var p apiserverv1.ProviderConfiguration
-		switch k.Provider {
-		case AESCBC:
-			p.AESCBC = &apiserverv1.AESConfiguration{Keys: []apiserverv1.Key{entry}}
-		case AESGCM:
-			p.AESGCM = &apiserverv1.AESConfiguration{Keys: []apiserverv1.Key{entry}}
-		case Secretbox:
-			p.Secretbox = &apiserverv1.SecretboxConfiguration{Keys: []apiserverv1.Key{entry}}
-		}
-		providers = append(providers, p)
+		byName[k.Name] = k
 	}
-	identity := apiserverv1.ProviderConfiguration{Identity: &apiserverv1.IdentityConfiguration{}}
-	if m.IdentityFirst {
-		providers = append([]apiserverv1.ProviderConfiguration{identity}, providers...)
-	} else {
-		providers = append(providers, identity)
-	}
-	cfg := &apiserverv1.EncryptionConfiguration{
-		Resources: []apiserverv1.ResourceConfiguration{{
-			Resources: slices.Clone(ManagedResources),
-			Providers: providers,
-		}},
-	}
-	return marshalV1(cfg)
-}
-
-// keyList returns p's key list when p is an entry of provider prov.
-func keyList(p *apiserverv1.ProviderConfiguration, prov Provider) *[]apiserverv1.Key {
-	switch {
-	case prov == AESCBC && p.AESCBC != nil:
-		return &p.AESCBC.Keys
-	case prov == AESGCM && p.AESGCM != nil:
-		return &p.AESGCM.Keys
-	case prov == Secretbox && p.Secretbox != nil:
-		return &p.Secretbox.Keys
-	}
-	return nil
+	return RenderChains(m.Chains(), func(name string) (Key, error) { return byName[name], nil })
 }
