@@ -1,0 +1,630 @@
+// Package reconciler decides and carries out the transitions that bring a
+// cluster's encryption at rest to what cluster.yml asks for. Plan is the
+// decision: a pure function of the desired state, what the nodes run, what
+// etcd stores and what the keyring holds. It plans from observation, not from
+// memory of what it did, so a reconcile that stopped anywhere resumes by
+// planning again.
+package reconciler
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/atrest-io/atrest/cluster"
+)
+
+// Desired is what Git asks for, with the policy applied.
+type Desired struct {
+	Mode cluster.Mode
+	// Provider of managed keys.
+	Provider cluster.Provider
+	// Custom is custom_config's chains, for Mode Custom.
+	Custom cluster.Chains
+	// RotateRequested asks for a new managed key (cron, rotate-key, or
+	// rotate_encryption_key in a new commit). A request is served by the
+	// generate-key step: the caller records that in the keyring and passes
+	// false from then on, or every plan would rotate again.
+	RotateRequested bool
+	// Revision is the Git revision the desired state comes from.
+	Revision string
+}
+
+// Live is what the cluster runs and stores.
+type Live struct {
+	Nodes []NodeLive
+	// Census counts stored objects per resource by storage prefix.
+	Census map[string]map[string]int64
+}
+
+// NodeLive is one controlplane node as observed.
+type NodeLive struct {
+	Name  string
+	Ready bool
+	// Flag: kube-apiserver runs with --encryption-provider-config.
+	Flag bool
+	// File: the provider file exists; Chains is its content, FileError why
+	// it could not be parsed.
+	File      bool
+	Chains    cluster.Chains
+	FileError string
+}
+
+// Running is the config the node's kube-apiserver uses: its file when the
+// flag is set, else nothing (everything plain).
+func (n NodeLive) Running() cluster.Chains {
+	if !n.Flag || !n.File {
+		return cluster.Chains{}
+	}
+	return n.Chains
+}
+
+// Key roles in the keyring.
+const (
+	RolePrimary = "primary" // the managed key that should write
+	RoleReader  = "reader"  // may be in a deployed config
+	RoleRetired = "retired" // in no config; kept for snapshots
+)
+
+// KeyState is a keyring key as the planner sees it: no material.
+type KeyState struct {
+	Name     string
+	Provider cluster.Provider
+	Role     string
+}
+
+// Keyring is the keyring's state relevant to planning.
+type Keyring struct {
+	Keys []KeyState
+	// Snapshot is the verified snapshot taken for the transition in flight
+	// ("" when none has been taken yet).
+	Snapshot string
+}
+
+func (k Keyring) find(name string) (KeyState, bool) {
+	i := slices.IndexFunc(k.Keys, func(s KeyState) bool { return s.Name == name })
+	if i < 0 {
+		return KeyState{}, false
+	}
+	return k.Keys[i], true
+}
+
+// StepKind names what a step does.
+type StepKind string
+
+// The steps a plan is made of.
+const (
+	// StepImportKeys stores keys found on the nodes or in custom_config in
+	// Vault, as readers (or as primary, to adopt a managed key).
+	StepImportKeys StepKind = "import-keys"
+	// StepSnapshot saves and verifies an etcd snapshot bound to the keyring.
+	StepSnapshot StepKind = "snapshot"
+	// StepGenerateKey writes a new managed key to Vault as the primary.
+	StepGenerateKey StepKind = "generate-key"
+	// StepDeploy rolls a config out to every node, canary-verified.
+	StepDeploy StepKind = "deploy"
+	// StepRewrite updates every object of the resources, unchanged, so the
+	// apiserver re-encrypts stale values with the current writer.
+	StepRewrite StepKind = "rewrite"
+	// StepVerify checks with the census that every object of the resources
+	// is stored under the writer.
+	StepVerify StepKind = "verify"
+	// StepRemoveConfig clears the flag and removes the provider file.
+	StepRemoveConfig StepKind = "remove-config"
+)
+
+// PendingKey stands for the key a generate-key step will create, in the
+// steps after it. Only a plan's first step is ever executed, and a deploy
+// never comes first while a key is pending.
+const PendingKey = "(new key)"
+
+// Step is one step of a plan.
+type Step struct {
+	Kind StepKind
+	// Chains is the config to deploy.
+	Chains cluster.Chains
+	// Expect is the storage prefix the canary secret must get, for deploy.
+	Expect string
+	// Resources to rewrite or verify.
+	Resources []string
+	// Writers maps each verified resource to the only prefix allowed.
+	Writers map[string]string
+	// Provider of the key to generate.
+	Provider cluster.Provider
+	// Keys to import, and which of them becomes primary ("" for none).
+	Keys    []string
+	Primary string
+	// Reason recorded in the snapshot's manifest.
+	Reason string
+}
+
+// TouchesNodes reports whether the step changes a node.
+func (s Step) TouchesNodes() bool { return s.Kind == StepDeploy || s.Kind == StepRemoveConfig }
+
+// String describes the step without key material.
+func (s Step) String() string {
+	switch s.Kind {
+	case StepImportKeys:
+		d := "import keys " + strings.Join(s.Keys, ", ") + " into Vault"
+		if s.Primary != "" {
+			d += " (" + s.Primary + " as primary)"
+		}
+		return d
+	case StepSnapshot:
+		return "snapshot etcd (" + s.Reason + ") and verify it"
+	case StepGenerateKey:
+		return "generate a new " + string(s.Provider) + " key in Vault"
+	case StepDeploy:
+		var parts []string
+		for _, r := range s.Chains.Resources() {
+			parts = append(parts, r+" "+s.Chains[r].String())
+		}
+		return "deploy " + strings.Join(parts, ", ") + " to every node, one at a time; canary must be " + s.Expect
+	case StepRewrite:
+		return "rewrite every object of " + strings.Join(s.Resources, ", ")
+	case StepVerify:
+		var parts []string
+		for _, r := range s.Resources {
+			parts = append(parts, r+" under "+s.Writers[r])
+		}
+		return "verify with the census: " + strings.Join(parts, ", ")
+	case StepRemoveConfig:
+		return "clear --encryption-provider-config and remove the provider file on every node, one at a time"
+	}
+	return string(s.Kind)
+}
+
+// Plan is the steps from the observed state to the desired one.
+type Plan struct {
+	// Transition names what the plan does: enable, rotate, custom,
+	// disable, converge (drift or an interrupted transition), or "" when
+	// there is nothing to do.
+	Transition string
+	Steps      []Step
+	// Drift describes nodes that disagree or run what atrest did not deploy.
+	Drift []string
+	// Warnings are requests the plan declines, with the reason.
+	Warnings []string
+}
+
+// Empty reports whether there is nothing to do.
+func (p *Plan) Empty() bool { return len(p.Steps) == 0 }
+
+// Input is everything Plan decides from.
+type Input struct {
+	Desired Desired
+	Live    Live
+	Keyring Keyring
+}
+
+// MakePlan decides the steps from in.Live to in.Desired. It refuses, with an
+// error that says why, when going on could lose data or would act on a
+// cluster it cannot see: a node not ready, a node running a config that does
+// not parse, or objects stored under a key that no config and no keyring
+// holds.
+func MakePlan(in Input) (*Plan, error) {
+	p := &Plan{}
+	if len(in.Live.Nodes) == 0 {
+		return nil, fmt.Errorf("no controlplane node observed")
+	}
+	for _, n := range in.Live.Nodes {
+		if !n.Ready {
+			return nil, fmt.Errorf("node %s: kube-apiserver is not ready; nothing will change until it is", n.Name)
+		}
+		if n.Flag && n.FileError != "" {
+			return nil, fmt.Errorf("node %s: kube-apiserver runs with a provider file atrest cannot read (%s); fix or restore it by hand", n.Name, n.FileError)
+		}
+		if n.Flag && !n.File {
+			return nil, fmt.Errorf("node %s: kube-apiserver runs with --encryption-provider-config but the file is missing", n.Name)
+		}
+	}
+
+	live := mergedLive(in.Live.Nodes)
+	p.Drift = drift(in.Live.Nodes)
+
+	// Every key a node reads with must be in Vault before anything changes,
+	// so no later step can drop one it never knew.
+	var imports []string
+	importEntries := func(cs cluster.Chains) {
+		for _, name := range cs.KeyNames() {
+			if _, ok := in.Keyring.find(name); !ok && !slices.Contains(imports, name) {
+				imports = append(imports, name)
+			}
+		}
+	}
+	for _, n := range in.Live.Nodes {
+		importEntries(n.Running())
+	}
+	if in.Desired.Mode == cluster.Custom {
+		importEntries(in.Desired.Custom)
+	}
+	// Objects stored under an entry no chain holds must be made readable:
+	// a key of the keyring (say, after etcd was restored from a snapshot) is
+	// added back as a reader; anything else cannot be read and stops us.
+	census := in.Live.Census
+	extraReaders := map[string]cluster.Chain{}
+	for _, r := range sortedKeys(census) {
+		for _, prefix := range sortedKeys(census[r]) {
+			if census[r][prefix] == 0 || prefix == cluster.PrefixIdentity || live[r].Has(prefix) || anyHas(in.Live.Nodes, r, prefix) {
+				continue
+			}
+			e, ok := entryForPrefix(prefix, in.Keyring)
+			if !ok {
+				return nil, fmt.Errorf("%d %s stored under %s, which no node's config and no key in Vault can read; restore that key (or its KMS plugin) before atrest changes anything",
+					census[r][prefix], r, prefix)
+			}
+			extraReaders[r] = append(extraReaders[r], e)
+		}
+	}
+
+	// The target: what every node should run at the end.
+	target := cluster.Chains{}
+	var generate bool
+	primary := ""
+	switch in.Desired.Mode {
+	case cluster.Disabled:
+		if in.Desired.RotateRequested {
+			p.Warnings = append(p.Warnings, "key rotation requested, but encryption is disabled: nothing to rotate")
+		}
+	case cluster.Custom:
+		target = in.Desired.Custom
+		if in.Desired.RotateRequested {
+			p.Warnings = append(p.Warnings, "key rotation requested, but cluster.yml has a custom_config: rotate by committing a new custom_config (as with RKE, atrest rotates managed keys only)")
+		}
+	case cluster.Managed:
+		for _, k := range in.Keyring.Keys {
+			if k.Role == RolePrimary && k.Provider == in.Desired.Provider {
+				primary = k.Name
+			}
+		}
+		if primary == "" && !in.Desired.RotateRequested {
+			// Adopt the key the cluster already writes with rather than
+			// rotate a cluster that is already encrypted as asked.
+			if w := live["secrets"]; len(w) > 0 && w[0].Kind == string(in.Desired.Provider) && agreeOnWriter(in.Live.Nodes, "secrets") {
+				primary = w[0].KeyName
+			}
+		}
+		if primary == "" || in.Desired.RotateRequested {
+			generate, primary = true, PendingKey
+		}
+		chain := cluster.Chain{cluster.KeyEntry(in.Desired.Provider, primary), cluster.Identity}
+		for _, r := range cluster.ManagedResources {
+			target[r] = chain
+		}
+	default:
+		return nil, fmt.Errorf("unknown desired mode %q", in.Desired.Mode)
+	}
+
+	// Keys to import, and whether the adopted writer becomes the primary.
+	step := Step{Kind: StepImportKeys, Keys: imports}
+	if in.Desired.Mode == cluster.Managed && !generate && !isPrimary(in.Keyring, primary) {
+		step.Primary = primary
+	}
+	if len(step.Keys) > 0 || step.Primary != "" {
+		p.Steps = append(p.Steps, step)
+	}
+	if generate {
+		p.Steps = append(p.Steps, Step{Kind: StepGenerateKey, Provider: in.Desired.Provider})
+	}
+	resources := unionResources(target, live, census)
+
+	// Stage 1, readers first: every node must be able to read with each
+	// target writer (and every key the census still needs) before any
+	// node writes with it.
+	stage1 := cluster.Chains{}
+	changed1 := false
+	for _, r := range resources {
+		c := slices.Clone(live[r])
+		add := append(cluster.Chain{writerEntry(target[r])}, extraReaders[r]...)
+		for _, e := range add {
+			if e.Kind == cluster.KindIdentity && len(c) == 0 {
+				continue // an empty chain already reads plain values
+			}
+			c = withReader(c, e)
+		}
+		if !allNodesRun(in.Live.Nodes, r, c) {
+			changed1 = true
+		}
+		stage1[r] = c
+	}
+	current := stage1
+	if changed1 {
+		p.Steps = append(p.Steps, deploy(stage1))
+	}
+
+	// Stage 2, then writers: the target writer first, every reader of
+	// stage 1 kept.
+	stage2 := cluster.Chains{}
+	changed2 := false
+	for _, r := range resources {
+		w := writerEntry(target[r])
+		c := current[r]
+		if c.Writer() == w.Prefix() {
+			stage2[r] = c
+			continue
+		}
+		next := cluster.Chain{w}
+		for _, e := range append(slices.Clone(c), target[r]...) {
+			if !next.Has(e.Prefix()) && e.Kind != cluster.KindIdentity {
+				next = append(next, e)
+			}
+		}
+		if w.Kind != cluster.KindIdentity && (c.Has(cluster.PrefixIdentity) || len(c) == 0 || target[r].Has(cluster.PrefixIdentity)) {
+			next = append(next, cluster.Identity)
+		}
+		stage2[r] = next
+		changed2 = true
+	}
+	if changed2 {
+		current = stage2
+		p.Steps = append(p.Steps, deploy(stage2))
+	}
+
+	// Stage 3: rewrite what is not stored under its writer, and prove it.
+	var rewrite []string
+	writers := map[string]string{}
+	for _, r := range resources {
+		w := current[r].Writer()
+		for prefix, n := range census[r] {
+			if n > 0 && prefix != w {
+				rewrite = append(rewrite, r)
+				break
+			}
+		}
+		writers[r] = w
+	}
+	if changed2 {
+		// Objects written by a node before it switched writers are not in
+		// the census taken before the switch.
+		for _, r := range resources {
+			if stage1[r].Writer() != stage2[r].Writer() && !slices.Contains(rewrite, r) && total(census[r]) > 0 {
+				rewrite = append(rewrite, r)
+			}
+		}
+	}
+	slices.Sort(rewrite)
+	if len(rewrite) > 0 {
+		verifyWriters := map[string]string{}
+		for _, r := range rewrite {
+			verifyWriters[r] = writers[r]
+		}
+		p.Steps = append(p.Steps,
+			Step{Kind: StepRewrite, Resources: rewrite},
+			Step{Kind: StepVerify, Resources: rewrite, Writers: verifyWriters})
+	}
+
+	// Stage 4: the target, readers no longer needed dropped.
+	final := cluster.Chains{}
+	for _, r := range resources {
+		if len(target[r]) > 0 {
+			final[r] = target[r]
+		}
+	}
+	if len(final) == 0 {
+		if anyConfig(in.Live.Nodes) || len(p.Steps) > 0 && hasDeploy(p.Steps) {
+			p.Steps = append(p.Steps, Step{Kind: StepRemoveConfig})
+		}
+	} else if !final.Equal(nonEmpty(current)) {
+		p.Steps = append(p.Steps, deploy(final))
+	}
+
+	// Snapshot before the first step that touches a node.
+	if i := slices.IndexFunc(p.Steps, Step.TouchesNodes); i >= 0 && in.Keyring.Snapshot == "" {
+		p.Transition = transition(in, generate)
+		snap := Step{Kind: StepSnapshot, Reason: "before " + p.Transition}
+		// After imports (so the snapshot's keys are all in Vault), before
+		// anything else.
+		at := 0
+		if len(p.Steps) > 0 && p.Steps[0].Kind == StepImportKeys {
+			at = 1
+		}
+		p.Steps = slices.Insert(p.Steps, at, snap)
+	}
+	if len(p.Steps) > 0 && p.Transition == "" {
+		p.Transition = transition(in, generate)
+	}
+	return p, nil
+}
+
+func isPrimary(k Keyring, name string) bool {
+	s, ok := k.find(name)
+	return ok && s.Role == RolePrimary
+}
+
+func transition(in Input, generate bool) string {
+	anyRunning := anyConfig(in.Live.Nodes)
+	switch in.Desired.Mode {
+	case cluster.Disabled:
+		return "disable"
+	case cluster.Custom:
+		return "custom"
+	}
+	if !anyRunning {
+		return "enable"
+	}
+	for _, n := range in.Live.Nodes {
+		for r, c := range n.Running() {
+			for _, e := range c {
+				if e.Kind == cluster.KindKMS || !slices.Contains(cluster.ManagedResources, r) {
+					return "managed" // from a custom config back to managed keys
+				}
+			}
+		}
+	}
+	if generate {
+		return "rotate"
+	}
+	return "converge"
+}
+
+func deploy(cs cluster.Chains) Step {
+	clean := nonEmpty(cs)
+	return Step{Kind: StepDeploy, Chains: clean, Expect: clean["secrets"].Writer()}
+}
+
+func hasDeploy(steps []Step) bool {
+	return slices.ContainsFunc(steps, func(s Step) bool { return s.Kind == StepDeploy })
+}
+
+func writerEntry(c cluster.Chain) cluster.ProviderEntry {
+	if len(c) == 0 {
+		return cluster.Identity
+	}
+	return c[0]
+}
+
+// withReader adds e to c as a reader: before a trailing identity, so that
+// identity stays the last resort, and after everything else.
+func withReader(c cluster.Chain, e cluster.ProviderEntry) cluster.Chain {
+	if c.Has(e.Prefix()) {
+		return c
+	}
+	if len(c) == 0 {
+		return cluster.Chain{cluster.Identity, e}
+	}
+	if c[len(c)-1].Kind == cluster.KindIdentity && len(c) > 1 {
+		out := slices.Clone(c[:len(c)-1])
+		return append(out, e, cluster.Identity)
+	}
+	return append(slices.Clone(c), e)
+}
+
+// mergedLive is every resource's chain as the nodes run it: the first node's
+// chain with every entry another node has appended, so a config built from
+// it reads whatever any node may have written.
+func mergedLive(nodes []NodeLive) cluster.Chains {
+	out := cluster.Chains{}
+	for _, n := range nodes {
+		for r, c := range n.Running() {
+			cur, seen := out[r]
+			if !seen {
+				out[r] = slices.Clone(c)
+				continue
+			}
+			for _, e := range c {
+				cur = withReader(cur, e)
+			}
+			out[r] = cur
+		}
+	}
+	return out
+}
+
+func drift(nodes []NodeLive) []string {
+	var out []string
+	first := nodes[0].Running()
+	for _, n := range nodes[1:] {
+		if !n.Running().Equal(first) {
+			out = append(out, fmt.Sprintf("node %s runs %s, node %s runs %s", nodes[0].Name, describe(first), n.Name, describe(n.Running())))
+		}
+	}
+	return out
+}
+
+func describe(cs cluster.Chains) string {
+	if len(cs) == 0 {
+		return "no encryption config"
+	}
+	var parts []string
+	for _, r := range cs.Resources() {
+		parts = append(parts, r+" "+cs[r].String())
+	}
+	return strings.Join(parts, ", ")
+}
+
+func anyHas(nodes []NodeLive, r, prefix string) bool {
+	for _, n := range nodes {
+		if n.Running()[r].Has(prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func allNodesRun(nodes []NodeLive, r string, c cluster.Chain) bool {
+	for _, n := range nodes {
+		if !n.Running()[r].Equal(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// nonEmpty drops resources with no provider: they are stored plain either way.
+func nonEmpty(cs cluster.Chains) cluster.Chains {
+	out := cluster.Chains{}
+	for r, c := range cs {
+		if len(c) > 0 {
+			out[r] = c
+		}
+	}
+	return out
+}
+
+func agreeOnWriter(nodes []NodeLive, r string) bool {
+	w := nodes[0].Running()[r].Writer()
+	for _, n := range nodes[1:] {
+		if n.Running()[r].Writer() != w {
+			return false
+		}
+	}
+	return true
+}
+
+func anyConfig(nodes []NodeLive) bool {
+	for _, n := range nodes {
+		if n.Flag || n.File {
+			return true
+		}
+	}
+	return false
+}
+
+// entryForPrefix finds the chain entry of a keyring key by its storage
+// prefix ("aescbc:v1:k-abcde").
+func entryForPrefix(prefix string, k Keyring) (cluster.ProviderEntry, bool) {
+	parts := strings.SplitN(prefix, ":", 3)
+	if len(parts) != 3 {
+		return cluster.ProviderEntry{}, false
+	}
+	ks, ok := k.find(parts[2])
+	if !ok || string(ks.Provider) != parts[0] {
+		return cluster.ProviderEntry{}, false
+	}
+	return cluster.KeyEntry(ks.Provider, ks.Name), true
+}
+
+func unionResources(target, live cluster.Chains, census map[string]map[string]int64) []string {
+	var rs []string
+	for _, m := range []cluster.Chains{target, live} {
+		for r := range m {
+			if !slices.Contains(rs, r) {
+				rs = append(rs, r)
+			}
+		}
+	}
+	for r, counts := range census {
+		if !slices.Contains(rs, r) && total(counts) > 0 {
+			rs = append(rs, r)
+		}
+	}
+	slices.Sort(rs)
+	return rs
+}
+
+func total(m map[string]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
