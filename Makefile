@@ -6,6 +6,7 @@
 #   make lint           gofmt, go vet, staticcheck
 #   make sandbox-up     start the local sandbox (NODES=3 for three nodes)
 #   make sandbox-down   stop it and remove its state
+#   make bench-rewrite  atrest's rewrite against kubectl replace, side by side
 #   make demo           the guided tour on the sandbox (not built yet)
 
 GO          ?= go
@@ -17,7 +18,7 @@ SANDBOX_DIR ?= .sandbox
 
 export CGO_ENABLED ?= 0
 
-.PHONY: build test unit sandbox-test lint deps tools sandbox-up sandbox-down demo clean
+.PHONY: build test unit lint deps tools sandbox-up sandbox-down bench-rewrite demo clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/atrest ./cmd/atrest
@@ -43,6 +44,13 @@ test: deps
 	ATREST_KUBE_APISERVER=$$(tools/build.sh kube-apiserver) \
 	ATREST_VAULT=$$(tools/build.sh vault) \
 	$(GO) test -count=1 -tags sandbox -p 1 -timeout 60m ./...
+
+# Measurements print numbers; they assert nothing and are not part of test.
+bench-rewrite: deps
+	ATREST_KUBE_APISERVER=$$(tools/build.sh kube-apiserver) \
+	ATREST_VAULT=$$(tools/build.sh vault) \
+	ATREST_KUBECTL=$$(tools/build.sh kubectl) \
+	$(GO) test -count=1 -tags sandbox -run '^$$' -bench Rewrite -benchtime 1x -timeout 30m ./reconciler/rewritebench/
 
 sandbox-up: deps bin/atrest-sandbox
 	ATREST_KUBE_APISERVER=$$(tools/build.sh kube-apiserver) \

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build a pinned tool binary once per version into a cache outside the repo.
 #
-#   tools/build.sh kube-apiserver|vault|all
+#   tools/build.sh kube-apiserver|kubectl|vault|all
 #
 # Prints the binary path(s) on stdout; logs go to stderr. Versions come from
-# tools/NAME/go.mod (via `go list -m`), so bumping a tool is a go.mod change
-# and the new version lands in a new cache directory.
+# each tool's module under tools/ (via `go list -m`), so bumping a tool is a
+# go.mod change and the new version lands in a new cache directory.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,10 +23,10 @@ trap 'rm -f "${tmp:-}"' EXIT
 # modinfo NAME MODULE FORMAT: `go list -m -f FORMAT MODULE` in tools/NAME.
 modinfo() { (cd "$here/$1" && go list -m -f "$3" "$2"); }
 
-# build NAME VERSION PKG LDFLAGS: go build PKG (from tools/NAME) into the cache
-# unless already there; print the path.
-build() {
-  local name=$1 version=$2 pkg=$3 ldflags=$4
+# build_in MODULE NAME VERSION PKG LDFLAGS: go build PKG (from tools/MODULE)
+# into the cache as NAME unless already there; print the path.
+build_in() {
+  local module=$1 name=$2 version=$3 pkg=$4 ldflags=$5
   local dir=$bindir/$name-$version
   local out=$dir/$name
   if [[ -x $out ]]; then
@@ -37,7 +37,7 @@ build() {
     tmp=$dir/.$name.tmp.$$
     log "$name $version: building (cold build takes minutes)"
     local start=$SECONDS
-    (cd "$here/$name" && go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg")
+    (cd "$here/$module" && go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg")
     mv -f "$tmp" "$out"
     tmp=
     log "$name $version: built in $((SECONDS - start))s"
@@ -45,8 +45,10 @@ build() {
   echo "$out"
 }
 
-kube_apiserver() {
-  local v date
+# k8s NAME: build k8s.io/kubernetes/cmd/NAME from tools/kube-apiserver's
+# module (kube-apiserver, kubectl), stamped as the release.
+k8s() {
+  local name=$1 v date
   v=$(modinfo kube-apiserver k8s.io/kubernetes '{{.Version}}')
   # The tag's commit time, not now: keeps the binary reproducible.
   date=$(modinfo kube-apiserver k8s.io/kubernetes '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}')
@@ -54,14 +56,14 @@ kube_apiserver() {
   local minor=${v#v*.}; minor=${minor%%.*}
   # What hack/lib/version.sh stamps, minus gitCommit (the module zip has none;
   # empty beats the "$Format:%H$" placeholder). --version prints gitVersion.
-  local ld="-s -w" pkg k val
+  local ld="-s -w" pkg k
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     for k in gitVersion=$v gitMajor=$major gitMinor=$minor gitTreeState=clean \
       buildDate=$date gitCommit=; do
       ld+=" -X $pkg.$k"
     done
   done
-  build kube-apiserver "$v" k8s.io/kubernetes/cmd/kube-apiserver "$ld"
+  build_in kube-apiserver "$name" "$v" "k8s.io/kubernetes/cmd/$name" "$ld"
 }
 
 vault() {
@@ -70,14 +72,14 @@ vault() {
   date=$(modinfo vault github.com/hashicorp/vault '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}')
   # The version number itself is compiled in (version/VERSION); no "ui" tag,
   # since the web UI assets are not in the module zip.
-  build vault "$v" github.com/hashicorp/vault \
+  build_in vault vault "$v" github.com/hashicorp/vault \
     "-s -w -X github.com/hashicorp/vault/version.BuildDate=$date"
 }
 
 case ${1:-} in
-  kube-apiserver) kube_apiserver ;;
+  kube-apiserver|kubectl) k8s "$1" ;;
   vault) vault ;;
   # Sequential on purpose: each build already uses every core.
-  all) kube_apiserver; vault ;;
-  *) echo "usage: $0 kube-apiserver|vault|all" >&2; exit 2 ;;
+  all) k8s kube-apiserver; k8s kubectl; vault ;;
+  *) echo "usage: $0 kube-apiserver|kubectl|vault|all" >&2; exit 2 ;;
 esac

@@ -1,0 +1,350 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// RewriteOptions tunes the rewrite.
+type RewriteOptions struct {
+	// Workers is how many updates are in flight at once (default 16).
+	Workers int
+	// PageSize is the list page size (default 500).
+	PageSize int64
+	// Progress, when set, receives a progress line every ProgressEvery, and
+	// on a terminal a single line redrawn in place.
+	Progress      io.Writer
+	ProgressEvery time.Duration
+	Terminal      bool
+	Logger        *slog.Logger
+}
+
+// RewriteResult counts what a rewrite did.
+type RewriteResult struct {
+	Resource  string
+	Listed    int64 // objects seen in the list
+	Updated   int64 // updates the apiserver accepted
+	Deleted   int64 // objects gone before their update: nothing to rewrite
+	Conflicts int64 // updates retried after a fresh read
+	Restarts  int64 // list restarts after an expired continue token
+	Duration  time.Duration
+}
+
+// Rewriter re-encrypts stored objects by updating each one unchanged: the
+// apiserver writes an object back to etcd only when it was read with a
+// provider that is not the current writer, so updating everything moves
+// every stale value to the writer.
+type Rewriter struct {
+	typed   kubernetes.Interface
+	dynamic dynamic.Interface
+	opts    RewriteOptions
+}
+
+// NewRewriter builds a rewriter on cfg. Secrets go over protobuf; other
+// resources over JSON with the dynamic client. cfg's QPS and Burst are the
+// client's rate limit: client-go's default of 5 QPS is why RKE's rewrite
+// crawls, so callers pass the settings' kubernetes.qps.
+func NewRewriter(cfg *rest.Config, opts RewriteOptions) (*Rewriter, error) {
+	if opts.Workers <= 0 {
+		opts.Workers = 16
+	}
+	if opts.PageSize <= 0 {
+		opts.PageSize = 500
+	}
+	if opts.ProgressEvery <= 0 {
+		opts.ProgressEvery = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	pb := rest.CopyConfig(cfg)
+	pb.ContentType = "application/vnd.kubernetes.protobuf"
+	pb.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	typed, err := kubernetes.NewForConfig(pb)
+	if err != nil {
+		return nil, fmt.Errorf("rewrite: kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("rewrite: dynamic client: %w", err)
+	}
+	return &Rewriter{typed: typed, dynamic: dyn, opts: opts}, nil
+}
+
+// resourceClient is the two calls a rewrite makes, for one resource.
+type resourceClient interface {
+	list(ctx context.Context, opts metav1.ListOptions) (items []object, cont string, err error)
+	get(ctx context.Context, ns, name string) (object, error)
+	update(ctx context.Context, obj object) error
+}
+
+// object is one listed object: its identity and the object to send back.
+type object struct {
+	ns, name string
+	obj      any
+}
+
+// Rewrite updates every object of resource ("secrets", "configmaps",
+// "deployments.apps"). It lists page by page and restarts from the start
+// when a continue token expires, so it never reports done on a partial
+// list. Objects deleted meanwhile are skipped; other failures are collected
+// and returned together, after every object was tried.
+func (rw *Rewriter) Rewrite(ctx context.Context, resource string) (RewriteResult, error) {
+	res := RewriteResult{Resource: resource}
+	start := time.Now()
+	rc, err := rw.client(resource)
+	if err != nil {
+		return res, err
+	}
+
+	var listed, updated, deleted, conflicts atomic.Int64
+	var errsMu sync.Mutex
+	var errs []error
+	work := make(chan object, rw.opts.Workers*4)
+	var wg sync.WaitGroup
+	for range rw.opts.Workers {
+		wg.Go(func() {
+			for o := range work {
+				n, err := rw.updateOne(ctx, rc, o)
+				conflicts.Add(n)
+				switch {
+				case err == nil:
+					updated.Add(1)
+				case apierrors.IsNotFound(err):
+					deleted.Add(1)
+				default:
+					errsMu.Lock()
+					if len(errs) < 20 {
+						errs = append(errs, fmt.Errorf("%s %s: %w", resource, qualified(o), err))
+					} else if len(errs) == 20 {
+						errs = append(errs, errors.New("... more errors not shown"))
+					}
+					errsMu.Unlock()
+				}
+			}
+		})
+	}
+
+	stopProgress := rw.progress(resource, &listed, &updated)
+	listErr := func() error {
+		defer close(work)
+		cont := ""
+		for {
+			items, next, err := rc.list(ctx, metav1.ListOptions{Limit: rw.opts.PageSize, Continue: cont})
+			if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+				// The continue token outlived etcd's compaction: start over.
+				// Objects already rewritten cost a no-op update.
+				res.Restarts++
+				rw.opts.Logger.Info("rewrite: list continue token expired, restarting the list", "resource", resource)
+				cont = ""
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("list %s: %w", resource, err)
+			}
+			for _, it := range items {
+				listed.Add(1)
+				select {
+				case work <- it:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			if next == "" {
+				return nil
+			}
+			cont = next
+		}
+	}()
+	wg.Wait()
+	stopProgress()
+
+	res.Listed, res.Updated, res.Deleted, res.Conflicts = listed.Load(), updated.Load(), deleted.Load(), conflicts.Load()
+	res.Duration = time.Since(start)
+	rw.opts.Logger.Info("rewrite done", "resource", resource, "listed", res.Listed, "updated", res.Updated,
+		"deleted", res.Deleted, "conflicts", res.Conflicts, "restarts", res.Restarts, "seconds", res.Duration.Seconds())
+	if listErr != nil {
+		errs = append([]error{listErr}, errs...)
+	}
+	if len(errs) > 0 {
+		return res, fmt.Errorf("rewrite %s: %w", resource, errors.Join(errs...))
+	}
+	return res, nil
+}
+
+// updateOne sends o back unchanged; on a conflict it reads the object again
+// and retries, a few times. It returns how many conflicts it met.
+func (rw *Rewriter) updateOne(ctx context.Context, rc resourceClient, o object) (int64, error) {
+	var conflicts int64
+	for attempt := 0; ; attempt++ {
+		err := rc.update(ctx, o)
+		if !apierrors.IsConflict(err) || attempt >= 5 {
+			return conflicts, err
+		}
+		conflicts++
+		fresh, err := rc.get(ctx, o.ns, o.name)
+		if err != nil {
+			return conflicts, err
+		}
+		o = fresh
+	}
+}
+
+func (rw *Rewriter) progress(resource string, listed, updated *atomic.Int64) func() {
+	if rw.opts.Progress == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	every := rw.opts.ProgressEvery
+	if rw.opts.Terminal {
+		every = 200 * time.Millisecond
+	}
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				if rw.opts.Terminal {
+					fmt.Fprintf(rw.opts.Progress, "\rrewrite %s: %d/%d\n", resource, updated.Load(), listed.Load())
+				}
+				return
+			case <-t.C:
+				if rw.opts.Terminal {
+					fmt.Fprintf(rw.opts.Progress, "\rrewrite %s: %d/%d", resource, updated.Load(), listed.Load())
+				} else {
+					fmt.Fprintf(rw.opts.Progress, "rewrite %s: %d of %d listed so far updated\n", resource, updated.Load(), listed.Load())
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+func qualified(o object) string {
+	if o.ns == "" {
+		return o.name
+	}
+	return o.ns + "/" + o.name
+}
+
+func (rw *Rewriter) client(resource string) (resourceClient, error) {
+	if resource == "secrets" {
+		return secretClient{rw.typed}, nil
+	}
+	gvr, err := groupVersionResource(rw.typed, resource)
+	if err != nil {
+		return nil, err
+	}
+	return dynamicClient{rw.dynamic.Resource(gvr)}, nil
+}
+
+// groupVersionResource finds the preferred version of resource
+// ("configmaps", "deployments.apps") from discovery.
+func groupVersionResource(kc kubernetes.Interface, resource string) (schema.GroupVersionResource, error) {
+	name, group, _ := strings.Cut(resource, ".")
+	lists, err := kc.Discovery().ServerPreferredResources()
+	if err != nil && len(lists) == 0 {
+		return schema.GroupVersionResource{}, fmt.Errorf("discover %s: %w", resource, err)
+	}
+	for _, l := range lists {
+		gv, err := schema.ParseGroupVersion(l.GroupVersion)
+		if err != nil || gv.Group != group {
+			continue
+		}
+		for _, r := range l.APIResources {
+			if r.Name == name {
+				return gv.WithResource(name), nil
+			}
+		}
+	}
+	return schema.GroupVersionResource{}, fmt.Errorf("rewrite: the API server serves no resource %q", resource)
+}
+
+type secretClient struct{ kc kubernetes.Interface }
+
+func (c secretClient) list(ctx context.Context, opts metav1.ListOptions) ([]object, string, error) {
+	l, err := c.kc.CoreV1().Secrets("").List(ctx, opts)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]object, len(l.Items))
+	for i := range l.Items {
+		s := &l.Items[i]
+		out[i] = object{ns: s.Namespace, name: s.Name, obj: s}
+	}
+	return out, l.Continue, nil
+}
+
+func (c secretClient) get(ctx context.Context, ns, name string) (object, error) {
+	s, err := c.kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return object{}, err
+	}
+	return object{ns: ns, name: name, obj: s}, nil
+}
+
+func (c secretClient) update(ctx context.Context, o object) error {
+	_, err := c.kc.CoreV1().Secrets(o.ns).Update(ctx, o.obj.(*corev1.Secret), metav1.UpdateOptions{})
+	return err
+}
+
+type dynamicClient struct {
+	rc dynamic.NamespaceableResourceInterface
+}
+
+func (c dynamicClient) list(ctx context.Context, opts metav1.ListOptions) ([]object, string, error) {
+	l, err := c.rc.List(ctx, opts)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]object, len(l.Items))
+	for i := range l.Items {
+		u := &l.Items[i]
+		out[i] = object{ns: u.GetNamespace(), name: u.GetName(), obj: u}
+	}
+	return out, l.GetContinue(), nil
+}
+
+func (c dynamicClient) get(ctx context.Context, ns, name string) (object, error) {
+	var u *unstructured.Unstructured
+	var err error
+	if ns == "" {
+		u, err = c.rc.Get(ctx, name, metav1.GetOptions{})
+	} else {
+		u, err = c.rc.Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	}
+	if err != nil {
+		return object{}, err
+	}
+	return object{ns: ns, name: name, obj: u}, nil
+}
+
+func (c dynamicClient) update(ctx context.Context, o object) error {
+	u := o.obj.(*unstructured.Unstructured)
+	var err error
+	if o.ns == "" {
+		_, err = c.rc.Update(ctx, u, metav1.UpdateOptions{})
+	} else {
+		_, err = c.rc.Namespace(o.ns).Update(ctx, u, metav1.UpdateOptions{})
+	}
+	return err
+}

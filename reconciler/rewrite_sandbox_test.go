@@ -1,0 +1,292 @@
+//go:build sandbox
+
+package reconciler
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/sandbox"
+	"github.com/atrest-io/atrest/sandbox/sandboxtest"
+)
+
+var sb *sandbox.Sandbox
+
+func TestMain(m *testing.M) {
+	os.Exit(sandboxtest.Main(m, sandbox.Options{Nodes: 3}, &sb))
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func restConfig(t testing.TB) *rest.Config {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", sb.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.QPS, cfg.Burst = 500, 1000
+	return cfg
+}
+
+func etcd(t testing.TB) *clientv3.Client {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(sb.EtcdCertFile, sb.EtcdKeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := os.ReadFile(sb.CAFile)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{sb.EtcdEndpoint}, DialTimeout: 10 * time.Second,
+		TLS: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// census counts the stored values under /registry/<resource>/ by prefix.
+func census(t testing.TB, ctx context.Context, resource string) map[string]int64 {
+	t.Helper()
+	resp, err := etcd(t).Get(ctx, "/registry/"+resource+"/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, kv := range resp.Kvs {
+		out[cluster.StoragePrefix(kv.Value)]++
+	}
+	return out
+}
+
+// deployAll puts a provider file on every node and makes kube-apiserver
+// use it: the way atrest's controlplane will, done plainly for these tests.
+func deployAll(t testing.TB, ctx context.Context, config []byte) {
+	t.Helper()
+	for i, n := range sb.Nodes {
+		file := filepath.Join(n.Dir, "etc-kubernetes", "ssl", "encryption.yaml")
+		if err := os.WriteFile(file, config, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := sb.Docker(ctx, i, "inspect", "--format", "{{join .Args \" \"}}", "kube-apiserver")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, "--encryption-provider-config") {
+			_, err = sb.Docker(ctx, i, "restart", "kube-apiserver")
+		} else {
+			if _, err = sb.Docker(ctx, i, "rm", "--force", "kube-apiserver"); err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
+				"--volume=/etc/kubernetes:/etc/kubernetes:z", sandbox.KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
+			args = append(append(args, sb.APIServerArgs(n)...), "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml")
+			_, err = sb.Docker(ctx, i, args...)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.WaitReady(ctx, i, 3*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// plainAll runs every kube-apiserver without a provider config again.
+func plainAll(t testing.TB, ctx context.Context) {
+	t.Helper()
+	for i, n := range sb.Nodes {
+		if _, err := sb.Docker(ctx, i, "rm", "--force", "kube-apiserver"); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
+			"--volume=/etc/kubernetes:/etc/kubernetes:z", sandbox.KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
+		if _, err := sb.Docker(ctx, i, append(args, sb.APIServerArgs(n)...)...); err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.WaitReady(ctx, i, 3*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		_ = os.Remove(filepath.Join(n.Dir, "etc-kubernetes", "ssl", "encryption.yaml"))
+	}
+}
+
+func newKey(t testing.TB, name string) cluster.Key {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return cluster.Key{Name: name, Provider: cluster.AESCBC, Secret: b}
+}
+
+func render(t testing.TB, keys ...cluster.Key) []byte {
+	t.Helper()
+	data, err := cluster.ManagedConfig{Keys: keys}.Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func createSecrets(t testing.TB, ctx context.Context, kc kubernetes.Interface, namespaces []string, n, size int) {
+	t.Helper()
+	for _, ns := range namespaces {
+		_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		if err != nil && !strings.Contains(err.Error(), "already exists") {
+			t.Fatal(err)
+		}
+	}
+	payload := bytes.Repeat([]byte("x"), size)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 16)
+	for i := range n {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			ns := namespaces[i%len(namespaces)]
+			_, err := kc.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("s-%05d", i)},
+				Data:       map[string][]byte{"value": append([]byte(fmt.Sprintf("%05d:", i)), payload...)},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+func TestRewrite(t *testing.T) {
+	ctx := testCtx(t)
+	kc, err := kubernetes.NewForConfig(restConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, k2 := newKey(t, "k-rw001"), newKey(t, "k-rw002")
+	deployAll(t, ctx, render(t, k1))
+	t.Cleanup(func() {
+		// Leave the sandbox plain for other tests: decrypt, then no config.
+		ctx := context.Background()
+		deployAll(t, ctx, mustRender(cluster.Chains{"secrets": {cluster.Identity, cluster.KeyEntry(cluster.AESCBC, k2.Name), cluster.KeyEntry(cluster.AESCBC, k1.Name)}}, k1, k2))
+		rw, _ := NewRewriter(restConfig(t), RewriteOptions{})
+		if _, err := rw.Rewrite(ctx, "secrets"); err != nil {
+			t.Errorf("cleanup rewrite: %v", err)
+		}
+		plainAll(t, ctx)
+	})
+	namespaces := []string{"rw-a", "rw-b", "rw-c"}
+	createSecrets(t, ctx, kc, namespaces, 300, 64)
+	if got := census(t, ctx, "secrets")["aescbc:v1:"+k1.Name]; got < 300 {
+		t.Fatalf("only %d secrets under k1 before the rotation", got)
+	}
+	deployAll(t, ctx, render(t, k1, k2)) // readers first
+	deployAll(t, ctx, render(t, k2, k1)) // then the writer
+
+	// Meanwhile: secrets deleted and updated by others (the rewrite must
+	// skip the first and retry the second), and etcd compacted again and
+	// again, so continue tokens expire and the list must start over.
+	var logs bytes.Buffer
+	rw, err := NewRewriter(restConfig(t), RewriteOptions{Workers: 8, PageSize: 20, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Progress: &logs, ProgressEvery: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var bg sync.WaitGroup
+	bg.Go(func() {
+		ec := etcd(t)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			ns := namespaces[i%3]
+			name := fmt.Sprintf("s-%05d", 299-i)
+			if i < 40 {
+				_ = kc.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{})
+			}
+			if r, err := ec.Get(ctx, "compact-me"); err == nil {
+				_, _ = ec.Compact(ctx, r.Header.Revision)
+			}
+		}
+	})
+	res, err := rw.Rewrite(ctx, "secrets")
+	close(stop)
+	bg.Wait()
+	if err != nil {
+		t.Fatalf("rewrite: %v\n%s", err, logs.String())
+	}
+	t.Logf("rewrite: %+v", res)
+	if res.Restarts == 0 {
+		t.Errorf("no list restart although etcd was compacted every 20ms (page size 20): %+v", res)
+	}
+	got := census(t, ctx, "secrets")
+	for prefix, n := range got {
+		if prefix != "aescbc:v1:"+k2.Name && n > 0 {
+			t.Errorf("%d secrets still under %s after the rewrite", n, prefix)
+		}
+	}
+	// Every remaining secret reads back unchanged through every node.
+	for i := range sb.Nodes {
+		cfg := restConfig(t)
+		cfg.Host = sb.Nodes[i].APIServerURL
+		nkc := kubernetes.NewForConfigOrDie(cfg)
+		for _, ns := range namespaces {
+			l, err := nkc.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				t.Fatalf("%s: list: %v", sb.Nodes[i].Name, err)
+			}
+			for _, s := range l.Items {
+				if !bytes.HasPrefix(s.Data["value"], []byte(strings.TrimPrefix(s.Name, "s-")+":")) {
+					t.Fatalf("%s: secret %s/%s changed: %q", sb.Nodes[i].Name, ns, s.Name, s.Data["value"][:10])
+				}
+			}
+		}
+	}
+	if strings.Contains(logs.String(), base64.StdEncoding.EncodeToString(k2.Secret)) {
+		t.Fatal("key material in the rewrite's logs")
+	}
+}
+
+func mustRender(cs cluster.Chains, keys ...cluster.Key) []byte {
+	byName := map[string]cluster.Key{}
+	for _, k := range keys {
+		byName[k.Name] = k
+	}
+	data, err := cluster.RenderChains(cs, func(n string) (cluster.Key, error) { return byName[n], nil })
+	if err != nil {
+		panic(err)
+	}
+	return data
+}
