@@ -47,6 +47,7 @@ import (
 var sb *sandbox.Sandbox
 
 func TestMain(m *testing.M) {
+	sandbox.RunHelper() // this binary also serves the sandbox's Git over HTTP
 	flag.Parse()
 	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
 		// Not benchmarking: no sandbox to start.
