@@ -1,0 +1,277 @@
+// Package keystore keeps a cluster's encryption keys in HashiCorp Vault, with
+// the keyring that says what each key is for, the journal of the transition
+// in flight, the transition lock, and the references retained etcd snapshots
+// hold on keys.
+//
+// Layout in a KV v2 mount (default "secret"), under a prefix (default
+// "atrest") and the cluster's name:
+//
+//	<prefix>/<cluster>/keyring       the Keyring: keys, roles, config hashes, journal
+//	<prefix>/<cluster>/keys/<name>   one key's material, written once, never overwritten
+//	<prefix>/<cluster>/lock          the transition lock
+//	<prefix>/<cluster>/snapshots     which retained snapshots need which keys
+//
+// Key material lives only at keys/<name>, at its own path, so keeping an old
+// key alive never depends on KV version history: KV v2 prunes old versions
+// of a path (10 by default) as it is updated. Every write is a check-and-set
+// against the version read; a lost race is ErrConflict and writes nothing.
+//
+// A token needs this Vault policy (for mount "secret", prefix "atrest"):
+//
+//	path "secret/data/atrest/*"     { capabilities = ["create", "read", "update"] }
+//	path "secret/metadata/atrest/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	vault "github.com/hashicorp/vault/api"
+)
+
+// Auth methods.
+const (
+	AuthToken      = "token"
+	AuthAppRole    = "approle"
+	AuthKubernetes = "kubernetes"
+)
+
+// Config says how to reach Vault, how to log in, and where the cluster's
+// keys live. Empty connection fields fall back to the usual VAULT_*
+// environment variables (VAULT_ADDR, VAULT_CACERT, VAULT_CAPATH,
+// VAULT_CLIENT_CERT, VAULT_CLIENT_KEY, VAULT_NAMESPACE, VAULT_TOKEN, ...).
+type Config struct {
+	Address        string // https://vault.example:8200
+	CAFile         string // PEM bundle of CAs that verify Vault
+	ClientCertFile string // client certificate for TLS client auth
+	ClientKeyFile  string
+	Namespace      string // Vault Enterprise namespace
+
+	AuthMethod string // AuthToken (default), AuthAppRole or AuthKubernetes
+	TokenFile  string // token auth: file holding the token; empty: VAULT_TOKEN
+
+	AppRoleMount        string // default "approle"
+	AppRoleID           string
+	AppRoleSecretIDFile string // holds the secret id, or with AppRoleWrapped a response-wrapping token for it
+	AppRoleWrapped      bool
+
+	KubernetesMount     string // default "kubernetes"
+	KubernetesRole      string
+	KubernetesTokenFile string // default the pod's projected service-account token; re-read at every login
+
+	KVMount string // KV v2 mount, default "secret"
+	Prefix  string // path prefix inside the mount, default "atrest"
+	Cluster string // the cluster's name: its keyring is <Prefix>/<Cluster>
+
+	Logger *slog.Logger // default slog.Default()
+}
+
+// DefaultKubernetesTokenFile is where a pod's service-account token is.
+const DefaultKubernetesTokenFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+// opTimeout bounds each Vault call (the client retries transport errors
+// and 5xx answers within it).
+const opTimeout = 30 * time.Second
+
+var segmentRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// withDefaults fills in defaults and checks cfg; the error names every
+// problem and its fix.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.AuthMethod == "" {
+		cfg.AuthMethod = AuthToken
+	}
+	if cfg.AppRoleMount == "" {
+		cfg.AppRoleMount = "approle"
+	}
+	if cfg.KubernetesMount == "" {
+		cfg.KubernetesMount = "kubernetes"
+	}
+	if cfg.KubernetesTokenFile == "" {
+		cfg.KubernetesTokenFile = DefaultKubernetesTokenFile
+	}
+	if cfg.KVMount == "" {
+		cfg.KVMount = "secret"
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "atrest"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	cfg.KVMount = strings.Trim(cfg.KVMount, "/")
+	cfg.Prefix = strings.Trim(cfg.Prefix, "/")
+	cfg.AppRoleMount = strings.Trim(cfg.AppRoleMount, "/")
+	cfg.KubernetesMount = strings.Trim(cfg.KubernetesMount, "/")
+
+	var problems []string
+	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	switch {
+	case cfg.Cluster == "":
+		bad("cluster: required: the cluster's name, which names its keyring in Vault")
+	case !segmentRE.MatchString(cfg.Cluster):
+		bad("cluster: %q must be letters, digits, '.', '_' or '-', starting with a letter or digit", cfg.Cluster)
+	}
+	for _, p := range []struct{ field, value string }{{"kvMount", cfg.KVMount}, {"prefix", cfg.Prefix}, {"approleMount", cfg.AppRoleMount}, {"kubernetesMount", cfg.KubernetesMount}} {
+		for seg := range strings.SplitSeq(p.value, "/") {
+			if !segmentRE.MatchString(seg) {
+				bad("%s: %q is not a Vault path: each '/'-separated part must be letters, digits, '.', '_' or '-', starting with a letter or digit", p.field, p.value)
+				break
+			}
+		}
+	}
+	if (cfg.ClientCertFile == "") != (cfg.ClientKeyFile == "") {
+		bad("clientCertFile and clientKeyFile: give both or neither")
+	}
+	switch cfg.AuthMethod {
+	case AuthToken:
+	case AuthAppRole:
+		if cfg.AppRoleID == "" {
+			bad("approleRoleID: required for authMethod approle")
+		}
+		if cfg.AppRoleSecretIDFile == "" {
+			bad("approleSecretIDFile: required for authMethod approle: a file holding the secret id (or, with approleWrapped, a response-wrapping token for it)")
+		}
+	case AuthKubernetes:
+		if cfg.KubernetesRole == "" {
+			bad("kubernetesRole: required for authMethod kubernetes: the Vault role bound to atrest's service account")
+		}
+	default:
+		bad("authMethod: %q is not one of token, approle, kubernetes", cfg.AuthMethod)
+	}
+	if len(problems) > 0 {
+		return cfg, fmt.Errorf("%w vault settings:\n  %s", ErrInvalid, strings.Join(problems, "\n  "))
+	}
+	return cfg, nil
+}
+
+// Store is a cluster's key custody in Vault. It is safe for concurrent use.
+// Close it to stop renewing its Vault token.
+type Store struct {
+	cfg    Config
+	log    *slog.Logger
+	client *vault.Client
+	auth   *authenticator
+	base   string // <prefix>/<cluster>
+
+	loggedIn  chan *vault.Secret // logins made outside keepLoggedIn (see call)
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// Open connects to Vault, logs in, checks that the KV mount is there and is
+// version 2, and starts renewing the token in the background: when renewal
+// can no longer extend it (its max TTL is reached, or renewal fails), it
+// logs in again.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	client, err := newClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{
+		cfg:      cfg,
+		log:      cfg.Logger.With("cluster", cfg.Cluster),
+		client:   client,
+		base:     cfg.Prefix + "/" + cfg.Cluster,
+		loggedIn: make(chan *vault.Secret, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	s.auth = &authenticator{cfg: cfg, client: client, log: s.log}
+	lctx, cancel := context.WithTimeout(ctx, opTimeout)
+	secret, err := s.auth.login(lctx)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkMount(ctx); err != nil {
+		return nil, err
+	}
+	go s.keepLoggedIn(secret)
+	return s, nil
+}
+
+// newClient builds a Vault client from the VAULT_* environment with cfg's
+// settings on top.
+func newClient(cfg Config) (*vault.Client, error) {
+	vc := vault.DefaultConfig() // reads the VAULT_* environment
+	if vc.Error != nil {
+		return nil, fmt.Errorf("vault client from VAULT_* environment: %w", vc.Error)
+	}
+	if cfg.Address != "" {
+		vc.Address = cfg.Address
+	}
+	if cfg.CAFile != "" || cfg.ClientCertFile != "" {
+		// ConfigureTLS adds to the TLS settings read from the environment.
+		if err := vc.ConfigureTLS(&vault.TLSConfig{CACert: cfg.CAFile, ClientCert: cfg.ClientCertFile, ClientKey: cfg.ClientKeyFile}); err != nil {
+			return nil, fmt.Errorf("vault TLS (caFile %q, clientCertFile %q): %w", cfg.CAFile, cfg.ClientCertFile, err)
+		}
+	}
+	client, err := vault.NewClient(vc)
+	if err != nil {
+		return nil, fmt.Errorf("vault client for %s: %w", vc.Address, err)
+	}
+	if cfg.Namespace != "" {
+		client.SetNamespace(cfg.Namespace)
+	}
+	return client, nil
+}
+
+// checkMount makes sure the KV mount exists, is version 2 and is usable by
+// the token: on a KV version 1 mount, writes to "<mount>/data/..." would
+// silently create plain secrets without versions or check-and-set, and on a
+// missing mount reads would find nothing and look like an empty keyring.
+// Vault answers 403 alike for a missing mount and for a token with no
+// capability anywhere under it; both leave atrest unable to work.
+func (s *Store) checkMount(ctx context.Context) error {
+	const op = "check KV mount"
+	p := "sys/internal/ui/mounts/" + s.cfg.KVMount
+	sec, err := s.call(ctx, func(ctx context.Context) (*vault.Secret, error) {
+		return s.client.Logical().ReadWithContext(ctx, p)
+	})
+	if err != nil {
+		err = classify(err, capRead, s.client.Address())
+		if errors.Is(err, ErrPermissionDenied) {
+			err = fmt.Errorf("%w: there is no secrets engine at %q, or the token's policy grants nothing under it: check kvMount, and that the policy covers %s and %s",
+				ErrPermissionDenied, s.cfg.KVMount, s.path("data", "*"), s.path("metadata", "*"))
+		}
+		return &OpError{Op: op, Path: p, Err: err}
+	}
+	if sec == nil || sec.Data == nil {
+		return &OpError{Op: op, Path: p, Err: fmt.Errorf("%w: no secrets engine is mounted at %q: enable one with `vault secrets enable -path=%s kv-v2`", ErrNotFound, s.cfg.KVMount, s.cfg.KVMount)}
+	}
+	typ, _ := sec.Data["type"].(string)
+	opts, _ := sec.Data["options"].(map[string]any)
+	version, _ := opts["version"].(string)
+	if typ != "kv" || version != "2" {
+		return &OpError{Op: op, Path: p, Err: fmt.Errorf("%w: the secrets engine at %q is %q version %q, not kv version 2: atrest needs KV v2 for versions and check-and-set", ErrInvalid, s.cfg.KVMount, typ, version)}
+	}
+	return nil
+}
+
+// Close stops renewing the Vault token. Locks are not released: Release
+// them first.
+func (s *Store) Close() {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.done
+	})
+}
+
+// path returns the KV v2 API path of a document: kind is "data" or
+// "metadata", rel is relative to <prefix>/<cluster>.
+func (s *Store) path(kind, rel string) string {
+	return path.Join(s.cfg.KVMount, kind, s.base, rel)
+}
