@@ -1,0 +1,80 @@
+package etcdsnap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// Prune removes the snapshots beyond the newest retention ones, except
+// those keep returns true for (the snapshot taken before a transition that
+// has not finished: keep it until the transition is done), and releases
+// their key references. It returns the names it removed, oldest last.
+//
+// Each snapshot goes in the order that is safe to interrupt: first its
+// file (from then on nothing needs its keys), then its key reference, and
+// its manifest last, so that a Prune interrupted or failing midway finds
+// the snapshot again next time and finishes the job. One failure does not
+// stop the others; the error joins them all.
+func Prune(ctx context.Context, store Store, refs KeyRefs, retention int, keep func(Manifest) bool) ([]string, error) {
+	if retention < 1 {
+		return nil, fmt.Errorf("prune snapshots: retention %d: keep at least 1 snapshot", retention)
+	}
+	all, err := List(ctx, store)
+	if err != nil {
+		return nil, fmt.Errorf("prune snapshots: %w", err)
+	}
+	victims := pruneCandidates(all, retention, keep)
+	for _, m := range victims {
+		if len(m.Keys) > 0 && refs == nil {
+			return nil, fmt.Errorf("prune snapshots: snapshot %s references keys and there is no keystore to release them in", m.Name)
+		}
+	}
+	var removed []string
+	var errs []error
+	for _, m := range victims {
+		if err := remove(ctx, store, refs, m); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, m.Name)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// pruneCandidates returns what Prune removes from all (newest first).
+func pruneCandidates(all []Manifest, retention int, keep func(Manifest) bool) []Manifest {
+	var out []Manifest
+	for i, m := range all {
+		if i < retention || (keep != nil && keep(m)) {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func remove(ctx context.Context, store Store, refs KeyRefs, m Manifest) error {
+	if err := store.Remove(ctx, dbObject(m.Name)); err != nil {
+		return fmt.Errorf("prune snapshot %s: remove %s: %w", m.Name, dbObject(m.Name), err)
+	}
+	if len(m.Keys) > 0 {
+		if err := refs.ReleaseSnapshotRef(ctx, m.Name); err != nil {
+			return fmt.Errorf("prune snapshot %s: release its key reference: %w", m.Name, err)
+		}
+	}
+	if err := store.Remove(ctx, manifestObject(m.Name)); err != nil {
+		return fmt.Errorf("prune snapshot %s: remove %s: %w", m.Name, manifestObject(m.Name), err)
+	}
+	return nil
+}
+
+// KeepTransitions is a keep function for Prune: it keeps the snapshots
+// taken before any of the given transitions (journal ids), which have not
+// finished yet.
+func KeepTransitions(unfinished ...string) func(Manifest) bool {
+	return func(m Manifest) bool {
+		return m.Transition != "" && slices.Contains(unfinished, m.Transition)
+	}
+}

@@ -1,0 +1,49 @@
+package etcdsnap
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestPruneCandidates(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	mk := func(name string, hours int, transition string) Manifest {
+		return Manifest{Name: name, Time: t0.Add(time.Duration(hours) * time.Hour), Transition: transition}
+	}
+	// Newest first, as List returns them.
+	all := []Manifest{mk("e", 5, ""), mk("d", 4, ""), mk("c", 3, "rotate-7"), mk("b", 2, ""), mk("a", 1, "rotate-6")}
+	unfinished := KeepTransitions("rotate-7")
+	tests := []struct {
+		name      string
+		retention int
+		keep      func(Manifest) bool
+		want      []string
+	}{
+		{"keep 2", 2, nil, []string{"c", "b", "a"}},
+		{"keep 2 and the unfinished transition's", 2, unfinished, []string{"b", "a"}},
+		{"keep all", 5, nil, nil},
+		{"keep more than there are", 9, unfinished, nil},
+		{"keep 1", 1, unfinished, []string{"d", "b", "a"}},
+		{"keep 1 and two transitions'", 1, KeepTransitions("rotate-6", "rotate-7"), []string{"d", "b"}},
+		{"no transition unfinished", 1, KeepTransitions(), []string{"d", "c", "b", "a"}},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, m := range pruneCandidates(all, tt.retention, tt.keep) {
+			got = append(got, m.Name)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("%s: prune %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestSortNewestFirst(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ms := []Manifest{{Name: "b", Time: t0}, {Name: "c", Time: t0.Add(time.Second)}, {Name: "a", Time: t0}}
+	sortNewestFirst(ms)
+	if got := []string{ms[0].Name, ms[1].Name, ms[2].Name}; !slices.Equal(got, []string{"c", "b", "a"}) {
+		t.Errorf("order %v", got)
+	}
+}

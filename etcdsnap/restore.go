@@ -1,0 +1,255 @@
+package etcdsnap
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/template"
+
+	apiserverv1 "k8s.io/apiserver/pkg/apis/apiserver/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/atrest-io/atrest/cluster"
+)
+
+// KeySource fetches key material by name (implemented by keystore.Store).
+type KeySource interface {
+	Key(ctx context.Context, name string) (cluster.Key, error)
+}
+
+// RestoreConfig returns the EncryptionConfiguration that lets a
+// kube-apiserver read every object in the snapshot m describes: every key
+// m references, fetched from keys and checked against its fingerprint, as
+// readers (in manifest order, one provider entry per provider in order of
+// first appearance, the first key first), then identity for plain
+// objects, for m's resources. The config is validated as kube-apiserver
+// would before it is returned. The bytes hold key material: write them
+// with WriteRestoreConfig, never to a log.
+func RestoreConfig(ctx context.Context, m Manifest, keys KeySource) ([]byte, error) {
+	var fetched []cluster.Key
+	for _, ref := range m.Keys {
+		if !slices.Contains(cluster.ManagedProviders, cluster.Provider(ref.Provider)) {
+			return nil, fmt.Errorf("restore config for snapshot %s: key %s has provider %q: atrest can only write aescbc, aesgcm and secretbox keys into a config; copy that provider's entry from the custom config in force when the snapshot was taken (Git revision %s), its plugin must still hold the key",
+				m.Name, ref.Name, ref.Provider, orUnknown(m.GitRevision))
+		}
+		if keys == nil {
+			return nil, fmt.Errorf("restore config for snapshot %s: no keystore to fetch key %s from", m.Name, ref.Name)
+		}
+		k, err := keys.Key(ctx, ref.Name)
+		if err != nil {
+			return nil, fmt.Errorf("restore config for snapshot %s: fetch key %s: %w", m.Name, ref.Name, err)
+		}
+		if string(k.Provider) != ref.Provider {
+			return nil, fmt.Errorf("restore config for snapshot %s: key %s in the keystore is a %s key, the snapshot was taken with a %s key of that name", m.Name, ref.Name, k.Provider, ref.Provider)
+		}
+		if fp := k.Fingerprint(); fp != ref.Fingerprint {
+			return nil, fmt.Errorf("restore config for snapshot %s: key %s in the keystore has fingerprint %s, the snapshot was taken with fingerprint %s: that is another key under the same name, and it cannot read this snapshot", m.Name, ref.Name, fp, ref.Fingerprint)
+		}
+		fetched = append(fetched, k)
+	}
+	data, err := renderRestoreConfig(m.resources(), fetched)
+	if err != nil {
+		return nil, fmt.Errorf("restore config for snapshot %s: %w", m.Name, err)
+	}
+	if _, err := cluster.ParseEncryptionConfig("restore config for snapshot "+m.Name, "", data, ""); err != nil {
+		return nil, fmt.Errorf("restore config for snapshot %s is not valid: %w", m.Name, err)
+	}
+	return data, nil
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// renderRestoreConfig renders keys, grouped per provider in order of first
+// appearance, and identity, for resources.
+func renderRestoreConfig(resources []string, keys []cluster.Key) ([]byte, error) {
+	var order []cluster.Provider
+	byProvider := map[cluster.Provider][]apiserverv1.Key{}
+	for _, k := range keys {
+		if _, ok := byProvider[k.Provider]; !ok {
+			order = append(order, k.Provider)
+		}
+		byProvider[k.Provider] = append(byProvider[k.Provider],
+			apiserverv1.Key{Name: k.Name, Secret: base64.StdEncoding.EncodeToString(k.Secret)})
+	}
+	var providers []apiserverv1.ProviderConfiguration
+	for _, p := range order {
+		ks := byProvider[p]
+		switch p {
+		case cluster.AESCBC:
+			providers = append(providers, apiserverv1.ProviderConfiguration{AESCBC: &apiserverv1.AESConfiguration{Keys: ks}})
+		case cluster.AESGCM:
+			providers = append(providers, apiserverv1.ProviderConfiguration{AESGCM: &apiserverv1.AESConfiguration{Keys: ks}})
+		case cluster.Secretbox:
+			providers = append(providers, apiserverv1.ProviderConfiguration{Secretbox: &apiserverv1.SecretboxConfiguration{Keys: ks}})
+		default:
+			return nil, fmt.Errorf("key provider %q cannot be written into a config", p)
+		}
+	}
+	providers = append(providers, apiserverv1.ProviderConfiguration{Identity: &apiserverv1.IdentityConfiguration{}})
+	cfg := apiserverv1.EncryptionConfiguration{
+		Resources: []apiserverv1.ResourceConfiguration{{Resources: slices.Clone(resources), Providers: providers}},
+	}
+	cfg.APIVersion = apiserverv1.SchemeGroupVersion.String()
+	cfg.Kind = "EncryptionConfiguration"
+	data, err := yaml.Marshal(&cfg)
+	if err != nil {
+		// yaml errors quote no values, but say nothing more to be sure.
+		return nil, errors.New("render EncryptionConfiguration: marshal failed")
+	}
+	return data, nil
+}
+
+// WriteRestoreConfig writes a restore config to path with mode 0600. It
+// refuses to replace an existing file unless overwrite is set; then the new
+// file replaces the old one whole (written beside it, then renamed).
+func WriteRestoreConfig(path string, data []byte, overwrite bool) error {
+	if path == "" {
+		return errors.New("write restore config: no path: name the file to write (it will hold keys, mode 0600)")
+	}
+	dir := filepath.Dir(path)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("write restore config %s: directory %s does not exist", path, dir)
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if !overwrite {
+			return fmt.Errorf("write restore config %s: the file exists: remove it or ask to overwrite it", path)
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("write restore config %s: exists and is not a regular file", path)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("write restore config %s: %w", path, err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("write restore config %s: %w", path, err)
+	}
+	fail := func(err error) error {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write restore config %s: %w", path, err)
+	}
+	// CreateTemp makes the file 0600 already; say so in case that changes.
+	if err := tmp.Chmod(0o600); err != nil {
+		return fail(err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fail(err)
+	}
+	if overwrite {
+		err = os.Rename(tmp.Name(), path)
+	} else {
+		// A link never replaces a file that appeared meanwhile.
+		err = publish(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write restore config %s: %w", path, err)
+	}
+	return syncDir(dir)
+}
+
+// RKE's places for a restore.
+const (
+	rkeProviderFile = "/etc/kubernetes/ssl/encryption.yaml"
+	rkeSnapshotDir  = "/opt/rke/etcd-snapshots"
+)
+
+var instructionsTmpl = template.Must(template.New("restore").Parse(`Restoring etcd snapshot {{.M.Name}}
+  taken {{.M.Time.Format "2006-01-02 15:04:05 MST"}} ({{.M.Reason}}) from {{.M.Endpoint}}, etcd {{.M.EtcdVersion}}, revision >= {{.M.EtcdRevision}}
+  Git revision {{or .M.GitRevision "unknown"}}, keyring version {{.M.KeyringVersion}}
+  file {{.DB}} ({{.M.Size}} bytes, sha256 {{.M.SHA256}})
+  readable with {{.KeyList}}
+
+The EncryptionConfiguration in {{.Config}} (mode 0600; it holds those keys:
+never commit it, delete it when the restore is done) lets kube-apiserver read
+every object in this snapshot. Every kube-apiserver must run with it from the
+moment it starts on the restored data:
+  install -m 0600 {{.Config}} {{.ProviderFile}}     (on every controlplane node)
+  kube-apiserver ... --encryption-provider-config={{.ProviderFile}}
+
+0. Check the snapshot first:
+  atrest snapshot verify {{.M.Name}}
+  sha256sum {{.DB}}        # {{.M.SHA256}}
+
+A. RKE (rke etcd snapshot-restore)
+  RKE deploys the provider file from cluster.yml, so give it this one as a
+  custom config in a local copy of cluster.yml (not the one in Git):
+    services:
+      kube-api:
+        secrets_encryption_config:
+          enabled: true
+          custom_config:   # the content of {{.Config}}, indented here
+  Copy the snapshot to every etcd node, then restore:
+    install -m 0600 {{.DB}} {{.RKEDir}}/{{.M.Name}}      (on every etcd node)
+    rke etcd snapshot-restore --config cluster.yml --name {{.M.Name}}
+  When the cluster is back, point atrest at it again: it converges the
+  nodes to the config in Git (rewriting objects and retiring keys as needed).
+
+B. etcd by hand, etcd 3.5 and later (etcdutl), on every etcd member:
+    etcdutl snapshot restore {{.DB}} \
+      --name MEMBER --data-dir /var/lib/etcd-restored \
+      --initial-cluster MEMBER=https://MEMBER_IP:2380[,...] \
+      --initial-cluster-token etcd-cluster-restored \
+      --initial-advertise-peer-urls https://MEMBER_IP:2380
+  then start etcd on /var/lib/etcd-restored, and start kube-apiserver with
+  --encryption-provider-config={{.ProviderFile}} holding {{.Config}}.
+
+C. etcd 3.4 (no etcdutl): the same with etcdctl:
+    ETCDCTL_API=3 etcdctl snapshot restore {{.DB}} \
+      --name MEMBER --data-dir /var/lib/etcd-restored \
+      --initial-cluster MEMBER=https://MEMBER_IP:2380[,...] \
+      --initial-cluster-token etcd-cluster-restored \
+      --initial-advertise-peer-urls https://MEMBER_IP:2380
+`))
+
+// RestoreInstructions tells an operator how to restore snapshot m with the
+// restore config written at configPath: with RKE, with etcdutl (etcd 3.5+)
+// and with etcdctl (etcd 3.4). It holds no key material.
+func RestoreInstructions(m Manifest, configPath string) string {
+	return restoreInstructions(m, configPath, dbObject(m.Name))
+}
+
+// RestoreInstructionsIn is RestoreInstructions naming the snapshot file by
+// its path in a local store.
+func RestoreInstructionsIn(d *LocalDir, m Manifest, configPath string) string {
+	return restoreInstructions(m, configPath, d.Path(dbObject(m.Name)))
+}
+
+func restoreInstructions(m Manifest, configPath, db string) string {
+	keyList := "identity only (no keys: every object is plain)"
+	if len(m.Keys) > 0 {
+		var ks []string
+		for _, k := range m.Keys {
+			ks = append(ks, fmt.Sprintf("%s (%s, %s)", k.Name, k.Provider, k.Fingerprint))
+		}
+		keyList = strings.Join(ks, ", ") + " and identity"
+	}
+	var b strings.Builder
+	err := instructionsTmpl.Execute(&b, map[string]any{
+		"M": m, "DB": db, "Config": configPath, "KeyList": keyList,
+		"ProviderFile": rkeProviderFile, "RKEDir": rkeSnapshotDir,
+	})
+	if err != nil {
+		// The template is fixed and its data are plain values.
+		panic(err)
+	}
+	return b.String()
+}

@@ -1,0 +1,292 @@
+//go:build sandbox
+
+package etcdsnap_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/etcdsnap"
+)
+
+// TestRestoreAfterRotationAndDisable is the promise of the package: a
+// snapshot stays restorable after the keys it was written with have left
+// the nodes. Along the way the census proves each step reached every object.
+//
+//	plain secrets -> enable K1 -> encrypted secrets -> census -> snapshot S1
+//	rotate K1 -> K2 ([K1,K2] -> [K2,K1] -> rewrite -> [K2]) -> census
+//	restore S1 with its restore config (K1 from Vault): every secret reads back
+//	snapshot S2 -> disable ([identity,K2] -> rewrite -> no file) -> census
+//	restore S2 with its restore config (K2 from Vault): every secret reads back
+func TestRestoreAfterRotationAndDisable(t *testing.T) {
+	if os.Getenv("ATREST_KUBE_APISERVER") == "" {
+		t.Fatal("set ATREST_KUBE_APISERVER to the kube-apiserver binary: the restore test runs one on the host")
+	}
+	leaks := newLeakCheck(t)
+	ctx := testCtx(t, 15*time.Minute)
+	keys := newVaultKeys(t, "etcdsnap-test/restore")
+	newKey := func() cluster.Key {
+		k, err := cluster.NewKey(cluster.AESCBC, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Key first, then change: the key is in Vault before any node has it.
+		if err := keys.put(ctx, leaks.key(k)); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	c := dial(t, etcdConfig(leaks.logger()))
+	store, err := etcdsnap.NewLocalDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resources := []string{"secrets", "configmaps", "deployments.apps"}
+	census := func(c *etcdsnap.Client) etcdsnap.Census {
+		t.Helper()
+		// A page size far below the number of objects: many pages.
+		got, err := c.Census(ctx, resources, 2)
+		leaks.note(err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	want := census(c) // what the cluster holds before the test writes anything
+	add := func(resource, prefix string, n int64) {
+		if want[resource] == nil {
+			want[resource] = map[string]int64{}
+		}
+		want[resource][prefix] += n
+	}
+	checkCensus := func(c *etcdsnap.Client, step string, want etcdsnap.Census) {
+		t.Helper()
+		got := census(c)
+		for _, r := range resources {
+			w, g := nonZero(want[r]), nonZero(got[r])
+			if !maps.Equal(w, g) {
+				t.Errorf("%s: census of %s = %v, want %v", step, r, g, w)
+			}
+		}
+	}
+	values := map[string]string{} // namespace/name -> value, everything the test wrote
+
+	// Plain objects of three resources, written with encryption off.
+	for i := range 3 {
+		name := fmt.Sprintf("plain-%d", i)
+		createSecret(t, name, "plain value "+name)
+		values["default/"+name] = "plain value " + name
+		add("secrets", cluster.PrefixIdentity, 1)
+	}
+	for i := range 4 {
+		mustKube(t, sb.Nodes[0].APIServerURL, http.MethodPost, "/api/v1/namespaces/default/configmaps", map[string]any{
+			"metadata": map[string]string{"name": fmt.Sprintf("cm-%d", i)}, "data": map[string]string{"k": "v"},
+		}, http.StatusCreated)
+		add("configmaps", cluster.PrefixIdentity, 1)
+	}
+	mustKube(t, sb.Nodes[0].APIServerURL, http.MethodPost, "/apis/apps/v1/namespaces/default/deployments", deployment("web"), http.StatusCreated)
+	add("deployments.apps", cluster.PrefixIdentity, 1)
+
+	// Enable with K1 (a single node: the reader phase is not needed).
+	k1 := newKey()
+	deployProviderConfig(t, render(t, cluster.ManagedConfig{Keys: []cluster.Key{k1}}))
+	for i := range 5 {
+		name := fmt.Sprintf("enc-k1-%d", i)
+		createSecret(t, name, "encrypted with k1 "+name)
+		values["default/"+name] = "encrypted with k1 " + name
+		add("secrets", k1.Prefix(), 1)
+	}
+	checkCensus(c, "after enabling with "+k1.Name, want)
+	wantS1 := cloneCensus(want)
+
+	s1, err := c.Save(ctx, store, keys, etcdsnap.Manifest{
+		Reason: "before rotate", Transition: "rotate-test", KeyringVersion: 1,
+		Keys: []etcdsnap.KeyRef{etcdsnap.RefOf(k1)}, Resources: []string{"secrets"},
+	})
+	leaks.note(err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaks.note(s1)
+	valuesS1 := maps.Clone(values)
+
+	// Rotate K1 -> K2, outside the snapshot; then K1 leaves the node.
+	k2 := newKey()
+	deployProviderConfig(t, render(t, cluster.ManagedConfig{Keys: []cluster.Key{k1, k2}}))
+	deployProviderConfig(t, render(t, cluster.ManagedConfig{Keys: []cluster.Key{k2, k1}}))
+	rewriteSecrets(t)
+	total := want.Total("secrets")
+	want["secrets"] = map[string]int64{k2.Prefix(): total}
+	checkCensus(c, "after the rewrite to "+k2.Name, want)
+	deployProviderConfig(t, render(t, cluster.ManagedConfig{Keys: []cluster.Key{k2}}))
+	onNode, _ := os.ReadFile(filepath.Join(sb.Nodes[0].Dir, "etc-kubernetes", "ssl", "encryption.yaml"))
+	if strings.Contains(string(onNode), k1.Name) {
+		t.Fatal("k1 is still on the node")
+	}
+	createSecret(t, "enc-k2-0", "encrypted with k2")
+	values["default/enc-k2-0"] = "encrypted with k2"
+	add("secrets", k2.Prefix(), 1)
+
+	t.Run("restore the snapshot from before the rotation", func(t *testing.T) {
+		verifyRestore(t, leaks, store, keys, s1, valuesS1, wantS1, resources)
+	})
+
+	s2, err := c.Save(ctx, store, keys, etcdsnap.Manifest{
+		Reason: "before disable", Transition: "disable-test", KeyringVersion: 2,
+		Keys: []etcdsnap.KeyRef{etcdsnap.RefOf(k2)}, Resources: []string{"secrets"},
+	})
+	leaks.note(err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaks.note(s2)
+	wantS2 := cloneCensus(want)
+	valuesS2 := maps.Clone(values)
+
+	// Disable: identity writes, rewrite everything plain, then no file and
+	// no flag: K2 is gone from the node too.
+	deployProviderConfig(t, render(t, cluster.ManagedConfig{IdentityFirst: true, Keys: []cluster.Key{k2}}))
+	rewriteSecrets(t)
+	deployProviderConfig(t, nil)
+	want["secrets"] = map[string]int64{cluster.PrefixIdentity: want.Total("secrets")}
+	checkCensus(c, "after disabling", want)
+	if got := secretValues(t, sb.Nodes[0].APIServerURL); !maps.Equal(got, values) {
+		t.Errorf("after disabling the cluster reads %v, want %v", got, values)
+	}
+
+	t.Run("restore the snapshot taken while encryption was on", func(t *testing.T) {
+		verifyRestore(t, leaks, store, keys, s2, valuesS2, wantS2, resources)
+	})
+
+	t.Run("the restore config refuses a different key under the same name", func(t *testing.T) {
+		impostor := newVaultKeys(t, "etcdsnap-test/impostor")
+		other, err := cluster.NewKey(cluster.AESCBC, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		other.Name = k1.Name
+		if err := impostor.put(ctx, leaks.key(other)); err != nil {
+			t.Fatal(err)
+		}
+		_, err = etcdsnap.RestoreConfig(ctx, *s1, impostor)
+		leaks.note(err)
+		if err == nil || !strings.Contains(err.Error(), "fingerprint") {
+			t.Errorf("RestoreConfig with another key named %s: %v", k1.Name, err)
+		}
+		kms := *s1
+		kms.Keys = append(kms.Keys, etcdsnap.KeyRef{Name: "vault-kms", Provider: "kms", Fingerprint: s1.Keys[0].Fingerprint})
+		_, err = etcdsnap.RestoreConfig(ctx, kms, keys)
+		leaks.note(err)
+		if err == nil || !strings.Contains(err.Error(), "custom config") {
+			t.Errorf("RestoreConfig with a KMS key: %v", err)
+		}
+	})
+}
+
+// verifyRestore restores snapshot m as an operator would: verify it, write
+// its restore config, restore it with etcdctl into a fresh data directory,
+// run etcd and kube-apiserver on it, and read every secret back.
+func verifyRestore(t *testing.T, leaks *leakCheck, store *etcdsnap.LocalDir, keys etcdsnap.KeySource,
+	m *etcdsnap.Manifest, values map[string]string, census etcdsnap.Census, resources []string) {
+	ctx := testCtx(t, 5*time.Minute)
+	if err := etcdsnap.Verify(ctx, store, m.Name); err != nil {
+		t.Fatal(err)
+	}
+	manifest, err := etcdsnap.ReadManifest(ctx, store, m.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := etcdsnap.RestoreConfig(ctx, manifest, keys)
+	leaks.note(err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	configPath := filepath.Join(t.TempDir(), "restore-"+m.Name+".yaml")
+	if err := etcdsnap.WriteRestoreConfig(configPath, data, false); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(configPath); st.Mode().Perm() != 0o600 {
+		t.Errorf("restore config mode %v", st.Mode().Perm())
+	}
+	instructions := etcdsnap.RestoreInstructionsIn(store, manifest, configPath)
+	leaks.note(instructions)
+	for _, k := range manifest.Keys {
+		if !strings.Contains(instructions, k.Name) {
+			t.Errorf("the instructions do not name key %s", k.Name)
+		}
+	}
+
+	r := restoreSnapshot(t, store.Path(m.Name+".db"), configPath, leaks.logger())
+
+	// The restored etcd holds what the census counted when the snapshot
+	// was taken: objects under keys the node no longer has.
+	rc := dial(t, r.etcd)
+	got, err := rc.Census(ctx, resources, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, res := range resources {
+		if w, g := nonZero(census[res]), nonZero(got[res]); !maps.Equal(w, g) {
+			t.Errorf("census of the restored %s = %v, want %v", res, g, w)
+		}
+	}
+
+	// Every secret, listed (a list fails on any object it cannot decrypt)
+	// and read one by one, has its original value.
+	if got := secretValues(t, r.apiserver); !maps.Equal(got, values) {
+		t.Errorf("the restored cluster lists %v, want %v", got, values)
+	}
+	for key, want := range values {
+		ns, name, _ := strings.Cut(key, "/")
+		var s struct {
+			Data map[string][]byte `json:"data"`
+		}
+		body := mustKube(t, r.apiserver, http.MethodGet, "/api/v1/namespaces/"+ns+"/secrets/"+name, nil, http.StatusOK)
+		if err := json.Unmarshal(body, &s); err != nil {
+			t.Fatal(err)
+		}
+		if string(s.Data["value"]) != want {
+			t.Errorf("restored secret %s = %q, want %q", key, s.Data["value"], want)
+		}
+	}
+}
+
+func nonZero(m map[string]int64) map[string]int64 {
+	out := map[string]int64{}
+	for k, v := range m {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func cloneCensus(c etcdsnap.Census) etcdsnap.Census {
+	out := etcdsnap.Census{}
+	for r, m := range c {
+		out[r] = maps.Clone(m)
+	}
+	return out
+}
+
+func deployment(name string) map[string]any {
+	labels := map[string]string{"app": name}
+	return map[string]any{
+		"metadata": map[string]any{"name": name},
+		"spec": map[string]any{
+			"selector": map[string]any{"matchLabels": labels},
+			"template": map[string]any{
+				"metadata": map[string]any{"labels": labels},
+				"spec":     map[string]any{"containers": []map[string]any{{"name": "web", "image": "nginx"}}},
+			},
+		},
+	}
+}
