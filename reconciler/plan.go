@@ -21,11 +21,17 @@ type Desired struct {
 	Provider cluster.Provider
 	// Custom is custom_config's chains, for Mode Custom.
 	Custom cluster.Chains
-	// RotateRequested asks for a new managed key (cron, rotate-key, or
-	// rotate_encryption_key in a new commit). A request is served by the
-	// generate-key step: the caller records that in the keyring and passes
-	// false from then on, or every plan would rotate again.
+	// RotateRequest, when set, names a request for a new managed key
+	// ("commit:<hash>" for rotate_encryption_key, "cron:<time>",
+	// "cli:<time>"). Reconcile serves each request once: the keyring
+	// records the last one served.
+	RotateRequest string
+	// RotateRequested is the planner's input: a request not yet served.
+	// Reconcile computes it from RotateRequest and the keyring.
 	RotateRequested bool
+	// CustomConfig is the parsed custom_config, for Mode Custom: where the
+	// material of keys written inline in Git comes from.
+	CustomConfig *cluster.EncryptionConfig
 	// Revision is the Git revision the desired state comes from.
 	Revision string
 }
@@ -278,10 +284,15 @@ func MakePlan(in Input) (*Plan, error) {
 			}
 		}
 		if primary == "" && !in.Desired.RotateRequested {
-			// Adopt the key the cluster already writes with rather than
-			// rotate a cluster that is already encrypted as asked.
+			// Adopt the key the cluster already writes with, when atrest
+			// meets it for the first time (RKE deployed it), rather than
+			// rotate a cluster that is already encrypted as asked. A key
+			// the keyring knows is not adopted: it came from a custom_config
+			// in Git, or was retired, and a managed key must be fresh.
 			if w := live["secrets"]; len(w) > 0 && w[0].Kind == string(in.Desired.Provider) && agreeOnWriter(in.Live.Nodes, "secrets") {
-				primary = w[0].KeyName
+				if _, known := in.Keyring.find(w[0].KeyName); !known {
+					primary = w[0].KeyName
+				}
 			}
 		}
 		if primary == "" || in.Desired.RotateRequested {

@@ -412,6 +412,15 @@ func scenarios() []scenario {
 			want: func(w *world) cluster.Chains { return managed("k-rke01") },
 		},
 		{
+			name: "custom aescbc key from Git back to managed: a fresh key", nodes: 3,
+			live:       cluster.Chains{"secrets": {cluster.KeyEntry(cluster.AESCBC, "k-git01"), cluster.Identity}},
+			census:     map[string]map[string]int64{"secrets": {"aescbc:v1:k-git01": 20}},
+			keys:       []KeyState{{Name: "k-git01", Provider: cluster.AESCBC, Role: RoleReader}},
+			desired:    managedAESCBC,
+			transition: "rotate", steps: "snapshot generate-key deploy deploy rewrite verify deploy",
+			want: func(w *world) cluster.Chains { return managed("k-gen01") },
+		},
+		{
 			name: "restored snapshot needs a retired key back", nodes: 3, live: managed("k-new01"),
 			census: map[string]map[string]int64{"secrets": {"aescbc:v1:k-old01": 25, "aescbc:v1:k-new01": 3}},
 			keys: []KeyState{{Name: "k-new01", Provider: cluster.AESCBC, Role: RolePrimary},

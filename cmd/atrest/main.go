@@ -74,6 +74,7 @@ transition (enable, disable, rotate, custom config) safely and resumably.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newValidateCommand(), newVersionCommand())
+	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newStatusCommand(),
+		newRotateKeyCommand(), newSnapshotCommand(), newAdoptCommand(), newVersionCommand())
 	return root
 }

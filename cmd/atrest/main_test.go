@@ -95,7 +95,7 @@ func TestValidate(t *testing.T) {
 
 func TestHelpHidesUnbuiltCommands(t *testing.T) {
 	_, stdout, _ := runCLI(t, "--help")
-	for _, c := range []string{"completion", "apply", "run", "plan"} {
+	for _, c := range []string{"completion", "run"} {
 		if strings.Contains(stdout, "\n  "+c+" ") {
 			t.Errorf("--help lists %q, which does not exist yet", c)
 		}

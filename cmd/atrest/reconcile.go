@@ -1,0 +1,259 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/reconciler"
+	"github.com/atrest-io/atrest/settings"
+)
+
+func newPlanCommand() *cobra.Command {
+	var src source
+	cmd := &cobra.Command{
+		Use:   "plan",
+		Short: "Show what atrest would do to bring the cluster to cluster.yml, changing nothing",
+		Long: `Plan compares the desired state (cluster.yml and atrest.yaml, from --config or
+the Git source) with what every controlplane node runs, what etcd stores (the
+census) and what the keyring in Vault holds, and prints the steps it would
+take. Names, providers, hashes and counts only: never key material.
+Exit code 0: nothing to do; 1: there are changes; 2: error.`,
+		Args: cobra.NoArgs,
+	}
+	loader := withSettings(cmd)
+	src.bind(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctx := cmd.Context()
+		s, err := loader.Load()
+		if err != nil {
+			return errorExit(err)
+		}
+		log := newLogger(s, cmd.ErrOrStderr())
+		d, err := src.load(ctx, s, log)
+		if err != nil {
+			return errorExit(err)
+		}
+		e, err := open(ctx, s, d.cfg, d.policy, log)
+		if err != nil {
+			return errorExit(err)
+		}
+		defer e.Close()
+		want := reconciler.DesiredFrom(d.cfg, d.policy, d.revision)
+		live, kr, err := e.rec.Observe(ctx, want)
+		if err != nil {
+			return errorExit(err)
+		}
+		in := reconciler.Input{Desired: want, Live: live, Keyring: reconciler.KeyringState(kr)}
+		in.Desired.RotateRequested = want.RotateRequest != "" && kr.LastRotationRevision != want.RotateRequest
+		plan, err := reconciler.MakePlan(in)
+		if err != nil {
+			return errorExit(err)
+		}
+		out := cmd.OutOrStdout()
+		fmt.Fprintf(out, "desired (%s): %s\n", d.origin, d.cfg.Summary())
+		printLive(out, live)
+		for _, w := range plan.Drift {
+			fmt.Fprintf(out, "drift: %s\n", w)
+		}
+		for _, w := range plan.Warnings {
+			fmt.Fprintf(out, "warning: %s\n", w)
+		}
+		if plan.Empty() {
+			fmt.Fprintln(out, "nothing to do: the cluster is as cluster.yml says")
+			return nil
+		}
+		fmt.Fprintf(out, "plan (%s):\n", plan.Transition)
+		for i, step := range plan.Steps {
+			fmt.Fprintf(out, "  %d. %s\n", i+1, step)
+		}
+		return &exitCodeError{code: exitChanges}
+	}
+	return cmd
+}
+
+func printLive(out io.Writer, live reconciler.Live) {
+	for _, n := range live.Nodes {
+		ready := "ready"
+		if !n.Ready {
+			ready = "NOT READY"
+		}
+		state := describeChains(n.Running())
+		if n.File && !n.Flag {
+			state += " (a provider file is present but kube-apiserver does not use it)"
+		}
+		if n.FileError != "" {
+			state = "unreadable provider file: " + n.FileError
+		}
+		fmt.Fprintf(out, "node %s: %s, %s\n", n.Name, ready, state)
+	}
+	for _, r := range sortedKeys(live.Census) {
+		var parts []string
+		for _, p := range sortedKeys(live.Census[r]) {
+			parts = append(parts, fmt.Sprintf("%d under %s", live.Census[r][p], p))
+		}
+		if len(parts) == 0 {
+			parts = []string{"none stored"}
+		}
+		fmt.Fprintf(out, "census %s: %s\n", r, strings.Join(parts, ", "))
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func newApplyCommand() *cobra.Command {
+	var src source
+	cmd := &cobra.Command{
+		Use:   "apply",
+		Short: "Reconcile once: carry out the plan, safely and resumably",
+		Long: `Apply takes the transition lock in Vault, snapshots etcd before the first
+change, and runs the plan step by step, journaling each step in Vault before
+and after it runs. If it stops (an error, a crash, Ctrl-C), apply again
+resumes from what it observes. The desired state comes from --config or, without
+it, from the Git source.`,
+		Args: cobra.NoArgs,
+	}
+	loader := withSettings(cmd)
+	src.bind(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return reconcileOnce(cmd, loader, &src, "")
+	}
+	return cmd
+}
+
+// reconcileOnce runs one reconcile; rotate, when set, requests a rotation.
+func reconcileOnce(cmd *cobra.Command, loader *settings.Loader, src *source, rotate string) error {
+	ctx := cmd.Context()
+	s, err := loader.Load()
+	if err != nil {
+		return errorExit(err)
+	}
+	log := newLogger(s, cmd.ErrOrStderr())
+	d, err := src.load(ctx, s, log)
+	if err != nil {
+		return errorExit(err)
+	}
+	want := reconciler.DesiredFrom(d.cfg, d.policy, d.revision)
+	if rotate != "" {
+		switch want.Mode {
+		case cluster.Custom:
+			return errorExit(fmt.Errorf("rotate-key: %s has a custom_config: atrest rotates managed keys only (as RKE): rotate by changing the custom_config", d.origin))
+		case cluster.Disabled:
+			return errorExit(fmt.Errorf("rotate-key: encryption is disabled in %s: there is no key to rotate", d.origin))
+		}
+		want.RotateRequest = rotate
+	}
+	if d.policy.Suspend {
+		return errorExit(fmt.Errorf("atrest.yaml sets suspend: true: no changes are made while suspended"))
+	}
+	e, err := open(ctx, s, d.cfg, d.policy, log)
+	if err != nil {
+		return errorExit(err)
+	}
+	defer e.Close()
+	res, err := e.rec.Reconcile(ctx, want)
+	out := cmd.OutOrStdout()
+	if res != nil {
+		for _, w := range res.Drift {
+			fmt.Fprintf(out, "drift: %s\n", w)
+		}
+		for _, w := range res.Warnings {
+			fmt.Fprintf(out, "warning: %s\n", w)
+		}
+		for i, step := range res.Steps {
+			fmt.Fprintf(out, "done %d. %s\n", i+1, step)
+		}
+	}
+	if err != nil {
+		return errorExit(fmt.Errorf("%w\nthe journal in Vault says where it stopped (atrest status); run apply again to resume", err))
+	}
+	if len(res.Steps) == 0 {
+		fmt.Fprintln(out, "nothing to do: the cluster is as cluster.yml says")
+	} else {
+		fmt.Fprintf(out, "%s complete\n", res.Transition)
+	}
+	return nil
+}
+
+func newRotateKeyCommand() *cobra.Command {
+	var src source
+	var agent, ignoreDocker bool
+	cmd := &cobra.Command{
+		Use:   "rotate-key",
+		Short: "Rotate the managed encryption key now (the flags of rke encrypt rotate-key)",
+		Long: `rotate-key generates a new key in Vault and walks every controlplane node
+through [old, new] -> [new, old] -> rewrite -> verify -> [new], after a
+verified etcd snapshot. It is refused for custom configs, as RKE does.
+--ssh-agent-auth and --ignore-docker-version are accepted as rke encrypt
+rotate-key accepts them.`,
+		Args: cobra.NoArgs,
+	}
+	loader := withSettings(cmd)
+	src.bind(cmd)
+	cmd.Flags().BoolVar(&agent, "ssh-agent-auth", false, "use the SSH agent at SSH_AUTH_SOCK (as ssh_agent_auth in cluster.yml)")
+	cmd.Flags().BoolVar(&ignoreDocker, "ignore-docker-version", false, "accepted for compatibility with rke; atrest does not check Docker's version")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if src.configFile == "" {
+			src.configFile = "cluster.yml"
+		}
+		src.agent = agent
+		return reconcileOnce(cmd, loader, &src, "cli:"+time.Now().UTC().Format(time.RFC3339Nano))
+	}
+	return cmd
+}
+
+func newStatusCommand() *cobra.Command {
+	var src source
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show every node's config, the census, the keyring and the journal",
+		Args:  cobra.NoArgs,
+	}
+	loader := withSettings(cmd)
+	src.bind(cmd)
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctx := cmd.Context()
+		s, err := loader.Load()
+		if err != nil {
+			return errorExit(err)
+		}
+		log := newLogger(s, cmd.ErrOrStderr())
+		d, err := src.load(ctx, s, log)
+		if err != nil {
+			return errorExit(err)
+		}
+		e, err := open(ctx, s, d.cfg, d.policy, log)
+		if err != nil {
+			return errorExit(err)
+		}
+		defer e.Close()
+		st, err := reconciler.StatusOf(ctx, e.rec, e.nodes, reconciler.DesiredFrom(d.cfg, d.policy, d.revision))
+		if err != nil {
+			return errorExit(err)
+		}
+		out := cmd.OutOrStdout()
+		if output == "json" {
+			enc := json.NewEncoder(out)
+			enc.SetIndent("", "  ")
+			return enc.Encode(st)
+		}
+		fmt.Fprint(out, st.Text())
+		return nil
+	}
+	return cmd
+}

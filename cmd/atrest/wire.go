@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/controlplane"
+	"github.com/atrest-io/atrest/etcdsnap"
+	"github.com/atrest-io/atrest/gitsource"
+	"github.com/atrest-io/atrest/keystore"
+	"github.com/atrest-io/atrest/reconciler"
+	"github.com/atrest-io/atrest/settings"
+)
+
+// source is where a command reads cluster.yml and atrest.yaml: a local
+// file (--config) or, without one, the Git source of the settings.
+type source struct {
+	configFile, policyFile string
+	// agent forces SSH agent auth for every node (rotate-key's
+	// --ssh-agent-auth), as ssh_agent_auth: true in cluster.yml would.
+	agent bool
+}
+
+func (src *source) bind(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&src.configFile, "config", os.Getenv("RKE_CONFIG"), "RKE cluster.yml to act on (env RKE_CONFIG); empty: read it from the Git source (--git-url)")
+	cmd.Flags().StringVar(&src.policyFile, "policy", "", "atrest.yaml policy (default: atrest.yaml beside cluster.yml, if there is one)")
+}
+
+// desired is cluster.yml and the policy, at a revision.
+type desired struct {
+	cfg      *cluster.Config
+	policy   *cluster.Policy
+	revision string
+	origin   string // the file or the Git revision, for people
+}
+
+// load reads the desired state, from the local file or from Git.
+func (src *source) load(ctx context.Context, s *settings.Settings, log *slog.Logger) (*desired, error) {
+	d, err := src.read(ctx, s, log)
+	if err != nil {
+		return nil, err
+	}
+	if src.agent {
+		for i := range d.cfg.Nodes {
+			d.cfg.Nodes[i].SSHAgentAuth = true
+		}
+	}
+	return d, nil
+}
+
+func (src *source) read(ctx context.Context, s *settings.Settings, log *slog.Logger) (*desired, error) {
+	if src.configFile != "" {
+		cfg, err := cluster.Load(src.configFile)
+		if err != nil {
+			return nil, err
+		}
+		np, err := loadPolicy(src.configFile, src.policyFile, src.policyFile != "")
+		if err != nil {
+			return nil, err
+		}
+		policy := cluster.DefaultPolicy()
+		if np != nil {
+			policy = np.Policy
+		}
+		return &desired{cfg: cfg, policy: policy, origin: src.configFile}, nil
+	}
+	if err := s.Validate(settings.NeedGit); err != nil {
+		return nil, fmt.Errorf("no --config given, and the Git source is not usable: %w", err)
+	}
+	gs, err := gitSource(s, log)
+	if err != nil {
+		return nil, err
+	}
+	rev, _, err := gs.Poll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the Git source: %w", err)
+	}
+	return desiredFromRevision(rev)
+}
+
+func desiredFromRevision(rev *gitsource.Revision) (*desired, error) {
+	data, ok := rev.Files["cluster.yml"]
+	if !ok {
+		return nil, fmt.Errorf("revision %s has no cluster.yml", rev.Commit)
+	}
+	where := "cluster.yml@" + shortRev(rev.Commit)
+	cfg, err := cluster.Parse(where, data)
+	if err != nil {
+		return nil, err
+	}
+	policy := cluster.DefaultPolicy()
+	if p, ok := rev.Files["atrest.yaml"]; ok {
+		if policy, err = cluster.ParsePolicy("atrest.yaml@"+shortRev(rev.Commit), p); err != nil {
+			return nil, err
+		}
+	}
+	return &desired{cfg: cfg, policy: policy, revision: rev.Commit, origin: where}, nil
+}
+
+func shortRev(r string) string { return r[:min(len(r), 12)] }
+
+func gitSource(s *settings.Settings, log *slog.Logger) (*gitsource.Source, error) {
+	cache := filepath.Join(os.TempDir(), "atrest-git-cache")
+	if s.Snapshots.Dir != "" {
+		cache = filepath.Join(s.Snapshots.Dir, ".git-cache")
+	}
+	return gitsource.New(gitsource.Config{
+		URL: s.Git.URL, Ref: s.Git.Ref, Path: s.Git.Path,
+		SSHKeyFile: s.Git.SSHKeyFile, KnownHostsFile: s.Git.KnownHostsFile, UseSSHAgent: s.Git.SSHKeyFile == "" && settings.GitTransport(s.Git.URL) == "ssh",
+		Username: s.Git.Username, PasswordFile: s.Git.PasswordFile, BearerTokenFile: s.Git.BearerTokenFile, CAFile: s.Git.CAFile,
+		InsecureSkipHostKeyVerification: s.Git.InsecureSkipHostKeyVerification, InsecureSkipTLSVerify: s.Git.InsecureSkipTLSVerify,
+		CacheDir: cache, Logger: log,
+	})
+}
+
+// env is everything a reconcile drives, opened from the settings.
+type env struct {
+	settings *settings.Settings
+	cfg      *cluster.Config
+	keys     *keystore.Store
+	nodes    *controlplane.Cluster
+	etcd     *etcdsnap.Client
+	snaps    *etcdsnap.LocalDir
+	rest     *rest.Config
+	rec      *reconciler.Reconciler
+	log      *slog.Logger
+}
+
+func (e *env) Close() {
+	if e.nodes != nil {
+		_ = e.nodes.Close()
+	}
+	if e.etcd != nil {
+		_ = e.etcd.Close()
+	}
+	if e.keys != nil {
+		e.keys.Close()
+	}
+}
+
+// clusterName is the keyring's name in Vault: cluster_name, as RKE names
+// clusters ("local" when cluster.yml gives none).
+func clusterName(cfg *cluster.Config) string {
+	if cfg.ClusterName != "" {
+		return cfg.ClusterName
+	}
+	return "local"
+}
+
+// open connects to Vault, etcd, the Kubernetes API and every controlplane
+// node of cfg. Anything unreachable is an error before anything changes.
+func open(ctx context.Context, s *settings.Settings, cfg *cluster.Config, policy *cluster.Policy, log *slog.Logger) (_ *env, err error) {
+	if err := s.Validate(settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes, settings.NeedSSH, settings.NeedSnapshots); err != nil {
+		return nil, err
+	}
+	e := &env{settings: s, cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
+	if e.rest, err = restConfig(s); err != nil {
+		return nil, err
+	}
+	if e.keys, err = openKeystore(ctx, s, cfg, log); err != nil {
+		return nil, err
+	}
+	if e.etcd, err = etcdsnap.Dial(ctx, etcdsnap.Config{Endpoints: s.Etcd.Endpoints, CAFile: s.Etcd.CAFile, CertFile: s.Etcd.CertFile, KeyFile: s.Etcd.KeyFile, Logger: log}); err != nil {
+		return nil, err
+	}
+	if e.snaps, err = etcdsnap.NewLocalDir(s.Snapshots.Dir); err != nil {
+		return nil, err
+	}
+	if e.nodes, err = controlplane.Connect(ctx, cfg, controlplane.Options{
+		KnownHostsFile: s.SSH.KnownHostsFile, InsecureSkipHostKeyVerification: s.SSH.InsecureSkipHostKeyVerification,
+		KeyFile: s.SSH.KeyFile, Timeout: s.SSH.Timeout, APIServer: e.rest, Storage: e.etcd, Logger: log,
+	}); err != nil {
+		return nil, err
+	}
+	rw, err := reconciler.NewRewriter(e.rest, reconciler.RewriteOptions{Logger: log, Progress: os.Stderr, Terminal: isTerminal(os.Stderr)})
+	if err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	e.rec = &reconciler.Reconciler{
+		Nodes: e.nodes, Keys: e.keys, Etcd: e.etcd, Snapshots: e.snaps, Rewriter: rw,
+		Holder:       fmt.Sprintf("atrest %s pid %d on %s", version, os.Getpid(), host),
+		FeatureGates: cfg.KubeAPI.ExtraArgs["feature-gates"], Retention: policy.Retention, Logger: log,
+	}
+	return e, nil
+}
+
+// keyCloser is the keystore as commands that need only it use it.
+type keyCloser interface {
+	etcdsnap.KeySource
+	Close()
+}
+
+// openKeystore logs in to Vault and opens cfg's keyring.
+func openKeystore(ctx context.Context, s *settings.Settings, cfg *cluster.Config, log *slog.Logger) (*keystore.Store, error) {
+	if err := s.Validate(settings.NeedVault); err != nil {
+		return nil, err
+	}
+	v := s.Vault
+	return keystore.Open(ctx, keystore.Config{
+		Address: v.Address, CAFile: v.CAFile, ClientCertFile: v.ClientCertFile, ClientKeyFile: v.ClientKeyFile, Namespace: v.Namespace,
+		AuthMethod: v.AuthMethod, TokenFile: v.TokenFile,
+		AppRoleMount: v.AppRoleMount, AppRoleID: v.AppRoleID, AppRoleSecretIDFile: v.AppRoleSecretIDFile, AppRoleWrapped: v.AppRoleWrapped,
+		KubernetesMount: v.KubernetesMount, KubernetesRole: v.KubernetesRole, KubernetesTokenFile: v.KubernetesTokenFile,
+		KVMount: v.KVMount, Prefix: v.Prefix, Cluster: clusterName(cfg), Logger: log,
+	})
+}
+
+// restConfig reaches the cluster's API: the kubeconfig, or the pod's
+// service account.
+func restConfig(s *settings.Settings) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	if s.Kubernetes.InCluster {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		kubeconfig := s.Kubernetes.Kubeconfig
+		if kubeconfig == "" {
+			kubeconfig = os.Getenv("KUBECONFIG")
+		}
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	cfg.QPS, cfg.Burst = float32(s.Kubernetes.QPS), s.Kubernetes.Burst
+	cfg.UserAgent = "atrest/" + version
+	return cfg, nil
+}
+
+func newLogger(s *settings.Settings, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(s.Log.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if s.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// withSettings binds the runtime settings to cmd and returns a loader.
+func withSettings(cmd *cobra.Command) *settings.Loader { return settings.Bind(cmd.Flags()) }
+
+// errorExit wraps err with exit code 2, the code for "could not do it".
+func errorExit(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ec *exitCodeError
+	if errors.As(err, &ec) {
+		return err
+	}
+	return &exitCodeError{code: exitError, err: fmt.Errorf("error: %w", err)}
+}
+
+// describeChains renders chains for people: "secrets [aescbc:v1:k-abcde, identity]".
+func describeChains(cs cluster.Chains) string {
+	if len(cs) == 0 {
+		return "no encryption config (everything stored plain)"
+	}
+	var parts []string
+	for _, r := range cs.Resources() {
+		parts = append(parts, r+" "+cs[r].String())
+	}
+	return strings.Join(parts, "; ")
+}

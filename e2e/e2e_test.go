@@ -1,0 +1,505 @@
+//go:build sandbox
+
+// Package e2e drives the built atrest binary against the 3-node sandbox
+// through every transition, with traffic through every apiserver while it
+// runs, and checks the census and every secret after each one.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/sandbox"
+	"github.com/atrest-io/atrest/sandbox/sandboxtest"
+)
+
+var (
+	sb     *sandbox.Sandbox
+	atrest string // the built binary
+)
+
+func TestMain(m *testing.M) {
+	sandbox.RunHelper()
+	dir, err := os.MkdirTemp("", "atrest-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	atrest = filepath.Join(dir, "atrest")
+	build := exec.Command("go", "build", "-o", atrest, "../cmd/atrest")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build atrest:", err)
+		os.Exit(1)
+	}
+	code := sandboxtest.Main(m, sandbox.Options{Nodes: 3}, &sb)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	secretCount = 500
+	namespaces  = 5
+)
+
+// run runs the atrest binary against the sandbox and returns its exit code
+// and output.
+func run(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, atrest, append(args, "--settings", sb.SettingsFile)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("atrest %v: %v", args, err)
+	}
+	return code, out.String()
+}
+
+// clusterFile writes the sandbox's cluster.yml with encryption set as given.
+func clusterFile(t *testing.T, name, encryption string) string {
+	t.Helper()
+	base, err := os.ReadFile(sb.ClusterYML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(base), "    secrets_encryption_config:\n      enabled: false\n", encryption, 1)
+	if s == string(base) && !strings.Contains(encryption, "enabled: false") {
+		t.Fatal("cluster.yml template changed: no secrets_encryption_config block to replace")
+	}
+	file := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+const (
+	managedBlock  = "    secrets_encryption_config:\n      enabled: true\n"
+	disabledBlock = "    secrets_encryption_config:\n      enabled: false\n"
+	customBlock   = `    secrets_encryption_config:
+      enabled: true
+      custom_config:
+        apiVersion: apiserver.config.k8s.io/v1
+        kind: EncryptionConfiguration
+        resources:
+          - resources: [secrets]
+            providers:
+              - aescbc:
+                  keys:
+                    - name: k-fw5hn
+                      secret: RTczRjFDODMwQzAyMDVBREU4NDJBMUZFNDhCNzM5N0I=
+              - identity: {}
+`
+	invalidBlock = `    secrets_encryption_config:
+      enabled: true
+      custom_config:
+        apiVersion: apiserver.config.k8s.io/v1
+        kind: EncryptionConfiguration
+        resources:
+          - resources: [secrets]
+            providers:
+              - aescbc:
+                  keys:
+                    - name: k-short
+                      secret: c2VjcmV0MTI=
+`
+)
+
+func restConfigFor(t *testing.T, node int) *rest.Config {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", sb.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Host = sb.Nodes[node].APIServerURL
+	cfg.QPS, cfg.Burst = 200, 400
+	cfg.Timeout = 10 * time.Second
+	return cfg
+}
+
+func clients(t *testing.T) []kubernetes.Interface {
+	var out []kubernetes.Interface
+	for i := range sb.Nodes {
+		out = append(out, kubernetes.NewForConfigOrDie(restConfigFor(t, i)))
+	}
+	return out
+}
+
+func value(i int) []byte { return []byte(fmt.Sprintf("secret-%05d-%s", i, strings.Repeat("v", 200))) }
+
+func nsOf(i int) string { return fmt.Sprintf("e2e-%d", i%namespaces) }
+
+func createSecrets(t *testing.T, kc kubernetes.Interface) {
+	ctx := context.Background()
+	for i := range namespaces {
+		_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsOf(i)}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	var failed atomic.Value
+	for i := range secretCount {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			_, err := kc.CoreV1().Secrets(nsOf(i)).Create(ctx, &corev1.Secret{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("s-%05d", i)},
+				Data:       map[string][]byte{"v": value(i)},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				failed.Store(err)
+			}
+		})
+	}
+	wg.Wait()
+	if err, ok := failed.Load().(error); ok {
+		t.Fatal(err)
+	}
+}
+
+// traffic reads and writes secrets through all three apiservers while a
+// transition runs. A read that fails because an apiserver lacks a key is a
+// broken invariant; an apiserver restarting (connection refused, not ready)
+// is expected and counted apart.
+type traffic struct {
+	stop                 chan struct{}
+	wg                   sync.WaitGroup
+	reads, writes        atomic.Int64
+	restarting, keyFails atomic.Int64
+	mu                   sync.Mutex
+	failures             []string
+}
+
+func startTraffic(t *testing.T) *traffic {
+	tr := &traffic{stop: make(chan struct{})}
+	kcs := clients(t)
+	for node, kc := range kcs {
+		tr.wg.Go(func() { tr.loop(node, kc) })
+	}
+	return tr
+}
+
+func (tr *traffic) loop(node int, kc kubernetes.Interface) {
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(uint64(node), 42))
+	for n := 0; ; n++ {
+		select {
+		case <-tr.stop:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+		i := r.IntN(secretCount)
+		s, err := kc.CoreV1().Secrets(nsOf(i)).Get(ctx, fmt.Sprintf("s-%05d", i), metav1.GetOptions{})
+		tr.reads.Add(1)
+		tr.classify(node, "read", err)
+		if err == nil && !bytes.Equal(s.Data["v"], value(i)) {
+			tr.fail(fmt.Sprintf("node%d read s-%05d with a changed value", node+1, i))
+		}
+		if n%5 == 0 {
+			_, err := kc.CoreV1().Secrets(nsOf(n)).Create(ctx, &corev1.Secret{
+				ObjectMeta: metav1.ObjectMeta{GenerateName: fmt.Sprintf("traffic-n%d-", node+1)},
+				Data:       map[string][]byte{"v": []byte("traffic")},
+			}, metav1.CreateOptions{})
+			tr.writes.Add(1)
+			tr.classify(node, "write", err)
+		}
+	}
+}
+
+func (tr *traffic) classify(node int, op string, err error) {
+	if err == nil {
+		return
+	}
+	var nerr net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.As(err, &nerr),
+		apierrors.IsServiceUnavailable(err), apierrors.IsTimeout(err), apierrors.IsServerTimeout(err), apierrors.IsTooManyRequests(err),
+		strings.Contains(err.Error(), "EOF"), strings.Contains(err.Error(), "GOAWAY"), strings.Contains(err.Error(), "connection refused"):
+		tr.restarting.Add(1)
+	default:
+		tr.keyFails.Add(1)
+		tr.fail(fmt.Sprintf("node%d %s: %v", node+1, op, err))
+	}
+}
+
+func (tr *traffic) fail(msg string) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if len(tr.failures) < 10 {
+		tr.failures = append(tr.failures, msg)
+	}
+}
+
+func (tr *traffic) finish(t *testing.T, transition string) {
+	t.Helper()
+	close(tr.stop)
+	tr.wg.Wait()
+	t.Logf("%s: %d reads, %d writes through 3 apiservers; %d failed while an apiserver restarted; %d failed otherwise",
+		transition, tr.reads.Load(), tr.writes.Load(), tr.restarting.Load(), tr.keyFails.Load())
+	if tr.keyFails.Load() > 0 {
+		t.Errorf("%s: requests failed for a reason other than a restart (a missing key?):\n%s", transition, strings.Join(tr.failures, "\n"))
+	}
+}
+
+func etcdClient(t *testing.T) *clientv3.Client {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(sb.EtcdCertFile, sb.EtcdKeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := os.ReadFile(sb.CAFile)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{sb.EtcdEndpoint}, DialTimeout: 10 * time.Second,
+		TLS: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// checkStored asserts every secret in etcd is stored under want ("identity"
+// or a prefix; "aescbc:v1:" matches any aescbc key) and returns the exact
+// prefix seen.
+func checkStored(t *testing.T, want string) string {
+	t.Helper()
+	resp, err := etcdClient(t).Get(context.Background(), "/registry/secrets/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for _, kv := range resp.Kvs {
+		counts[cluster.StoragePrefix(kv.Value)]++
+	}
+	if len(counts) != 1 {
+		t.Fatalf("secrets are stored under several prefixes: %v (want all under %s)", counts, want)
+	}
+	for p, n := range counts {
+		if !strings.HasPrefix(p, want) {
+			t.Fatalf("%d secrets under %s, want %s", n, p, want)
+		}
+		if n < secretCount {
+			t.Fatalf("only %d secrets in etcd", n)
+		}
+		return p
+	}
+	return ""
+}
+
+// checkReadable reads every original secret through every node.
+func checkReadable(t *testing.T) {
+	t.Helper()
+	for node, kc := range clients(t) {
+		for ns := range namespaces {
+			l, err := kc.CoreV1().Secrets(nsOf(ns)).List(context.Background(), metav1.ListOptions{})
+			if err != nil {
+				t.Fatalf("node%d: list %s: %v", node+1, nsOf(ns), err)
+			}
+			seen := 0
+			for _, s := range l.Items {
+				var i int
+				if _, err := fmt.Sscanf(s.Name, "s-%05d", &i); err != nil {
+					continue
+				}
+				seen++
+				if !bytes.Equal(s.Data["v"], value(i)) {
+					t.Fatalf("node%d: %s/%s changed", node+1, s.Namespace, s.Name)
+				}
+			}
+			if seen != secretCount/namespaces {
+				t.Fatalf("node%d: %d of %d secrets in %s", node+1, seen, secretCount/namespaces, nsOf(ns))
+			}
+		}
+	}
+}
+
+func transition(t *testing.T, name string, want string, args ...string) string {
+	t.Helper()
+	tr := startTraffic(t)
+	start := time.Now()
+	code, out := run(t, args...)
+	tr.finish(t, name)
+	if code != 0 {
+		t.Fatalf("%s: exit %d:\n%s", name, code, out)
+	}
+	t.Logf("%s took %s", name, time.Since(start).Round(time.Second))
+	prefix := checkStored(t, want)
+	checkReadable(t)
+	// Converged: the plan is empty.
+	if code, out := run(t, append([]string{"plan"}, args[1:]...)...); code != 0 {
+		t.Fatalf("%s: plan after the transition: exit %d:\n%s", name, code, out)
+	}
+	return prefix
+}
+
+func TestTransitions(t *testing.T) {
+	kcs := clients(t)
+	createSecrets(t, kcs[0])
+	managed := clusterFile(t, "managed.yml", managedBlock)
+	disabled := clusterFile(t, "disabled.yml", disabledBlock)
+	custom := clusterFile(t, "custom.yml", customBlock)
+	invalid := clusterFile(t, "invalid.yml", invalidBlock)
+
+	code, out := run(t, "plan", "--config", managed)
+	if code != 1 || !strings.Contains(out, "plan (enable)") {
+		t.Fatalf("plan before enable: exit %d:\n%s", code, out)
+	}
+	k1 := transition(t, "enable", "aescbc:v1:", "apply", "--config", managed)
+	k2 := transition(t, "rotate", "aescbc:v1:", "rotate-key", "--config", managed)
+	if k1 == k2 {
+		t.Fatalf("rotate-key kept %s", k1)
+	}
+
+	// Bad input changes nothing, and says which field is wrong.
+	before := nodeFiles(t)
+	code, out = run(t, "apply", "--config", invalid)
+	if code != 2 || !strings.Contains(out, "custom_config.resources[0].providers[0].aescbc.keys[0].secret: must decode to 16, 24 or 32 bytes") {
+		t.Fatalf("invalid custom config: exit %d:\n%s", code, out)
+	}
+	if strings.Contains(out, "c2VjcmV0MTI=") {
+		t.Fatal("the error shows key material")
+	}
+	if after := nodeFiles(t); after != before {
+		t.Fatal("an invalid cluster.yml changed a node's provider file")
+	}
+
+	transition(t, "custom", "aescbc:v1:k-fw5hn", "apply", "--config", custom)
+	code, out = run(t, "rotate-key", "--config", custom)
+	if code != 2 || !strings.Contains(out, "custom_config") {
+		t.Fatalf("rotate-key on a custom config: exit %d:\n%s", code, out)
+	}
+	transition(t, "back to managed", "aescbc:v1:", "apply", "--config", managed)
+	transition(t, "disable", "identity", "apply", "--config", disabled)
+
+	code, out = run(t, "status", "--config", disabled)
+	if code != 0 || !strings.Contains(out, "in sync") || !strings.Contains(out, "retired") {
+		t.Fatalf("status: exit %d:\n%s", code, out)
+	}
+	code, out = run(t, "snapshot", "list")
+	if code != 0 || !strings.Contains(out, "before rotate") || !strings.Contains(out, "before disable") {
+		t.Fatalf("snapshot list: exit %d:\n%s", code, out)
+	}
+}
+
+// nodeFiles is every node's provider file, for "nothing changed" checks.
+func nodeFiles(t *testing.T) string {
+	var b strings.Builder
+	for _, n := range sb.Nodes {
+		data, err := os.ReadFile(filepath.Join(n.Dir, "etc-kubernetes", "ssl", "encryption.yaml"))
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		b.Write(data)
+		b.WriteString("\x00")
+	}
+	return b.String()
+}
+
+// TestAdoption takes over a cluster encrypted RKE's way: the provider file
+// on the nodes, the key in no Vault. atrest imports the key as the primary
+// without touching a node, then rotates it.
+func TestAdoption(t *testing.T) {
+	ctx := context.Background()
+	rke := cluster.Key{Name: "k-rke01", Provider: cluster.AESCBC, Secret: bytes.Repeat([]byte{7}, 32)}
+	file, err := cluster.ManagedConfig{Keys: []cluster.Key{rke}}.Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range sb.Nodes {
+		if err := os.WriteFile(filepath.Join(n.Dir, "etc-kubernetes", "ssl", "encryption.yaml"), file, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sb.Docker(ctx, i, "rm", "--force", "kube-apiserver"); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
+			"--volume=/etc/kubernetes:/etc/kubernetes:z", sandbox.KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
+		args = append(append(args, sb.APIServerArgs(n)...), "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml")
+		if _, err := sb.Docker(ctx, i, args...); err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.WaitReady(ctx, i, 3*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// RKE rewrites every secret after deploying the key.
+	for _, kc := range clients(t)[:1] {
+		for ns := range namespaces {
+			l, err := kc.CoreV1().Secrets(nsOf(ns)).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range l.Items {
+				if _, err := kc.CoreV1().Secrets(nsOf(ns)).Update(ctx, &l.Items[i], metav1.UpdateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	// Traffic secrets in the default namespaces too.
+	l, err := clients(t)[0].CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range l.Items {
+		_, _ = clients(t)[0].CoreV1().Secrets(l.Items[i].Namespace).Update(ctx, &l.Items[i], metav1.UpdateOptions{})
+	}
+	checkStored(t, rke.Prefix())
+
+	managed := clusterFile(t, "managed.yml", managedBlock)
+	before := nodeFiles(t)
+	code, out := run(t, "apply", "--config", managed)
+	if code != 0 || !strings.Contains(out, "import keys k-rke01 into Vault (k-rke01 as primary)") {
+		t.Fatalf("adoption: exit %d:\n%s", code, out)
+	}
+	if strings.Contains(out, "deploy") || nodeFiles(t) != before {
+		t.Fatalf("adoption changed the nodes:\n%s", out)
+	}
+	if strings.Contains(out, base64.StdEncoding.EncodeToString(rke.Secret)) {
+		t.Fatal("adoption output shows key material")
+	}
+	code, out = run(t, "status", "--config", managed)
+	if code != 0 || !strings.Contains(out, "key k-rke01: aescbc, primary") || !strings.Contains(out, "in sync") {
+		t.Fatalf("status after adoption: exit %d:\n%s", code, out)
+	}
+	next := transition(t, "rotate after adoption", "aescbc:v1:", "rotate-key", "--config", managed)
+	if next == rke.Prefix() {
+		t.Fatal("rotation kept RKE's key")
+	}
+}

@@ -1,0 +1,568 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/controlplane"
+	"github.com/atrest-io/atrest/etcdsnap"
+	"github.com/atrest-io/atrest/keystore"
+)
+
+// Nodes drives the controlplane nodes (controlplane.Cluster).
+type Nodes interface {
+	Observe(ctx context.Context) ([]controlplane.NodeState, error)
+	RollingApply(ctx context.Context, file []byte, want string) error
+	RollingRemove(ctx context.Context) error
+}
+
+// Keys is the key custody (keystore.Store).
+type Keys interface {
+	Keyring(ctx context.Context) (*keystore.Keyring, error)
+	UpdateKeyring(ctx context.Context, kr *keystore.Keyring) error
+	Key(ctx context.Context, name string) (cluster.Key, error)
+	PutKey(ctx context.Context, k cluster.Key) error
+	NewKey(ctx context.Context, p cluster.Provider) (cluster.Key, error)
+	AcquireLock(ctx context.Context, holder string, ttl time.Duration) (*keystore.Lock, error)
+	etcdsnap.KeyRefs
+}
+
+// Etcd is the cluster's etcd (etcdsnap.Client).
+type Etcd interface {
+	Census(ctx context.Context, resources []string, pageSize int64) (etcdsnap.Census, error)
+	Save(ctx context.Context, store etcdsnap.Store, refs etcdsnap.KeyRefs, req etcdsnap.Manifest) (*etcdsnap.Manifest, error)
+}
+
+// Rewrites re-encrypts every object of a resource (Rewriter).
+type Rewrites interface {
+	Rewrite(ctx context.Context, resource string) (RewriteResult, error)
+}
+
+// Reconciler carries out plans: it observes, plans, runs the first step,
+// journals it, and observes again, until nothing is left to do.
+type Reconciler struct {
+	Nodes     Nodes
+	Keys      Keys
+	Etcd      Etcd
+	Snapshots etcdsnap.Store
+	Rewriter  Rewrites
+	// Holder names this process in the lock ("atrest-7f9c on host x").
+	Holder  string
+	LockTTL time.Duration
+	// FeatureGates is kube-apiserver's --feature-gates, for parsing the
+	// nodes' files as kube-apiserver does.
+	FeatureGates string
+	// Retention is how many snapshots to keep (the policy's).
+	Retention int
+	Logger    *slog.Logger
+}
+
+// Result says what a reconcile did.
+type Result struct {
+	Transition string
+	Steps      []Step // the steps it ran, in order
+	Snapshot   string // the snapshot taken before it, if any
+	Drift      []string
+	Warnings   []string
+}
+
+// maxSteps bounds one reconcile: the longest transition is seven steps,
+// and a step that makes no progress must not loop forever.
+const maxSteps = 25
+
+// Reconcile brings the cluster to d. It takes the keystore lock, then
+// repeatedly observes, plans and runs the plan's first step, recording each
+// step in the journal before and after it runs. An error leaves the journal
+// saying where it stopped; calling Reconcile again resumes from there.
+func (r *Reconciler) Reconcile(ctx context.Context, d Desired) (*Result, error) {
+	log := r.logger()
+	ttl := r.LockTTL
+	if ttl == 0 {
+		ttl = 2 * time.Minute
+	}
+	lock, err := r.Keys.AcquireLock(ctx, r.Holder, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("take the transition lock: %w", err)
+	}
+	defer func() {
+		if err := lock.Release(context.WithoutCancel(ctx)); err != nil {
+			log.Warn("release the transition lock", "err", err)
+		}
+	}()
+	// Steps stop when the lock is lost: another writer may be acting.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-lock.Lost():
+			cancel(fmt.Errorf("transition lock lost: %w", lock.Err()))
+		case <-ctx.Done():
+		}
+	}()
+
+	res := &Result{}
+	for range maxSteps {
+		live, kr, err := r.Observe(ctx, d)
+		if err != nil {
+			return res, err
+		}
+		in := Input{Desired: d, Live: live, Keyring: KeyringState(kr)}
+		in.Desired.RotateRequested = d.RotateRequest != "" && !rotationServed(kr, d)
+		plan, err := MakePlan(in)
+		if err != nil {
+			return res, fmt.Errorf("plan: %w", err)
+		}
+		res.Drift, res.Warnings = plan.Drift, plan.Warnings
+		if plan.Empty() {
+			return res, r.finish(ctx, kr)
+		}
+		if res.Transition == "" {
+			res.Transition = plan.Transition
+			if kr.Journal != nil && kr.Journal.Transition != "" {
+				res.Transition = kr.Journal.Transition
+			}
+		}
+		step := plan.Steps[0]
+		log.Info("step", "transition", res.Transition, "revision", d.Revision, "step", string(step.Kind), "detail", step.String())
+		if err := r.journal(ctx, kr, res.Transition, d.Revision, step, keystore.StepRunning, nil); err != nil {
+			return res, err
+		}
+		err = r.run(ctx, step, d, live)
+		if jerr := r.journalAgain(ctx, step, err); jerr != nil {
+			err = errors.Join(err, jerr)
+		}
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				err = errors.Join(err, cause)
+			}
+			return res, fmt.Errorf("%s: %s: %w", res.Transition, step, err)
+		}
+		res.Steps = append(res.Steps, step)
+		if step.Kind == StepSnapshot {
+			res.Snapshot = step.Reason
+		}
+		// A rewrite is proven by its verify at once: planned afresh, a clean
+		// census would make the verify vanish from the plan and the journal.
+		if step.Kind == StepRewrite && len(plan.Steps) > 1 && plan.Steps[1].Kind == StepVerify {
+			verify := plan.Steps[1]
+			kr, err := r.Keys.Keyring(ctx)
+			if err != nil {
+				return res, err
+			}
+			if err := r.journal(ctx, kr, res.Transition, d.Revision, verify, keystore.StepRunning, nil); err != nil {
+				return res, err
+			}
+			err = r.run(ctx, verify, d, live)
+			if jerr := r.journalAgain(ctx, verify, err); jerr != nil {
+				err = errors.Join(err, jerr)
+			}
+			if err != nil {
+				return res, fmt.Errorf("%s: %s: %w", res.Transition, verify, err)
+			}
+			res.Steps = append(res.Steps, verify)
+		}
+	}
+	return res, fmt.Errorf("no convergence after %d steps: a step is not taking effect; see the journal with `atrest status`", maxSteps)
+}
+
+// rotationServed reports whether the keyring already records d's rotation
+// request: a request is served once, whatever crashed after.
+func rotationServed(kr *keystore.Keyring, d Desired) bool {
+	return d.RotateRequest != "" && kr.LastRotationRevision == d.RotateRequest
+}
+
+// KeyringState is the planner's view of the keyring.
+func KeyringState(kr *keystore.Keyring) Keyring {
+	var out Keyring
+	for _, k := range kr.Keys {
+		out.Keys = append(out.Keys, KeyState{Name: k.Name, Provider: k.Provider, Role: string(k.Role)})
+	}
+	if kr.Journal != nil {
+		out.Snapshot = kr.Journal.Snapshot
+	}
+	return out
+}
+
+// journal records step in the keyring's journal with state (starting a
+// journal for the transition when none is in flight).
+func (r *Reconciler) journal(ctx context.Context, kr *keystore.Keyring, transition, revision string, step Step, state keystore.StepState, stepErr error) error {
+	if kr.Journal == nil {
+		kr.Journal = keystore.NewJournal(transition, revision, "")
+	}
+	now := time.Now().UTC()
+	js := keystore.JournalStep{Name: string(step.Kind), Detail: step.String(), State: state, Started: now}
+	kr.Journal.Steps = append(kr.Journal.Steps, js)
+	if err := r.Keys.UpdateKeyring(ctx, kr); err != nil {
+		return fmt.Errorf("journal step %s: %w", step.Kind, err)
+	}
+	return nil
+}
+
+// journalAgain marks the last journal step done or failed. It reads the
+// keyring again, since the step may have changed it.
+func (r *Reconciler) journalAgain(ctx context.Context, step Step, stepErr error) error {
+	ctx = context.WithoutCancel(ctx) // record the outcome even when stopping
+	kr, err := r.Keys.Keyring(ctx)
+	if err != nil {
+		return fmt.Errorf("journal step %s: %w", step.Kind, err)
+	}
+	if kr.Journal == nil || len(kr.Journal.Steps) == 0 {
+		return fmt.Errorf("journal step %s: the journal is gone", step.Kind)
+	}
+	last := &kr.Journal.Steps[len(kr.Journal.Steps)-1]
+	last.Finished = time.Now().UTC()
+	last.State = keystore.StepDone
+	if stepErr != nil {
+		last.State = keystore.StepFailed
+		last.Error = stepErr.Error()
+	}
+	if err := r.Keys.UpdateKeyring(ctx, kr); err != nil {
+		return fmt.Errorf("journal step %s: %w", step.Kind, err)
+	}
+	return nil
+}
+
+// finish closes the journal of a completed transition and prunes snapshots.
+func (r *Reconciler) finish(ctx context.Context, kr *keystore.Keyring) error {
+	if kr.Journal != nil {
+		r.logger().Info("transition complete", "transition", kr.Journal.Transition, "revision", kr.Journal.Revision, "snapshot", kr.Journal.Snapshot)
+		kr.Journal = nil
+		if err := r.Keys.UpdateKeyring(ctx, kr); err != nil {
+			return fmt.Errorf("close the journal: %w", err)
+		}
+	}
+	if r.Snapshots != nil && r.Retention > 0 {
+		removed, err := etcdsnap.Prune(ctx, r.Snapshots, r.Keys, r.Retention, nil)
+		if err != nil {
+			return fmt.Errorf("prune snapshots: %w", err)
+		}
+		if len(removed) > 0 {
+			r.logger().Info("pruned snapshots", "removed", removed)
+		}
+	}
+	return nil
+}
+
+func (r *Reconciler) logger() *slog.Logger {
+	if r.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return r.Logger
+}
+
+// run executes one step.
+func (r *Reconciler) run(ctx context.Context, step Step, d Desired, live Live) error {
+	switch step.Kind {
+	case StepImportKeys:
+		return r.importKeys(ctx, step, d)
+	case StepSnapshot:
+		return r.snapshot(ctx, step, d, live)
+	case StepGenerateKey:
+		return r.generateKey(ctx, step, d)
+	case StepDeploy:
+		return r.deploy(ctx, step, d)
+	case StepRewrite:
+		for _, res := range step.Resources {
+			if _, err := r.Rewriter.Rewrite(ctx, res); err != nil {
+				return err
+			}
+		}
+		return nil
+	case StepVerify:
+		return r.verify(ctx, step)
+	case StepRemoveConfig:
+		if err := r.Nodes.RollingRemove(ctx); err != nil {
+			return err
+		}
+		return r.updateRoles(ctx, d, cluster.Chains{}, nil)
+	}
+	return fmt.Errorf("unknown step %q", step.Kind)
+}
+
+func (r *Reconciler) importKeys(ctx context.Context, step Step, d Desired) error {
+	// The material comes from the nodes' files and from custom_config.
+	states, err := r.Nodes.Observe(ctx)
+	if err != nil {
+		return err
+	}
+	found := map[string]cluster.Key{}
+	for _, s := range states {
+		if !s.File.Present {
+			continue
+		}
+		cfg, err := cluster.ParseEncryptionConfig(s.Node, "", s.File.Data, r.FeatureGates)
+		if err != nil {
+			continue // the planner refuses files in use that do not parse
+		}
+		for _, k := range cfg.Keys() {
+			found[k.Name] = k
+		}
+	}
+	if d.CustomConfig != nil {
+		for _, k := range d.CustomConfig.Keys() {
+			found[k.Name] = k
+		}
+	}
+	kr, err := r.Keys.Keyring(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range step.Keys {
+		k, ok := found[name]
+		if !ok {
+			return fmt.Errorf("import key %s: no node's file and no custom_config holds it any more", name)
+		}
+		if err := r.putOnce(ctx, k); err != nil {
+			return err
+		}
+		if _, ok := kr.Find(name); !ok {
+			kr.Keys = append(kr.Keys, keystore.InfoOf(k, keystore.RoleReader))
+		}
+	}
+	if step.Primary != "" {
+		setPrimary(kr, step.Primary)
+	}
+	return r.Keys.UpdateKeyring(ctx, kr)
+}
+
+// putOnce stores k, or checks the stored key with its name is the same.
+func (r *Reconciler) putOnce(ctx context.Context, k cluster.Key) error {
+	have, err := r.Keys.Key(ctx, k.Name)
+	if err == nil {
+		if have.Fingerprint() != k.Fingerprint() || have.Provider != k.Provider {
+			return fmt.Errorf("import key %s: Vault already holds a different key under that name (fingerprint %s, the node's is %s)", k.Name, have.Fingerprint(), k.Fingerprint())
+		}
+		return nil
+	}
+	if !errors.Is(err, keystore.ErrNotFound) {
+		return err
+	}
+	return r.Keys.PutKey(ctx, k)
+}
+
+func setPrimary(kr *keystore.Keyring, name string) {
+	for i := range kr.Keys {
+		switch {
+		case kr.Keys[i].Name == name:
+			kr.Keys[i].Role = keystore.RolePrimary
+		case kr.Keys[i].Role == keystore.RolePrimary:
+			kr.Keys[i].Role = keystore.RoleReader
+		}
+	}
+}
+
+func (r *Reconciler) generateKey(ctx context.Context, step Step, d Desired) error {
+	k, err := r.Keys.NewKey(ctx, step.Provider)
+	if err != nil {
+		return err
+	}
+	kr, err := r.Keys.Keyring(ctx)
+	if err != nil {
+		return err
+	}
+	if _, ok := kr.Find(k.Name); !ok {
+		kr.Keys = append(kr.Keys, keystore.InfoOf(k, keystore.RoleReader))
+	}
+	setPrimary(kr, k.Name)
+	kr.LastRotation = time.Now().UTC()
+	if d.RotateRequest != "" {
+		kr.LastRotationRevision = d.RotateRequest
+	}
+	r.logger().Info("generated key", "key", k)
+	return r.Keys.UpdateKeyring(ctx, kr)
+}
+
+func (r *Reconciler) snapshot(ctx context.Context, step Step, d Desired, live Live) error {
+	m, err := r.saveSnapshot(ctx, step.Reason, d.Revision, live)
+	if err != nil {
+		return err
+	}
+	kr, err := r.Keys.Keyring(ctx)
+	if err != nil {
+		return err
+	}
+	if kr.Journal == nil {
+		kr.Journal = keystore.NewJournal(step.Reason, d.Revision, "")
+	}
+	kr.Journal.Snapshot = m.Name
+	return r.Keys.UpdateKeyring(ctx, kr)
+}
+
+// SaveSnapshot saves and verifies a snapshot now, bound to the keys every
+// node reads with ("manual", "scheduled").
+func (r *Reconciler) SaveSnapshot(ctx context.Context, reason, revision string) (*etcdsnap.Manifest, error) {
+	live, _, err := r.Observe(ctx, Desired{})
+	if err != nil {
+		return nil, err
+	}
+	return r.saveSnapshot(ctx, reason, revision, live)
+}
+
+func (r *Reconciler) saveSnapshot(ctx context.Context, reason, revision string, live Live) (*etcdsnap.Manifest, error) {
+	if r.Snapshots == nil {
+		return nil, errors.New("snapshot: no snapshot directory configured (settings snapshots.dir)")
+	}
+	kr, err := r.Keys.Keyring(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The keys every node reads with now: together they read every object
+	// the snapshot holds.
+	var refs []etcdsnap.KeyRef
+	var resources []string
+	for _, n := range live.Nodes {
+		for res, chain := range n.Running() {
+			if !slices.Contains(resources, res) {
+				resources = append(resources, res)
+			}
+			for _, e := range chain {
+				if !e.Keyed() || slices.ContainsFunc(refs, func(k etcdsnap.KeyRef) bool { return k.Name == e.KeyName }) {
+					continue
+				}
+				k, err := r.Keys.Key(ctx, e.KeyName)
+				if err != nil {
+					return nil, fmt.Errorf("snapshot: key %s of node %s: %w", e.KeyName, n.Name, err)
+				}
+				refs = append(refs, etcdsnap.RefOf(k))
+			}
+		}
+	}
+	slices.Sort(resources)
+	transition := ""
+	if kr.Journal != nil {
+		transition = kr.Journal.ID
+	}
+	m, err := r.Etcd.Save(ctx, r.Snapshots, r.Keys, etcdsnap.Manifest{
+		Reason: reason, Transition: transition, GitRevision: revision,
+		KeyringVersion: kr.Version, Keys: refs, Resources: resources,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	r.logger().Info("snapshot saved and verified", "snapshot", m.Name, "sha256", m.SHA256, "size", m.Size)
+	return m, nil
+}
+
+func (r *Reconciler) deploy(ctx context.Context, step Step, d Desired) error {
+	keys := map[string]cluster.Key{}
+	for _, name := range step.Chains.KeyNames() {
+		k, err := r.Keys.Key(ctx, name)
+		if err != nil {
+			return fmt.Errorf("deploy: key %s: %w", name, err)
+		}
+		keys[name] = k
+	}
+	file, err := cluster.RenderChains(step.Chains, func(n string) (cluster.Key, error) { return keys[n], nil })
+	if err != nil {
+		return err
+	}
+	// What atrest writes to a node must pass the same validation as what it
+	// reads from Git.
+	if _, err := cluster.ParseEncryptionConfig("the rendered config", "", file, r.FeatureGates); err != nil {
+		return fmt.Errorf("deploy: rendered config does not validate: %w", err)
+	}
+	if err := r.Nodes.RollingApply(ctx, file, step.Expect); err != nil {
+		return err
+	}
+	return r.updateRoles(ctx, d, step.Chains, file)
+}
+
+// updateRoles sets every keyring key's role after a deploy: the managed
+// primary stays primary; a key in the deployed config reads; any other is
+// retired (kept in Vault, for snapshots).
+func (r *Reconciler) updateRoles(ctx context.Context, d Desired, deployed cluster.Chains, file []byte) error {
+	kr, err := r.Keys.Keyring(ctx)
+	if err != nil {
+		return err
+	}
+	in := deployed.KeyNames()
+	for i := range kr.Keys {
+		k := &kr.Keys[i]
+		switch {
+		case k.Role == keystore.RolePrimary && d.Mode == cluster.Managed:
+		case slices.Contains(in, k.Name):
+			k.Role = keystore.RoleReader
+		default:
+			k.Role = keystore.RoleRetired
+		}
+	}
+	kr.DeployedHash = ""
+	if file != nil {
+		kr.DeployedHash = keystore.ConfigHash(file)
+	}
+	return r.Keys.UpdateKeyring(ctx, kr)
+}
+
+func (r *Reconciler) verify(ctx context.Context, step Step) error {
+	c, err := r.Etcd.Census(ctx, step.Resources, censusPage)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	var problems []error
+	for _, res := range step.Resources {
+		for prefix, n := range c[res] {
+			if n > 0 && prefix != step.Writers[res] {
+				problems = append(problems, fmt.Errorf("%d %s still stored under %s (want all under %s)", n, res, prefix, step.Writers[res]))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("verify: the rewrite did not reach every object: %w", errors.Join(problems...))
+	}
+	return nil
+}
+
+const censusPage = 500
+
+// Observe reads what the nodes run, what etcd stores and what the keyring
+// holds.
+func (r *Reconciler) Observe(ctx context.Context, d Desired) (Live, *keystore.Keyring, error) {
+	states, err := r.Nodes.Observe(ctx)
+	if err != nil {
+		return Live{}, nil, fmt.Errorf("observe the nodes: %w", err)
+	}
+	var live Live
+	resources := []string{"secrets"}
+	for r := range d.Custom {
+		resources = append(resources, r)
+	}
+	for _, s := range states {
+		n := NodeLive{Name: s.Node, Ready: s.Ready, Flag: s.APIServer.ProviderConfigSet(), File: s.File.Present}
+		if s.File.Present {
+			chains, err := r.parseNodeFile(s)
+			if err != nil {
+				n.FileError = err.Error()
+			} else {
+				n.Chains = chains
+				resources = append(resources, chains.Resources()...)
+			}
+		}
+		live.Nodes = append(live.Nodes, n)
+	}
+	slices.Sort(resources)
+	resources = slices.Compact(resources)
+	census, err := r.Etcd.Census(ctx, resources, censusPage)
+	if err != nil {
+		return Live{}, nil, fmt.Errorf("census: %w", err)
+	}
+	live.Census = census
+	kr, err := r.Keys.Keyring(ctx)
+	if err != nil {
+		return Live{}, nil, err
+	}
+	return live, kr, nil
+}
+
+// parseNodeFile reads a node's provider file as kube-apiserver would.
+func (r *Reconciler) parseNodeFile(s controlplane.NodeState) (cluster.Chains, error) {
+	cfg, err := cluster.ParseEncryptionConfig("node "+s.Node+" provider file", "", s.File.Data, r.FeatureGates)
+	if err != nil {
+		return nil, err
+	}
+	return cfg.Chains(), nil
+}

@@ -1,0 +1,167 @@
+package reconciler
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/atrest-io/atrest/controlplane"
+	"github.com/atrest-io/atrest/etcdsnap"
+	"github.com/atrest-io/atrest/keystore"
+)
+
+// Status is what `atrest status` shows: names, providers, hashes, counts
+// and fingerprints, never key material.
+type Status struct {
+	Nodes        []NodeStatus                `json:"nodes"`
+	Census       map[string]map[string]int64 `json:"census"`
+	Keys         []keystore.KeyInfo          `json:"keys"`
+	Journal      *keystore.Journal           `json:"journal,omitempty"`
+	LastRotation time.Time                   `json:"lastRotation,omitzero"`
+	LastSnapshot *SnapshotStatus             `json:"lastSnapshot,omitempty"`
+	Plan         []string                    `json:"plan"`
+	Drift        []string                    `json:"drift,omitempty"`
+	PlanError    string                      `json:"planError,omitempty"`
+}
+
+// NodeStatus is one node's state.
+type NodeStatus struct {
+	Name       string `json:"name"`
+	Ready      bool   `json:"ready"`
+	NotReady   string `json:"notReady,omitempty"`
+	Flag       bool   `json:"flag"`
+	FileSHA256 string `json:"fileSHA256,omitempty"`
+	Config     string `json:"config"`
+	Error      string `json:"error,omitempty"`
+}
+
+// SnapshotStatus describes a snapshot.
+type SnapshotStatus struct {
+	Name   string    `json:"name"`
+	Time   time.Time `json:"time"`
+	Reason string    `json:"reason"`
+	SHA256 string    `json:"sha256"`
+	Keys   []string  `json:"keys"`
+}
+
+// StatusOf observes the cluster for d and says where it stands.
+func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Status, error) {
+	states, err := nodes.Observe(ctx)
+	if err != nil && len(states) == 0 {
+		return nil, err
+	}
+	st := &Status{}
+	for _, s := range states {
+		ns := NodeStatus{Name: s.Node, Ready: s.Ready, NotReady: s.NotReady, Flag: s.APIServer.ProviderConfigSet(), FileSHA256: s.File.SHA256}
+		if s.Err != nil {
+			ns.Error = s.Err.Error()
+		}
+		ns.Config = nodeConfig(r, s)
+		st.Nodes = append(st.Nodes, ns)
+	}
+	live, kr, err := r.Observe(ctx, d)
+	if err != nil {
+		st.PlanError = err.Error()
+		return st, nil
+	}
+	st.Census = live.Census
+	st.Keys = kr.Keys
+	st.Journal = kr.Journal
+	st.LastRotation = kr.LastRotation
+	in := Input{Desired: d, Live: live, Keyring: KeyringState(kr)}
+	in.Desired.RotateRequested = d.RotateRequest != "" && !rotationServed(kr, d)
+	if plan, err := MakePlan(in); err != nil {
+		st.PlanError = err.Error()
+	} else {
+		st.Drift = plan.Drift
+		for _, s := range plan.Steps {
+			st.Plan = append(st.Plan, s.String())
+		}
+	}
+	if r.Snapshots != nil {
+		if ms, err := etcdsnap.List(ctx, r.Snapshots); err == nil && len(ms) > 0 {
+			slices.SortFunc(ms, func(a, b etcdsnap.Manifest) int { return a.Time.Compare(b.Time) })
+			m := ms[len(ms)-1]
+			st.LastSnapshot = &SnapshotStatus{Name: m.Name, Time: m.Time, Reason: m.Reason, SHA256: m.SHA256, Keys: m.KeyNames()}
+		}
+	}
+	return st, nil
+}
+
+func nodeConfig(r *Reconciler, s controlplane.NodeState) string {
+	n := NodeLive{Flag: s.APIServer.ProviderConfigSet(), File: s.File.Present}
+	if s.File.Present {
+		chains, err := r.parseNodeFile(s)
+		if err != nil {
+			return "unreadable provider file: " + err.Error()
+		}
+		n.Chains = chains
+	}
+	return describe(n.Running())
+}
+
+// Text renders the status for people.
+func (st *Status) Text() string {
+	var b strings.Builder
+	for _, n := range st.Nodes {
+		ready := "ready"
+		if !n.Ready {
+			ready = "NOT READY (" + n.NotReady + ")"
+		}
+		file := "no provider file"
+		if n.FileSHA256 != "" {
+			file = "file sha256 " + n.FileSHA256[:16]
+		}
+		flag := "flag off"
+		if n.Flag {
+			flag = "flag on"
+		}
+		fmt.Fprintf(&b, "node %s: %s, %s, %s: %s\n", n.Name, ready, flag, file, n.Config)
+		if n.Error != "" {
+			fmt.Fprintf(&b, "  error: %s\n", n.Error)
+		}
+	}
+	for _, r := range sortedKeys(st.Census) {
+		var parts []string
+		for _, p := range sortedKeys(st.Census[r]) {
+			parts = append(parts, fmt.Sprintf("%d under %s", st.Census[r][p], p))
+		}
+		fmt.Fprintf(&b, "census %s: %s\n", r, strings.Join(parts, ", "))
+	}
+	for _, k := range st.Keys {
+		fmt.Fprintf(&b, "key %s: %s, %s, created %s, fingerprint %s\n", k.Name, k.Provider, k.Role, k.Created.UTC().Format(time.RFC3339), k.Fingerprint)
+	}
+	if !st.LastRotation.IsZero() {
+		fmt.Fprintf(&b, "last rotation: %s\n", st.LastRotation.UTC().Format(time.RFC3339))
+	}
+	if st.LastSnapshot != nil {
+		fmt.Fprintf(&b, "last snapshot: %s (%s, %s), keys %s\n", st.LastSnapshot.Name, st.LastSnapshot.Reason, st.LastSnapshot.Time.UTC().Format(time.RFC3339), strings.Join(st.LastSnapshot.Keys, ", "))
+	}
+	if j := st.Journal; j != nil {
+		fmt.Fprintf(&b, "transition in flight: %s for revision %s, snapshot %s, started %s\n", j.Transition, j.Revision, j.Snapshot, j.Started.UTC().Format(time.RFC3339))
+		for _, s := range j.Steps {
+			line := fmt.Sprintf("  %s: %s", s.State, s.Detail)
+			if s.Error != "" {
+				line += " (error: " + s.Error + ")"
+			}
+			b.WriteString(line + "\n")
+		}
+	}
+	for _, d := range st.Drift {
+		fmt.Fprintf(&b, "drift: %s\n", d)
+	}
+	switch {
+	case st.PlanError != "":
+		fmt.Fprintf(&b, "cannot plan: %s\n", st.PlanError)
+	case len(st.Plan) == 0:
+		b.WriteString("in sync: nothing to do\n")
+	default:
+		b.WriteString("to do:\n")
+		for i, s := range st.Plan {
+			fmt.Fprintf(&b, "  %d. %s\n", i+1, s)
+		}
+	}
+	return b.String()
+}
