@@ -8,8 +8,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -26,7 +24,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -278,15 +275,7 @@ func (tr *traffic) finish(t *testing.T, transition string) {
 
 func etcdClient(t *testing.T) *clientv3.Client {
 	t.Helper()
-	pair, err := tls.LoadX509KeyPair(sb.EtcdCertFile, sb.EtcdKeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := os.ReadFile(sb.CAFile)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{sb.EtcdEndpoint}, DialTimeout: 10 * time.Second,
-		TLS: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool}, Logger: zap.NewNop()})
+	c, err := sb.EtcdClient()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -445,16 +434,7 @@ func TestAdoption(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(n.Dir, "etc-kubernetes", "ssl", "encryption.yaml"), file, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := sb.Docker(ctx, i, "rm", "--force", "kube-apiserver"); err != nil {
-			t.Fatal(err)
-		}
-		args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
-			"--volume=/etc/kubernetes:/etc/kubernetes:z", sandbox.KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
-		args = append(append(args, sb.APIServerArgs(n)...), "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml")
-		if _, err := sb.Docker(ctx, i, args...); err != nil {
-			t.Fatal(err)
-		}
-		if err := sb.WaitReady(ctx, i, 3*time.Minute); err != nil {
+		if err := sb.RecreateAPIServer(ctx, i, sandbox.ProviderConfigFlag); err != nil {
 			t.Fatal(err)
 		}
 	}

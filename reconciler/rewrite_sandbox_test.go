@@ -6,8 +6,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"fmt"
 	"log/slog"
@@ -19,7 +17,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -55,15 +52,7 @@ func restConfig(t testing.TB) *rest.Config {
 
 func etcd(t testing.TB) *clientv3.Client {
 	t.Helper()
-	pair, err := tls.LoadX509KeyPair(sb.EtcdCertFile, sb.EtcdKeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := os.ReadFile(sb.CAFile)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{sb.EtcdEndpoint}, DialTimeout: 10 * time.Second,
-		TLS: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool}, Logger: zap.NewNop()})
+	c, err := sb.EtcdClient()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,18 +87,13 @@ func deployAll(t testing.TB, ctx context.Context, config []byte) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(out, "--encryption-provider-config") {
-			_, err = sb.Docker(ctx, i, "restart", "kube-apiserver")
-		} else {
-			if _, err = sb.Docker(ctx, i, "rm", "--force", "kube-apiserver"); err != nil {
+		if !strings.Contains(out, "--encryption-provider-config") {
+			if err := sb.RecreateAPIServer(ctx, i, sandbox.ProviderConfigFlag); err != nil {
 				t.Fatal(err)
 			}
-			args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
-				"--volume=/etc/kubernetes:/etc/kubernetes:z", sandbox.KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
-			args = append(append(args, sb.APIServerArgs(n)...), "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml")
-			_, err = sb.Docker(ctx, i, args...)
+			continue
 		}
-		if err != nil {
+		if _, err := sb.Docker(ctx, i, "restart", "kube-apiserver"); err != nil {
 			t.Fatal(err)
 		}
 		if err := sb.WaitReady(ctx, i, 3*time.Minute); err != nil {
@@ -122,15 +106,7 @@ func deployAll(t testing.TB, ctx context.Context, config []byte) {
 func plainAll(t testing.TB, ctx context.Context) {
 	t.Helper()
 	for i, n := range sb.Nodes {
-		if _, err := sb.Docker(ctx, i, "rm", "--force", "kube-apiserver"); err != nil {
-			t.Fatal(err)
-		}
-		args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
-			"--volume=/etc/kubernetes:/etc/kubernetes:z", sandbox.KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
-		if _, err := sb.Docker(ctx, i, append(args, sb.APIServerArgs(n)...)...); err != nil {
-			t.Fatal(err)
-		}
-		if err := sb.WaitReady(ctx, i, 3*time.Minute); err != nil {
+		if err := sb.RecreateAPIServer(ctx, i); err != nil {
 			t.Fatal(err)
 		}
 		_ = os.Remove(filepath.Join(n.Dir, "etc-kubernetes", "ssl", "encryption.yaml"))

@@ -2,16 +2,6 @@
 
 package sandbox_test
 
-import (
-	"crypto/x509"
-
-	"github.com/spf13/pflag"
-)
-
-func x509CertPool(pem []byte) *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AppendCertsFromPEM(pem)
-	return p
-}
+import "github.com/spf13/pflag"
 
 func newFlagSet() *pflag.FlagSet { return pflag.NewFlagSet("sandbox", pflag.ContinueOnError) }

@@ -278,21 +278,14 @@ func (sb *Sandbox) startAPIServers(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(sb.Nodes))
-	for i, n := range sb.Nodes {
+	for i := range sb.Nodes {
 		wg.Go(func() {
 			if _, err := sb.Docker(ctx, i, "import", rootfs, KubeAPIServerImage); err != nil {
 				errs[i] = err
 				return
 			}
-			args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
-				"--label=io.rancher.rke.container.name=kube-apiserver",
-				"--volume=/etc/kubernetes:/etc/kubernetes:z",
-				KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
-			if _, err := sb.Docker(ctx, i, append(args, sb.APIServerArgs(n)...)...); err != nil {
-				errs[i] = err
-				return
-			}
-			errs[i] = sb.WaitReady(ctx, i, 120*time.Second)
+			// No container yet: rm --force of a missing one is a no-op.
+			errs[i] = sb.RecreateAPIServer(ctx, i)
 		})
 	}
 	wg.Wait()

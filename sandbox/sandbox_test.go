@@ -5,7 +5,6 @@ package sandbox_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -230,17 +229,7 @@ func TestDockerOverSSHRestartsAPIServer(t *testing.T) {
 
 func etcdClient(t *testing.T) *clientv3.Client {
 	t.Helper()
-	pair, err := tls.LoadX509KeyPair(sb.EtcdCertFile, sb.EtcdKeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, _ := os.ReadFile(sb.CAFile)
-	pool := x509CertPool(caPEM)
-	c, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{sb.EtcdEndpoint},
-		TLS:         &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool},
-		DialTimeout: 10 * time.Second,
-	})
+	c, err := sb.EtcdClient()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,20 +256,11 @@ resources:
 	}
 	recreate := func(extra ...string) {
 		t.Helper()
-		if _, err := sb.Docker(ctx(t), 0, "rm", "--force", "kube-apiserver"); err != nil {
-			t.Fatal(err)
-		}
-		args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
-			"--volume=/etc/kubernetes:/etc/kubernetes:z", sandbox.KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
-		args = append(append(args, sb.APIServerArgs(sb.Nodes[0])...), extra...)
-		if _, err := sb.Docker(ctx(t), 0, args...); err != nil {
-			t.Fatal(err)
-		}
-		if err := sb.WaitReady(ctx(t), 0, 2*time.Minute); err != nil {
+		if err := sb.RecreateAPIServer(ctx(t), 0, extra...); err != nil {
 			t.Fatal(err)
 		}
 	}
-	recreate("--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml")
+	recreate(sandbox.ProviderConfigFlag)
 	t.Cleanup(func() { recreate() })
 	// Before node 1 loses the key (cleanups run last first): remove what
 	// only it can read, or every apiserver's watch cache chokes on it.

@@ -36,15 +36,11 @@ unreadable. Let atrest own encryption from then on.`,
 	cmd.Flags().BoolVar(&fromNodes, "from-nodes", true, "read the provider file on every controlplane node")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctx := cmd.Context()
-		s, err := loader.Load()
+		ss, err := begin(cmd, loader, &src)
 		if err != nil {
 			return errorExit(err)
 		}
-		log := newLogger(s, cmd.ErrOrStderr())
-		d, err := src.load(ctx, s, log)
-		if err != nil {
-			return errorExit(err)
-		}
+		s, log, d := ss.s, ss.log, ss.d
 		var sources []keystore.Source
 		if rkestate != "" {
 			data, err := os.ReadFile(rkestate)

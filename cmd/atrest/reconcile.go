@@ -31,20 +31,12 @@ Exit code 0: nothing to do; 1: there are changes; 2: error.`,
 	src.bind(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctx := cmd.Context()
-		s, err := loader.Load()
-		if err != nil {
-			return errorExit(err)
-		}
-		log := newLogger(s, cmd.ErrOrStderr())
-		d, err := src.load(ctx, s, log)
-		if err != nil {
-			return errorExit(err)
-		}
-		e, err := open(ctx, s, d.cfg, d.policy, log)
+		ss, e, err := connect(cmd, loader, &src)
 		if err != nil {
 			return errorExit(err)
 		}
 		defer e.Close()
+		d := ss.d
 		want := reconciler.DesiredFrom(d.cfg, d.policy, d.revision)
 		live, kr, err := e.rec.Observe(ctx, want)
 		if err != nil {
@@ -137,15 +129,11 @@ it, from the Git source.`,
 // reconcileOnce runs one reconcile; rotate, when set, requests a rotation.
 func reconcileOnce(cmd *cobra.Command, loader *settings.Loader, src *source, rotate string) error {
 	ctx := cmd.Context()
-	s, err := loader.Load()
+	ss, err := begin(cmd, loader, src)
 	if err != nil {
 		return errorExit(err)
 	}
-	log := newLogger(s, cmd.ErrOrStderr())
-	d, err := src.load(ctx, s, log)
-	if err != nil {
-		return errorExit(err)
-	}
+	d := ss.d
 	want := reconciler.DesiredFrom(d.cfg, d.policy, d.revision)
 	if rotate != "" {
 		switch want.Mode {
@@ -159,7 +147,7 @@ func reconcileOnce(cmd *cobra.Command, loader *settings.Loader, src *source, rot
 	if d.policy.Suspend {
 		return errorExit(fmt.Errorf("atrest.yaml sets suspend: true: no changes are made while suspended"))
 	}
-	e, err := open(ctx, s, d.cfg, d.policy, log)
+	e, err := open(ctx, ss.s, d.cfg, d.policy, ss.log)
 	if err != nil {
 		return errorExit(err)
 	}
@@ -228,20 +216,12 @@ func newStatusCommand() *cobra.Command {
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctx := cmd.Context()
-		s, err := loader.Load()
-		if err != nil {
-			return errorExit(err)
-		}
-		log := newLogger(s, cmd.ErrOrStderr())
-		d, err := src.load(ctx, s, log)
-		if err != nil {
-			return errorExit(err)
-		}
-		e, err := open(ctx, s, d.cfg, d.policy, log)
+		ss, e, err := connect(cmd, loader, &src)
 		if err != nil {
 			return errorExit(err)
 		}
 		defer e.Close()
+		d := ss.d
 		st, err := reconciler.StatusOf(ctx, e.rec, e.nodes, reconciler.DesiredFrom(d.cfg, d.policy, d.revision))
 		if err != nil {
 			return errorExit(err)

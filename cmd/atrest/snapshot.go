@@ -31,20 +31,12 @@ func newSnapshotSaveCommand() *cobra.Command {
 	src.bind(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctx := cmd.Context()
-		s, err := loader.Load()
-		if err != nil {
-			return errorExit(err)
-		}
-		log := newLogger(s, cmd.ErrOrStderr())
-		d, err := src.load(ctx, s, log)
-		if err != nil {
-			return errorExit(err)
-		}
-		e, err := open(ctx, s, d.cfg, d.policy, log)
+		ss, e, err := connect(cmd, loader, &src)
 		if err != nil {
 			return errorExit(err)
 		}
 		defer e.Close()
+		d := ss.d
 		m, err := e.rec.SaveSnapshot(ctx, "manual", d.revision)
 		if err != nil {
 			return errorExit(err)

@@ -259,6 +259,40 @@ func isTerminal(f *os.File) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
+// session is what every command that acts on a cluster starts from.
+type session struct {
+	s   *settings.Settings
+	log *slog.Logger
+	d   *desired
+}
+
+// begin loads the settings and the desired state.
+func begin(cmd *cobra.Command, loader *settings.Loader, src *source) (*session, error) {
+	s, err := loader.Load()
+	if err != nil {
+		return nil, err
+	}
+	log := newLogger(s, cmd.ErrOrStderr())
+	d, err := src.load(cmd.Context(), s, log)
+	if err != nil {
+		return nil, err
+	}
+	return &session{s: s, log: log, d: d}, nil
+}
+
+// connect begins and opens everything a reconcile drives.
+func connect(cmd *cobra.Command, loader *settings.Loader, src *source) (*session, *env, error) {
+	ss, err := begin(cmd, loader, src)
+	if err != nil {
+		return nil, nil, err
+	}
+	e, err := open(cmd.Context(), ss.s, ss.d.cfg, ss.d.policy, ss.log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ss, e, nil
+}
+
 // withSettings binds the runtime settings to cmd and returns a loader.
 func withSettings(cmd *cobra.Command) *settings.Loader { return settings.Bind(cmd.Flags()) }
 

@@ -14,8 +14,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"os"
@@ -31,7 +29,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -216,28 +213,19 @@ func deploy(b *testing.B, ctx context.Context, m cluster.ManagedConfig) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	n := sb.Nodes[0]
-	if err := os.WriteFile(filepath.Join(n.Dir, "etc-kubernetes", "ssl", "encryption.yaml"), data, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(sb.Nodes[0].Dir, "etc-kubernetes", "ssl", "encryption.yaml"), data, 0o600); err != nil {
 		b.Fatal(err)
 	}
 	out, err := sb.Docker(ctx, 0, "inspect", "--format", "{{join .Args \" \"}}", "kube-apiserver")
 	if err != nil {
 		b.Fatal(err)
 	}
-	if strings.Contains(out, "--encryption-provider-config") {
-		_, err = sb.Docker(ctx, 0, "restart", "kube-apiserver")
-	} else {
-		if _, err := sb.Docker(ctx, 0, "rm", "--force", "kube-apiserver"); err != nil {
-			b.Fatal(err)
-		}
-		args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
-			"--volume=/etc/kubernetes:/etc/kubernetes:z", sandbox.KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
-		_, err = sb.Docker(ctx, 0, append(append(args, sb.APIServerArgs(n)...), "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml")...)
+	if !strings.Contains(out, "--encryption-provider-config") {
+		err = sb.RecreateAPIServer(ctx, 0, sandbox.ProviderConfigFlag)
+	} else if _, err = sb.Docker(ctx, 0, "restart", "kube-apiserver"); err == nil {
+		err = sb.WaitReady(ctx, 0, 3*time.Minute)
 	}
 	if err != nil {
-		b.Fatal(err)
-	}
-	if err := sb.WaitReady(ctx, 0, 3*time.Minute); err != nil {
 		b.Fatal(err)
 	}
 }
@@ -275,15 +263,7 @@ func create(b *testing.B, ctx context.Context, kc kubernetes.Interface, from, to
 // check verifies with raw etcd reads that at least want secrets are stored
 // under key, and none under any other prefix.
 func check(b *testing.B, ctx context.Context, key cluster.Key, want int) {
-	pair, err := tls.LoadX509KeyPair(sb.EtcdCertFile, sb.EtcdKeyFile)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ca, _ := os.ReadFile(sb.CAFile)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{sb.EtcdEndpoint}, DialTimeout: 10 * time.Second,
-		TLS: &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool}, Logger: zap.NewNop()})
+	c, err := sb.EtcdClient()
 	if err != nil {
 		b.Fatal(err)
 	}
