@@ -178,7 +178,7 @@ func createSecrets(t *testing.T, kc kubernetes.Interface) {
 				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("s-%05d", i)},
 				Data:       map[string][]byte{"v": value(i)},
 			}, metav1.CreateOptions{})
-			if err != nil {
+			if err != nil && !apierrors.IsAlreadyExists(err) {
 				failed.Store(err)
 			}
 		})
@@ -481,5 +481,47 @@ func TestAdoption(t *testing.T) {
 	next := transition(t, "rotate after adoption", "aescbc:v1:", "rotate-key", "--config", managed)
 	if next == rke.Prefix() {
 		t.Fatal("rotation kept RKE's key")
+	}
+}
+
+// TestGitSource applies what the sandbox's Git repository says, with no
+// --config: a commit enabling encryption, then one with
+// rotate_encryption_key: true, which rotates once for that commit only.
+func TestGitSource(t *testing.T) {
+	ctx := context.Background()
+	createSecrets(t, clients(t)[0]) // when run alone; a no-op after the others
+	base, err := os.ReadFile(sb.ClusterYML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enabled := strings.Replace(string(base), disabledBlock, managedBlock, 1)
+	if _, err := sb.Commit(ctx, "Enable encryption at rest", map[string]string{"cluster.yml": enabled}); err != nil {
+		t.Fatal(err)
+	}
+	code, out := run(t, "apply")
+	if code != 0 || !strings.Contains(out, "complete") && !strings.Contains(out, "nothing to do") {
+		t.Fatalf("apply from Git: exit %d:\n%s", code, out)
+	}
+	first := checkStored(t, "aescbc:v1:")
+
+	rotate := strings.Replace(enabled, "cluster_name: atrest-sandbox\n", "cluster_name: atrest-sandbox\nrotate_encryption_key: true\n", 1)
+	if _, err := sb.Commit(ctx, "Rotate the key", map[string]string{"cluster.yml": rotate}); err != nil {
+		t.Fatal(err)
+	}
+	code, out = run(t, "apply")
+	if code != 0 || !strings.Contains(out, "generate a new aescbc key") {
+		t.Fatalf("apply of rotate_encryption_key: exit %d:\n%s", code, out)
+	}
+	second := checkStored(t, "aescbc:v1:")
+	if second == first {
+		t.Fatalf("rotate_encryption_key kept %s", first)
+	}
+	// The same commit again: its rotation was served.
+	code, out = run(t, "apply")
+	if code != 0 || !strings.Contains(out, "nothing to do") {
+		t.Fatalf("second apply of the same commit: exit %d:\n%s", code, out)
+	}
+	if checkStored(t, "aescbc:v1:") != second {
+		t.Fatal("the same commit rotated twice")
 	}
 }
