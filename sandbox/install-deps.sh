@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the sandbox runs, when they are missing:
 # etcd (etcd-server, etcd-client), sshd (openssh-server), Docker (docker.io),
-# git and unshare. Services are not started: the sandbox starts its own.
+# git, unshare and jq. Services are not started: the sandbox starts its own.
 set -euo pipefail
 
 need=()
@@ -12,6 +12,8 @@ command -v ssh >/dev/null || need+=(openssh-client)
 [[ -x /usr/sbin/dockerd && -x /usr/bin/docker ]] || need+=(docker.io)
 command -v git >/dev/null || need+=(git)
 command -v unshare >/dev/null || need+=(util-linux)
+# keystore's test runs the jq command atrest adopt prints for the rkestate.
+command -v jq >/dev/null || need+=(jq)
 ((${#need[@]})) || exit 0
 
 echo "install-deps: apt-get install ${need[*]}" >&2
