@@ -54,6 +54,9 @@ type Rewriter struct {
 	typed   kubernetes.Interface
 	dynamic dynamic.Interface
 	opts    RewriteOptions
+	// beforeList, when set, runs before each list request: tests compact
+	// etcd there to make a continue token expire on cue.
+	beforeList func(cont string)
 }
 
 // NewRewriter builds a rewriter on cfg. Secrets go over protobuf; other
@@ -146,6 +149,9 @@ func (rw *Rewriter) Rewrite(ctx context.Context, resource string) (RewriteResult
 		defer close(work)
 		cont := ""
 		for {
+			if rw.beforeList != nil {
+				rw.beforeList(cont)
+			}
 			items, next, err := rc.list(ctx, metav1.ListOptions{Limit: rw.opts.PageSize, Continue: cont})
 			if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
 				// The continue token outlived etcd's compaction: start over.
