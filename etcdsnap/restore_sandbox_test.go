@@ -5,6 +5,7 @@ package etcdsnap_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/atrest-io/atrest/internal/leaktest"
 	"maps"
 	"net/http"
 	"os"
@@ -30,7 +31,7 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 	if os.Getenv("ATREST_KUBE_APISERVER") == "" {
 		t.Fatal("set ATREST_KUBE_APISERVER to the kube-apiserver binary: the restore test runs one on the host")
 	}
-	leaks := newLeakCheck(t)
+	leaks := leaktest.New(t)
 	ctx := testCtx(t, 15*time.Minute)
 	keys := newVaultKeys(t, "etcdsnap-test/restore")
 	newKey := func() cluster.Key {
@@ -39,12 +40,12 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Key first, then change: the key is in Vault before any node has it.
-		if err := keys.put(ctx, leaks.key(k)); err != nil {
+		if err := keys.put(ctx, leaks.Key(k)); err != nil {
 			t.Fatal(err)
 		}
 		return k
 	}
-	c := dial(t, etcdConfig(leaks.logger()))
+	c := dial(t, etcdConfig(leaks.Logger()))
 	store, err := etcdsnap.NewLocalDir(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +55,7 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 		t.Helper()
 		// A page size far below the number of objects: many pages.
 		got, err := c.Census(ctx, resources, 2)
-		leaks.note(err)
+		leaks.Note(err)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -111,11 +112,11 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 		Reason: "before rotate", Transition: "rotate-test", KeyringVersion: 1,
 		Keys: []etcdsnap.KeyRef{etcdsnap.RefOf(k1)}, Resources: []string{"secrets"},
 	})
-	leaks.note(err)
+	leaks.Note(err)
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaks.note(s1)
+	leaks.Note(s1)
 	valuesS1 := maps.Clone(values)
 
 	// Rotate K1 -> K2, outside the snapshot; then K1 leaves the node.
@@ -143,11 +144,11 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 		Reason: "before disable", Transition: "disable-test", KeyringVersion: 2,
 		Keys: []etcdsnap.KeyRef{etcdsnap.RefOf(k2)}, Resources: []string{"secrets"},
 	})
-	leaks.note(err)
+	leaks.Note(err)
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaks.note(s2)
+	leaks.Note(s2)
 	wantS2 := cloneCensus(want)
 	valuesS2 := maps.Clone(values)
 
@@ -173,18 +174,18 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 			t.Fatal(err)
 		}
 		other.Name = k1.Name
-		if err := impostor.put(ctx, leaks.key(other)); err != nil {
+		if err := impostor.put(ctx, leaks.Key(other)); err != nil {
 			t.Fatal(err)
 		}
 		_, err = etcdsnap.RestoreConfig(ctx, *s1, impostor)
-		leaks.note(err)
+		leaks.Note(err)
 		if err == nil || !strings.Contains(err.Error(), "fingerprint") {
 			t.Errorf("RestoreConfig with another key named %s: %v", k1.Name, err)
 		}
 		kms := *s1
 		kms.Keys = append(kms.Keys, etcdsnap.KeyRef{Name: "vault-kms", Provider: "kms", Fingerprint: s1.Keys[0].Fingerprint})
 		_, err = etcdsnap.RestoreConfig(ctx, kms, keys)
-		leaks.note(err)
+		leaks.Note(err)
 		if err == nil || !strings.Contains(err.Error(), "custom config") {
 			t.Errorf("RestoreConfig with a KMS key: %v", err)
 		}
@@ -194,7 +195,7 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 // verifyRestore restores snapshot m as an operator would: verify it, write
 // its restore config, restore it with etcdctl into a fresh data directory,
 // run etcd and kube-apiserver on it, and read every secret back.
-func verifyRestore(t *testing.T, leaks *leakCheck, store *etcdsnap.LocalDir, keys etcdsnap.KeySource,
+func verifyRestore(t *testing.T, leaks *leaktest.Watch, store *etcdsnap.LocalDir, keys etcdsnap.KeySource,
 	m *etcdsnap.Manifest, values map[string]string, census etcdsnap.Census, resources []string) {
 	ctx := testCtx(t, 5*time.Minute)
 	if err := etcdsnap.Verify(ctx, store, m.Name); err != nil {
@@ -205,7 +206,7 @@ func verifyRestore(t *testing.T, leaks *leakCheck, store *etcdsnap.LocalDir, key
 		t.Fatal(err)
 	}
 	data, err := etcdsnap.RestoreConfig(ctx, manifest, keys)
-	leaks.note(err)
+	leaks.Note(err)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,14 +218,14 @@ func verifyRestore(t *testing.T, leaks *leakCheck, store *etcdsnap.LocalDir, key
 		t.Errorf("restore config mode %v", st.Mode().Perm())
 	}
 	instructions := etcdsnap.RestoreInstructionsIn(store, manifest, configPath)
-	leaks.note(instructions)
+	leaks.Note(instructions)
 	for _, k := range manifest.Keys {
 		if !strings.Contains(instructions, k.Name) {
 			t.Errorf("the instructions do not name key %s", k.Name)
 		}
 	}
 
-	r := restoreSnapshot(t, store.Path(m.Name+".db"), configPath, leaks.logger())
+	r := restoreSnapshot(t, store.Path(m.Name+".db"), configPath, leaks.Logger())
 
 	// The restored etcd holds what the census counted when the snapshot
 	// was taken: objects under keys the node no longer has.

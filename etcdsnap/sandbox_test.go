@@ -18,7 +18,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,79 +40,6 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// syncBuffer collects logs written from several goroutines (the etcd
-// client logs from its own).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// leakCheck collects everything atrest said (logs, errors, manifests,
-// instructions) and fails the test if any generated key shows up in it.
-type leakCheck struct {
-	logs  syncBuffer
-	mu    sync.Mutex
-	texts []string
-	keys  []cluster.Key
-}
-
-func newLeakCheck(t *testing.T) *leakCheck {
-	l := &leakCheck{}
-	t.Cleanup(func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		all := l.logs.String() + strings.Join(l.texts, "\n")
-		for _, k := range l.keys {
-			for _, form := range []string{base64.StdEncoding.EncodeToString(k.Secret), string(k.Secret), fmt.Sprintf("%x", []byte(k.Secret))} {
-				if strings.Contains(all, form) {
-					t.Errorf("key %s material appears in atrest's logs, errors or output", k.Name)
-				}
-			}
-		}
-	})
-	return l
-}
-
-func (l *leakCheck) logger() *slog.Logger {
-	return slog.New(slog.NewJSONHandler(&l.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-func (l *leakCheck) key(k cluster.Key) cluster.Key {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.keys = append(l.keys, k)
-	return k
-}
-
-// note records something atrest produced (an error, a manifest) for the
-// leak check.
-func (l *leakCheck) note(v any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch x := v.(type) {
-	case nil:
-	case error:
-		l.texts = append(l.texts, x.Error())
-	case string:
-		l.texts = append(l.texts, x)
-	default:
-		b, _ := json.Marshal(x)
-		l.texts = append(l.texts, string(b), fmt.Sprintf("%+v", x))
-	}
 }
 
 // vaultKeys is the test's stand-in for keystore.Store: a few lines over the

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/atrest-io/atrest/internal/leaktest"
 	"io"
 	"os"
 	"os/exec"
@@ -20,7 +21,7 @@ import (
 )
 
 func TestSaveVerifyPrune(t *testing.T) {
-	leaks := newLeakCheck(t)
+	leaks := leaktest.New(t)
 	ctx := testCtx(t, 3*time.Minute)
 	keys := newVaultKeys(t, "etcdsnap-test/save")
 	var refs []etcdsnap.KeyRef
@@ -29,12 +30,12 @@ func TestSaveVerifyPrune(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := keys.put(ctx, leaks.key(k)); err != nil {
+		if err := keys.put(ctx, leaks.Key(k)); err != nil {
 			t.Fatal(err)
 		}
 		refs = append(refs, etcdsnap.RefOf(k))
 	}
-	c := dial(t, etcdConfig(leaks.logger()))
+	c := dial(t, etcdConfig(leaks.Logger()))
 	dir := filepath.Join(t.TempDir(), "snapshots")
 	store, err := etcdsnap.NewLocalDir(dir)
 	if err != nil {
@@ -51,11 +52,11 @@ func TestSaveVerifyPrune(t *testing.T) {
 	var saved []*etcdsnap.Manifest
 	for _, req := range reqs {
 		m, err := c.Save(ctx, store, keys, req)
-		leaks.note(err)
+		leaks.Note(err)
 		if err != nil {
 			t.Fatal(err)
 		}
-		leaks.note(m)
+		leaks.Note(m)
 		saved = append(saved, m)
 		time.Sleep(5 * time.Millisecond) // distinct names
 	}
@@ -82,7 +83,7 @@ func TestSaveVerifyPrune(t *testing.T) {
 		}
 		if strings.HasSuffix(e.Name(), ".json") {
 			data, _ := os.ReadFile(filepath.Join(dir, e.Name()))
-			leaks.note(string(data))
+			leaks.Note(string(data))
 		}
 	}
 
@@ -136,7 +137,7 @@ func TestSaveVerifyPrune(t *testing.T) {
 			os.WriteFile(other.Path(m.Name+".db"), tc.tamper(data), 0o600)
 			os.WriteFile(other.Path(m.Name+".json"), manifest, 0o600)
 			err := etcdsnap.Verify(ctx, other, m.Name)
-			leaks.note(err)
+			leaks.Note(err)
 			if !errors.Is(err, etcdsnap.ErrVerify) {
 				t.Errorf("%s: Verify = %v, want ErrVerify", tc.name, err)
 			}
@@ -156,7 +157,7 @@ func TestSaveVerifyPrune(t *testing.T) {
 			{"keystore refuses", etcdsnap.Manifest{Name: "refused", Reason: "manual", Keys: refs}, brokenRefs{keys}},
 		} {
 			_, err := c.Save(ctx, store, tc.refs, tc.req)
-			leaks.note(err)
+			leaks.Note(err)
 			if err == nil {
 				t.Errorf("%s: Save succeeded", tc.name)
 			}

@@ -9,7 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
+	"github.com/atrest-io/atrest/internal/leaktest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -38,99 +38,19 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// leakWatch collects what a test's stores logged and the errors it saw,
-// and at the end of the test fails if any of it holds the material of a
-// key the test generated or read, in any form (base64, URL-safe base64,
-// hex, raw).
-type leakWatch struct {
-	t       *testing.T
-	logs    syncBuffer
-	mu      sync.Mutex
-	secrets [][]byte
-	texts   []string
-}
-
-func newLeakWatch(t *testing.T) *leakWatch {
-	w := &leakWatch{t: t}
-	t.Cleanup(w.check)
-	return w
-}
-
-func (w *leakWatch) logger() *slog.Logger {
-	return slog.New(slog.NewJSONHandler(&w.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-func (w *leakWatch) key(k cluster.Key) cluster.Key {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.secrets = append(w.secrets, bytes.Clone(k.Secret))
-	return k
-}
-
-// err records an error's text (and %v/%+v forms) for the scan.
-func (w *leakWatch) err(err error) error {
-	if err != nil {
-		w.text(err.Error() + fmt.Sprintf("%+v %#v", err, err))
-	}
-	return err
-}
-
-func (w *leakWatch) text(s string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.texts = append(w.texts, s)
-}
-
-func (w *leakWatch) check() {
-	if w.t.Failed() && os.Getenv("KEYSTORE_TEST_LOGS") != "" {
-		w.t.Log(w.logs.String())
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	all := w.logs.String() + "\n" + strings.Join(w.texts, "\n")
-	if len(w.secrets) == 0 {
-		return
-	}
-	for _, s := range w.secrets {
-		for _, form := range []string{base64.StdEncoding.EncodeToString(s), base64.URLEncoding.EncodeToString(s), base64.RawStdEncoding.EncodeToString(s), hex.EncodeToString(s), string(s)} {
-			if strings.Contains(all, form) {
-				w.t.Errorf("key material (%d bytes) appears in logs or errors", len(s))
-			}
-		}
-	}
-}
-
 // clusterName turns the test's name into a cluster name of its own, so
 // tests do not see each other's keyrings.
 func clusterName(t *testing.T) string {
 	return strings.ToLower(regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-"))
 }
 
-func baseConfig(t *testing.T, w *leakWatch) Config {
+func baseConfig(t *testing.T, w *leaktest.Watch) Config {
 	return Config{
 		Address:   sb.Vault.Address,
 		CAFile:    sb.Vault.CAFile,
 		TokenFile: sb.Vault.TokenFile,
 		Cluster:   clusterName(t),
-		Logger:    w.logger(),
+		Logger:    w.Logger(),
 	}
 }
 
@@ -205,34 +125,34 @@ func tokenFile(t *testing.T, token string) string {
 	return f
 }
 
-func mustNewKey(t *testing.T, w *leakWatch, s *Store, p cluster.Provider) cluster.Key {
+func mustNewKey(t *testing.T, w *leaktest.Watch, s *Store, p cluster.Provider) cluster.Key {
 	t.Helper()
 	k, err := s.NewKey(testCtx(t), p)
 	if err != nil {
-		t.Fatalf("new key: %v", w.err(err))
+		t.Fatalf("new key: %v", w.Err(err))
 	}
-	return w.key(k)
+	return w.Key(k)
 }
 
-func mustUpdate(t *testing.T, w *leakWatch, s *Store, kr *Keyring) {
+func mustUpdate(t *testing.T, w *leaktest.Watch, s *Store, kr *Keyring) {
 	t.Helper()
 	if err := s.UpdateKeyring(testCtx(t), kr); err != nil {
-		t.Fatalf("update keyring: %v", w.err(err))
+		t.Fatalf("update keyring: %v", w.Err(err))
 	}
 }
 
-func mustKeyring(t *testing.T, w *leakWatch, s *Store) *Keyring {
+func mustKeyring(t *testing.T, w *leaktest.Watch, s *Store) *Keyring {
 	t.Helper()
 	kr, err := s.Keyring(testCtx(t))
 	if err != nil {
-		t.Fatalf("read keyring: %v", w.err(err))
+		t.Fatalf("read keyring: %v", w.Err(err))
 	}
 	return kr
 }
 
-func wantErr(t *testing.T, w *leakWatch, err, is error, saying ...string) {
+func wantErr(t *testing.T, w *leaktest.Watch, err, is error, saying ...string) {
 	t.Helper()
-	w.err(err)
+	w.Err(err)
 	if !errors.Is(err, is) {
 		t.Fatalf("got error %v, want %v", err, is)
 	}
@@ -253,7 +173,7 @@ func metadata(t *testing.T, s *Store, rel string) map[string]any {
 }
 
 func TestRoundTrip(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	s := openStore(t, baseConfig(t, w))
 
@@ -267,7 +187,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 	got, err := s.Key(ctx, k.Name)
 	if err != nil || got.Name != k.Name || got.Provider != k.Provider || !bytes.Equal(got.Secret, k.Secret) {
-		t.Fatalf("Key(%s) = %v, %v", k.Name, got, w.err(err))
+		t.Fatalf("Key(%s) = %v, %v", k.Name, got, w.Err(err))
 	}
 
 	kr.Keys = []KeyInfo{InfoOf(k, RolePrimary)}
@@ -285,7 +205,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 
 	// Keys are never overwritten, not even with the same name and new material.
-	other := w.key(cluster.Key{Name: k.Name, Provider: cluster.AESCBC, Secret: bytes.Repeat([]byte{7}, 32)})
+	other := w.Key(cluster.Key{Name: k.Name, Provider: cluster.AESCBC, Secret: bytes.Repeat([]byte{7}, 32)})
 	wantErr(t, w, s.PutKey(ctx, other), ErrExists, "write key "+k.Name, s.path("data", "keys/"+k.Name), "never overwritten")
 	if again, _ := s.Key(ctx, k.Name); !bytes.Equal(again.Secret, k.Secret) {
 		t.Error("PutKey overwrote a key")
@@ -305,7 +225,7 @@ func TestRoundTrip(t *testing.T) {
 	wantErr(t, w, err, ErrNotFound, "read key k-zzzzz "+s.path("data", "keys/k-zzzzz"))
 
 	// The keyring only names keys that are stored, with their real fingerprints.
-	unstored := w.key(mustKey(t, cluster.AESGCM))
+	unstored := w.Key(mustKey(t, cluster.AESGCM))
 	bad := *back
 	bad.Keys = append(slices.Clone(back.Keys), InfoOf(unstored, RoleReader))
 	wantErr(t, w, s.UpdateKeyring(ctx, &bad), ErrInvalid, "write keyring "+s.path("data", "keyring"), "key "+unstored.Name+" (reader) is not in Vault")
@@ -318,15 +238,15 @@ func TestRoundTrip(t *testing.T) {
 
 	// Snapshot references.
 	if err := s.AddSnapshotRef(ctx, "etcd-snap-1", []string{k.Name}); err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	wantErr(t, w, s.AddSnapshotRef(ctx, "etcd-snap-2", []string{k.Name, "k-zzzzz"}), ErrNotFound, "needs key k-zzzzz")
 	refs, err := s.SnapshotRefs(ctx)
 	if err != nil || len(refs) != 1 || !slices.Equal(refs["etcd-snap-1"], []string{k.Name}) {
-		t.Errorf("refs %v, %v", refs, w.err(err))
+		t.Errorf("refs %v, %v", refs, w.Err(err))
 	}
 	if err := s.ReleaseSnapshotRef(ctx, "etcd-snap-1"); err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	if refs, _ := s.SnapshotRefs(ctx); len(refs) != 0 {
 		t.Errorf("refs after release: %v", refs)
@@ -335,7 +255,7 @@ func TestRoundTrip(t *testing.T) {
 
 // Two writers read the same version; exactly one write lands.
 func TestCASRace(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	a := openStore(t, baseConfig(t, w))
 	b := openStore(t, baseConfig(t, w))
@@ -378,7 +298,7 @@ func TestCASRace(t *testing.T) {
 }
 
 func TestLock(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	a := openStore(t, baseConfig(t, w))
 	b := openStore(t, baseConfig(t, w))
@@ -421,16 +341,16 @@ func TestLock(t *testing.T) {
 	default:
 	}
 	if err := held.Release(ctx); err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	if err := held.Release(ctx); err != nil {
-		t.Errorf("second release: %v", w.err(err))
+		t.Errorf("second release: %v", w.Err(err))
 	}
 
 	// A holder that dies without releasing: its lock expires and is taken over.
 	crashed, err := a.AcquireLock(ctx, "crashed", ttl)
 	if err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	crashed.stopOnce.Do(func() { close(crashed.stop) })
 	<-crashed.done
@@ -439,9 +359,9 @@ func TestLock(t *testing.T) {
 	time.Sleep(ttl + 500*time.Millisecond)
 	taker, err := b.AcquireLock(ctx, "taker", ttl)
 	if err != nil {
-		t.Fatalf("take over an expired lock: %v", w.err(err))
+		t.Fatalf("take over an expired lock: %v", w.Err(err))
 	}
-	if !strings.Contains(w.logs.String(), "took over an expired lock") {
+	if !strings.Contains(w.Logs(), "took over an expired lock") {
 		t.Error("takeover not logged")
 	}
 	// The dead holder coming back cannot release the new holder's lock.
@@ -476,7 +396,7 @@ func TestLock(t *testing.T) {
 // A token with a 3 s TTL is renewed in the background and stays usable.
 func TestTokenRenewed(t *testing.T) {
 	setupAuth(t)
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	sec := write(t, root(t), "auth/token/create", map[string]any{
 		"policies": []string{"atrest"}, "ttl": "3s", "explicit_max_ttl": "5m", "renewable": true,
 	})
@@ -492,10 +412,10 @@ func TestTokenRenewed(t *testing.T) {
 	if s.client.Token() != sec.Auth.ClientToken {
 		t.Error("token was replaced, not renewed")
 	}
-	if n := strings.Count(w.logs.String(), "renewed Vault token"); n < 2 {
+	if n := strings.Count(w.Logs(), "renewed Vault token"); n < 2 {
 		t.Errorf("token renewed %d times in 8 s, want at least 2", n)
 	}
-	if strings.Contains(w.logs.String(), sec.Auth.ClientToken) {
+	if strings.Contains(w.Logs(), sec.Auth.ClientToken) {
 		t.Error("the Vault token appears in the logs")
 	}
 }
@@ -504,7 +424,7 @@ func TestTokenRenewed(t *testing.T) {
 // again; the response-wrapped secret id, usable once, is kept in memory.
 func TestAppRoleLoginAgain(t *testing.T) {
 	setupAuth(t)
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	rc := root(t)
 	write(t, rc, "auth/approle/role/atrest-short", map[string]any{
@@ -540,7 +460,7 @@ func TestAppRoleLoginAgain(t *testing.T) {
 	if s.client.Token() == first {
 		t.Error("token not replaced after its max TTL")
 	}
-	logs := w.logs.String()
+	logs := w.Logs()
 	if n := strings.Count(logs, "logged in to Vault"); n < 3 {
 		t.Errorf("logged in %d times in 10 s with a 4 s max TTL, want at least 3", n)
 	}
@@ -561,7 +481,7 @@ func TestAppRoleLoginAgain(t *testing.T) {
 	plain.AppRoleSecretIDFile = tokenFile(t, "00000000-0000-0000-0000-000000000000")
 	_, err = Open(ctx, plain)
 	wantErr(t, w, err, ErrPermissionDenied, "log in to Vault with approle auth/approle/login", "refused the credentials")
-	if strings.Contains(w.logs.String(), sid.Data["secret_id"].(string)) || strings.Contains(w.logs.String(), wrapped.WrapInfo.Token) {
+	if strings.Contains(w.Logs(), sid.Data["secret_id"].(string)) || strings.Contains(w.Logs(), wrapped.WrapInfo.Token) {
 		t.Error("AppRole credentials appear in the logs")
 	}
 }
@@ -570,7 +490,7 @@ func TestAppRoleLoginAgain(t *testing.T) {
 // endpoint; the token file is read again at every login.
 func TestKubernetesAuth(t *testing.T) {
 	setupAuth(t)
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	write(t, root(t), "auth/kubernetes/role/atrest", map[string]any{
 		"bound_service_account_names": "atrest", "bound_service_account_namespaces": "default",
@@ -597,7 +517,7 @@ func TestKubernetesAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := s.auth.login(ctx); err != nil {
-		t.Fatalf("login with the rotated token: %v", w.err(err))
+		t.Fatalf("login with the rotated token: %v", w.Err(err))
 	}
 	// ... and so is a broken one, as an error naming the login path.
 	if err := os.WriteFile(cfg.KubernetesTokenFile, []byte("not-a-jwt"), 0o600); err != nil {
@@ -615,14 +535,14 @@ func TestKubernetesAuth(t *testing.T) {
 	}
 	_, err = s.auth.login(ctx)
 	wantErr(t, w, err, ErrPermissionDenied, "refused the credentials")
-	if strings.Contains(w.logs.String(), jwt) {
+	if strings.Contains(w.Logs(), jwt) {
 		t.Error("the service-account token appears in the logs")
 	}
 }
 
 // The VAULT_* environment is honoured when the settings leave fields empty.
 func TestEnvironment(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	token, err := os.ReadFile(sb.Vault.TokenFile)
 	if err != nil {
 		t.Fatal(err)
@@ -630,18 +550,18 @@ func TestEnvironment(t *testing.T) {
 	t.Setenv("VAULT_ADDR", sb.Vault.Address)
 	t.Setenv("VAULT_CACERT", sb.Vault.CAFile)
 	t.Setenv("VAULT_TOKEN", strings.TrimSpace(string(token)))
-	s := openStore(t, Config{Cluster: clusterName(t), Logger: w.logger()})
+	s := openStore(t, Config{Cluster: clusterName(t), Logger: w.Logger()})
 	if _, err := s.Keyring(testCtx(t)); err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	t.Setenv("VAULT_CACERT", "")
-	_, err = Open(testCtx(t), Config{Cluster: clusterName(t), Logger: w.logger(), TokenFile: sb.Vault.TokenFile})
+	_, err = Open(testCtx(t), Config{Cluster: clusterName(t), Logger: w.Logger(), TokenFile: sb.Vault.TokenFile})
 	wantErr(t, w, err, ErrUnavailable, "look up Vault token", "certificate")
 }
 
 func TestPermissionDenied(t *testing.T) {
 	setupAuth(t)
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	admin := openStore(t, baseConfig(t, w))
 	k := mustNewKey(t, w, admin, cluster.AESCBC)
@@ -666,7 +586,7 @@ func TestPermissionDenied(t *testing.T) {
 // Vault stopped or sealed mid-operation: clear errors naming the path and
 // the operation, and the keyring as it was.
 func TestVaultDown(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	s := openStore(t, baseConfig(t, w))
 	k1 := mustNewKey(t, w, s, cluster.AESCBC)
@@ -675,7 +595,7 @@ func TestVaultDown(t *testing.T) {
 	mustUpdate(t, w, s, kr)
 	lock, err := s.AcquireLock(ctx, "rotation", MinLockTTL)
 	if err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 
 	// A rotation begins: the new key is stored, then Vault goes away.
@@ -744,7 +664,7 @@ func TestVaultDown(t *testing.T) {
 // Many keyring updates (more than KV v2's default 10 versions, and more
 // than the keyring keeps) never lose a key something still needs.
 func TestManyUpdates(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	s := openStore(t, baseConfig(t, w))
 	first := mustNewKey(t, w, s, cluster.AESCBC)
@@ -752,7 +672,7 @@ func TestManyUpdates(t *testing.T) {
 	kr.Keys = []KeyInfo{InfoOf(first, RolePrimary)}
 	mustUpdate(t, w, s, kr)
 	if err := s.AddSnapshotRef(ctx, "etcd-snap-1", []string{first.Name}); err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	wantErr(t, w, s.DestroyKey(ctx, first.Name), ErrReferenced, "destroy key "+first.Name, "lists it as primary")
 
@@ -771,7 +691,7 @@ func TestManyUpdates(t *testing.T) {
 		if prev.Name == first.Name {
 			wantErr(t, w, err, ErrReferenced, "etcd-snap-1")
 		} else if err != nil {
-			t.Fatal(w.err(err))
+			t.Fatal(w.Err(err))
 		} else {
 			destroyed = append(destroyed, prev.Name)
 		}
@@ -787,11 +707,11 @@ func TestManyUpdates(t *testing.T) {
 	}
 	got, err := s.Key(ctx, first.Name)
 	if err != nil || !bytes.Equal(got.Secret, first.Secret) {
-		t.Fatalf("key %s referenced by a snapshot lost after %d keyring versions: %v", first.Name, kr.Version, w.err(err))
+		t.Fatalf("key %s referenced by a snapshot lost after %d keyring versions: %v", first.Name, kr.Version, w.Err(err))
 	}
 	for _, k := range mustKeyring(t, w, s).Keys {
 		if _, err := s.Key(ctx, k.Name); err != nil {
-			t.Errorf("keyring key %s: %v", k.Name, w.err(err))
+			t.Errorf("keyring key %s: %v", k.Name, w.Err(err))
 		}
 	}
 	for _, name := range destroyed {
@@ -800,10 +720,10 @@ func TestManyUpdates(t *testing.T) {
 	}
 	// Once the snapshot is pruned the key can go.
 	if err := s.ReleaseSnapshotRef(ctx, "etcd-snap-1"); err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	if err := s.DestroyKey(ctx, first.Name); err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	_, err = s.Key(ctx, first.Name)
 	wantErr(t, w, err, ErrNotFound)
@@ -827,7 +747,7 @@ func (s *Store) readRefsDestroying(ctx context.Context) ([]string, error) {
 // A DestroyKey that stopped after announcing the destruction: the key can
 // no longer gain references, and the next DestroyKey finishes.
 func TestDestroyResumes(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	s := openStore(t, baseConfig(t, w))
 	k := mustNewKey(t, w, s, cluster.AESCBC)
@@ -839,7 +759,7 @@ func TestDestroyResumes(t *testing.T) {
 	}
 	wantErr(t, w, s.AddSnapshotRef(ctx, "etcd-snap-9", []string{k.Name}), ErrNotFound, "key "+k.Name+" is being destroyed")
 	if err := s.DestroyKey(ctx, k.Name); err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	_, err := s.Key(ctx, k.Name)
 	wantErr(t, w, err, ErrNotFound)
@@ -848,18 +768,18 @@ func TestDestroyResumes(t *testing.T) {
 	}
 }
 
-func adoptSecrets(t *testing.T, w *leakWatch, data []byte) {
+func adoptSecrets(t *testing.T, w *leaktest.Watch, data []byte) {
 	for _, s := range secretsIn(string(data)) {
 		raw, err := base64.URLEncoding.DecodeString(s)
 		if err != nil {
 			t.Fatal(err)
 		}
-		w.key(cluster.Key{Secret: raw})
+		w.Key(cluster.Key{Secret: raw})
 	}
 }
 
 func TestAdoptRKEState(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	s := openStore(t, baseConfig(t, w))
 	data := readTestdata(t, "cluster-midrotation.rkestate")
@@ -872,14 +792,14 @@ func TestAdoptRKEState(t *testing.T) {
 
 	// A crash of an earlier run left one key stored but unlisted.
 	if err := s.PutKey(ctx, plan.keys[1]); err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	a, err := s.Adopt(ctx, src)
 	if err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	report := a.String()
-	w.text(report)
+	w.Note(report)
 	if a.AlreadyAdopted || a.KeyringVersion != 1 || len(a.Keys) != 2 || a.Keys[0].Name != "k-x4b9t" || a.Keys[0].Role != RolePrimary || a.Keys[1].Role != RoleReader {
 		t.Fatalf("adoption: %+v", a)
 	}
@@ -895,14 +815,14 @@ func TestAdoptRKEState(t *testing.T) {
 	for _, k := range plan.keys {
 		got, err := s.Key(ctx, k.Name)
 		if err != nil || !bytes.Equal(got.Secret, k.Secret) || got.Provider != cluster.AESCBC {
-			t.Errorf("adopted key %s: %v", k.Name, w.err(err))
+			t.Errorf("adopted key %s: %v", k.Name, w.Err(err))
 		}
 	}
 
 	// Again: nothing to do.
 	again, err := s.Adopt(ctx, src)
 	if err != nil || !again.AlreadyAdopted || again.KeyringVersion != 1 {
-		t.Errorf("second adoption: %+v %v", again, w.err(err))
+		t.Errorf("second adoption: %+v %v", again, w.Err(err))
 	}
 	// Another cluster's state into this keyring: refused, nothing written.
 	steady := readTestdata(t, "cluster.rkestate")
@@ -917,15 +837,15 @@ func TestAdoptRKEState(t *testing.T) {
 }
 
 func TestAdoptConflictingKey(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	s := openStore(t, baseConfig(t, w))
 	data := readTestdata(t, "cluster-midrotation.rkestate")
 	adoptSecrets(t, w, data)
 	// A different key already stored under one of the names.
-	squatter := w.key(cluster.Key{Name: "k-7qd2m", Provider: cluster.AESCBC, Secret: bytes.Repeat([]byte{1}, 32)})
+	squatter := w.Key(cluster.Key{Name: "k-7qd2m", Provider: cluster.AESCBC, Secret: bytes.Repeat([]byte{1}, 32)})
 	if err := s.PutKey(ctx, squatter); err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
 	_, err := s.Adopt(ctx, Source{Name: "cluster.rkestate", Data: data})
 	wantErr(t, w, err, ErrExists, "a different key named k-7qd2m", "nothing was imported")
@@ -945,7 +865,7 @@ func rkeStyleSecret(t *testing.T) string {
 
 // Adoption from the provider file on a controlplane node.
 func TestAdoptProviderFile(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	ctx := testCtx(t)
 	s := openStore(t, baseConfig(t, w))
 	file := filepath.Join(sb.Nodes[0].Dir, "etc-kubernetes", "ssl", "encryption.yaml")
@@ -968,9 +888,9 @@ func TestAdoptProviderFile(t *testing.T) {
 	}
 	a, err := s.Adopt(ctx, Source{Name: sb.Nodes[0].Name + ":/etc/kubernetes/ssl/encryption.yaml", Data: data})
 	if err != nil {
-		t.Fatal(w.err(err))
+		t.Fatal(w.Err(err))
 	}
-	w.text(a.String())
+	w.Note(a.String())
 	if len(a.Keys) != 2 || a.Keys[0].Name != "k-n3w00" || a.Keys[0].Role != RolePrimary || a.Keys[1].Name != "k-0ld00" || a.Keys[1].Role != RoleReader {
 		t.Fatalf("adopted %+v", a.Keys)
 	}
@@ -984,7 +904,7 @@ func TestAdoptProviderFile(t *testing.T) {
 	for _, want := range cfg.Keys() {
 		got, err := s.Key(ctx, want.Name)
 		if err != nil || !bytes.Equal(got.Secret, want.Secret) {
-			t.Errorf("key %s: %v", want.Name, w.err(err))
+			t.Errorf("key %s: %v", want.Name, w.Err(err))
 		}
 	}
 	if !strings.Contains(a.RKEStateRemoval, "jq 'del(.currentState.encryptionConfig, .desiredState.encryptionConfig)' cluster.rkestate") {
@@ -995,7 +915,7 @@ func TestAdoptProviderFile(t *testing.T) {
 // A KV version 1 mount would take "<mount>/data/..." writes as plain
 // secrets without versions or check-and-set: Open refuses it.
 func TestMountChecks(t *testing.T) {
-	w := newLeakWatch(t)
+	w := leaktest.New(t)
 	write(t, root(t), "sys/mounts/kv1-"+clusterName(t), map[string]any{"type": "kv", "options": map[string]string{"version": "1"}})
 	cfg := baseConfig(t, w)
 	cfg.KVMount = "kv1-" + clusterName(t)
