@@ -101,8 +101,34 @@ type Keyring struct {
 	// rotation and let rotate_encryption_key act once per commit.
 	LastRotation         time.Time `json:"lastRotation,omitzero"`
 	LastRotationRevision string    `json:"lastRotationRevision,omitempty"`
+	// RotationRequests are the last requests served (commit:<rev>,
+	// cli:<time>, schedule:<time>), oldest first, at most
+	// MaxRotationRequests: one kind of request must not make another,
+	// served earlier, look new again.
+	RotationRequests []string `json:"rotationRequests,omitempty"`
 	// Journal is the transition in flight, nil when none.
 	Journal *Journal `json:"journal,omitempty"`
+}
+
+// MaxRotationRequests bounds Keyring.RotationRequests.
+const MaxRotationRequests = 32
+
+// RotationServed reports whether the rotation request req was served.
+func (kr *Keyring) RotationServed(req string) bool {
+	return req != "" && (kr.LastRotationRevision == req || slices.Contains(kr.RotationRequests, req))
+}
+
+// RecordRotation records a rotation at t serving req ("" for none).
+func (kr *Keyring) RecordRotation(t time.Time, req string) {
+	kr.LastRotation = t
+	if req == "" {
+		return
+	}
+	kr.LastRotationRevision = req
+	kr.RotationRequests = append(kr.RotationRequests, req)
+	if n := len(kr.RotationRequests); n > MaxRotationRequests {
+		kr.RotationRequests = slices.Clone(kr.RotationRequests[n-MaxRotationRequests:])
+	}
 }
 
 // Primary returns the key kube-apiserver writes with, if there is one.

@@ -16,10 +16,12 @@
 // of a path (10 by default) as it is updated. Every write is a check-and-set
 // against the version read; a lost race is ErrConflict and writes nothing.
 //
-// A token needs this Vault policy (for mount "secret", prefix "atrest"):
-//
-//	path "secret/data/atrest/*"     { capabilities = ["create", "read", "update"] }
-//	path "secret/metadata/atrest/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+// A token needs, under the cluster's <mount>/data/<prefix>/<cluster>, read
+// and update on keyring, lock, snapshots, keys/* and daemons/*, and under
+// <mount>/metadata/..., create and update on each (delete and list on keys/*
+// and daemons/*): every document's metadata is written first, so its data
+// write is an update. examples/vault-policy.hcl is that policy, tested
+// against a real Vault.
 package keystore
 
 import (

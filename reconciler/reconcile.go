@@ -59,8 +59,15 @@ type Reconciler struct {
 	FeatureGates string
 	// Retention is how many snapshots to keep (the policy's).
 	Retention int
-	Logger    *slog.Logger
+	// OnStep, when set, is called as each step starts (done false) and
+	// ends (done true, with its error): the daemon's metrics and state.
+	OnStep func(transition string, step Step, done bool, err error)
+	Logger *slog.Logger
 }
+
+// ErrStopped is returned by ReconcileUntil when it stopped between steps
+// because it was asked to.
+var ErrStopped = errors.New("stopped between steps, as asked; the journal says where; the next reconcile resumes")
 
 // Result says what a reconcile did.
 type Result struct {
@@ -80,6 +87,14 @@ const maxSteps = 25
 // step in the journal before and after it runs. An error leaves the journal
 // saying where it stopped; calling Reconcile again resumes from there.
 func (r *Reconciler) Reconcile(ctx context.Context, d Desired) (*Result, error) {
+	return r.ReconcileUntil(ctx, nil, d)
+}
+
+// ReconcileUntil is Reconcile that, once stop is closed, finishes the step
+// it is running (journaled) and returns ErrStopped instead of starting the
+// next: a graceful shutdown never leaves a step half done. Cancelling ctx
+// instead interrupts the step; the journal then records it as failed.
+func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d Desired) (*Result, error) {
 	log := r.logger()
 	ttl := r.LockTTL
 	if ttl == 0 {
@@ -127,15 +142,22 @@ func (r *Reconciler) Reconcile(ctx context.Context, d Desired) (*Result, error) 
 				res.Transition = kr.Journal.Transition
 			}
 		}
+		select {
+		case <-stop:
+			return res, ErrStopped
+		default:
+		}
 		step := plan.Steps[0]
 		log.Info("step", "transition", res.Transition, "revision", d.Revision, "step", string(step.Kind), "detail", step.String())
 		if err := r.journal(ctx, kr, res.Transition, d.Revision, step, keystore.StepRunning, nil); err != nil {
 			return res, err
 		}
+		r.onStep(res.Transition, step, false, nil)
 		err = r.run(ctx, step, d, live)
 		if jerr := r.journalAgain(ctx, step, err); jerr != nil {
 			err = errors.Join(err, jerr)
 		}
+		r.onStep(res.Transition, step, true, err)
 		if err != nil {
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 				err = errors.Join(err, cause)
@@ -144,7 +166,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, d Desired) (*Result, error) 
 		}
 		res.Steps = append(res.Steps, step)
 		if step.Kind == StepSnapshot {
-			res.Snapshot = step.Reason
+			if kr, err := r.Keys.Keyring(ctx); err == nil && kr.Journal != nil {
+				res.Snapshot = kr.Journal.Snapshot
+			}
 		}
 		// A rewrite is proven by its verify at once: planned afresh, a clean
 		// census would make the verify vanish from the plan and the journal.
@@ -157,10 +181,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, d Desired) (*Result, error) 
 			if err := r.journal(ctx, kr, res.Transition, d.Revision, verify, keystore.StepRunning, nil); err != nil {
 				return res, err
 			}
+			r.onStep(res.Transition, verify, false, nil)
 			err = r.run(ctx, verify, d, live)
 			if jerr := r.journalAgain(ctx, verify, err); jerr != nil {
 				err = errors.Join(err, jerr)
 			}
+			r.onStep(res.Transition, verify, true, err)
 			if err != nil {
 				return res, fmt.Errorf("%s: %s: %w", res.Transition, verify, err)
 			}
@@ -170,10 +196,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, d Desired) (*Result, error) 
 	return res, fmt.Errorf("no convergence after %d steps: a step is not taking effect; see the journal with `atrest status`", maxSteps)
 }
 
+func (r *Reconciler) onStep(transition string, step Step, done bool, err error) {
+	if r.OnStep != nil {
+		r.OnStep(transition, step, done, err)
+	}
+}
+
 // rotationServed reports whether the keyring already records d's rotation
 // request: a request is served once, whatever crashed after.
 func rotationServed(kr *keystore.Keyring, d Desired) bool {
-	return d.RotateRequest != "" && kr.LastRotationRevision == d.RotateRequest
+	return kr.RotationServed(d.RotateRequest)
 }
 
 // KeyringState is the planner's view of the keyring.
@@ -369,10 +401,7 @@ func (r *Reconciler) generateKey(ctx context.Context, step Step, d Desired) erro
 		kr.Keys = append(kr.Keys, keystore.InfoOf(k, keystore.RoleReader))
 	}
 	setPrimary(kr, k.Name)
-	kr.LastRotation = time.Now().UTC()
-	if d.RotateRequest != "" {
-		kr.LastRotationRevision = d.RotateRequest
-	}
+	kr.RecordRotation(time.Now().UTC(), d.RotateRequest)
 	r.logger().Info("generated key", "key", k)
 	return r.Keys.UpdateKeyring(ctx, kr)
 }

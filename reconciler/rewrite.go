@@ -32,7 +32,10 @@ type RewriteOptions struct {
 	Progress      io.Writer
 	ProgressEvery time.Duration
 	Terminal      bool
-	Logger        *slog.Logger
+	// OnProgress, when set, is called with the counts every ProgressEvery
+	// and once at the end of each resource: the daemon's metrics.
+	OnProgress func(resource string, listed, updated int64)
+	Logger     *slog.Logger
 }
 
 // RewriteResult counts what a rewrite did.
@@ -213,8 +216,22 @@ func (rw *Rewriter) updateOne(ctx context.Context, rc resourceClient, o object) 
 }
 
 func (rw *Rewriter) progress(resource string, listed, updated *atomic.Int64) func() {
-	if rw.opts.Progress == nil {
+	if rw.opts.Progress == nil && rw.opts.OnProgress == nil {
 		return func() {}
+	}
+	report := func(final bool) {
+		if f := rw.opts.OnProgress; f != nil {
+			f(resource, listed.Load(), updated.Load())
+		}
+		switch {
+		case rw.opts.Progress == nil:
+		case rw.opts.Terminal && final:
+			fmt.Fprintf(rw.opts.Progress, "\rrewrite %s: %d/%d\n", resource, updated.Load(), listed.Load())
+		case rw.opts.Terminal:
+			fmt.Fprintf(rw.opts.Progress, "\rrewrite %s: %d/%d", resource, updated.Load(), listed.Load())
+		case !final:
+			fmt.Fprintf(rw.opts.Progress, "rewrite %s: %d of %d listed so far updated\n", resource, updated.Load(), listed.Load())
+		}
 	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
@@ -229,16 +246,10 @@ func (rw *Rewriter) progress(resource string, listed, updated *atomic.Int64) fun
 		for {
 			select {
 			case <-done:
-				if rw.opts.Terminal {
-					fmt.Fprintf(rw.opts.Progress, "\rrewrite %s: %d/%d\n", resource, updated.Load(), listed.Load())
-				}
+				report(true)
 				return
 			case <-t.C:
-				if rw.opts.Terminal {
-					fmt.Fprintf(rw.opts.Progress, "\rrewrite %s: %d/%d", resource, updated.Load(), listed.Load())
-				} else {
-					fmt.Fprintf(rw.opts.Progress, "rewrite %s: %d of %d listed so far updated\n", resource, updated.Load(), listed.Load())
-				}
+				report(false)
 			}
 		}
 	}()

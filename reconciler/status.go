@@ -21,9 +21,17 @@ type Status struct {
 	Journal      *keystore.Journal           `json:"journal,omitempty"`
 	LastRotation time.Time                   `json:"lastRotation,omitzero"`
 	LastSnapshot *SnapshotStatus             `json:"lastSnapshot,omitempty"`
-	Plan         []string                    `json:"plan"`
-	Drift        []string                    `json:"drift,omitempty"`
-	PlanError    string                      `json:"planError,omitempty"`
+	// DeployedHash identifies the config atrest last deployed
+	// ("sha256:<hex>"; "" when none): a node whose file differs drifted.
+	DeployedHash string `json:"deployedHash,omitempty"`
+	// Daemons is what every `atrest run` last reported.
+	Daemons   []keystore.DaemonState `json:"daemons,omitempty"`
+	Plan      []string               `json:"plan"`
+	Drift     []string               `json:"drift,omitempty"`
+	PlanError string                 `json:"planError,omitempty"`
+	// RotationPending is true when the desired state's rotation request has
+	// not been served yet.
+	RotationPending bool `json:"rotationPending,omitempty"`
 }
 
 // NodeStatus is one node's state.
@@ -70,8 +78,10 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 	st.Keys = kr.Keys
 	st.Journal = kr.Journal
 	st.LastRotation = kr.LastRotation
+	st.DeployedHash = kr.DeployedHash
 	in := Input{Desired: d, Live: live, Keyring: KeyringState(kr)}
 	in.Desired.RotateRequested = d.RotateRequest != "" && !rotationServed(kr, d)
+	st.RotationPending = in.Desired.RotateRequested
 	if plan, err := MakePlan(in); err != nil {
 		st.PlanError = err.Error()
 	} else {
@@ -88,6 +98,13 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 		}
 	}
 	return st, nil
+}
+
+func shortRevision(r string) string {
+	if r == "" {
+		return "(none yet)"
+	}
+	return r[:min(len(r), 12)]
 }
 
 func nodeConfig(r *Reconciler, s controlplane.NodeState) string {
@@ -151,6 +168,40 @@ func (st *Status) Text() string {
 	}
 	for _, d := range st.Drift {
 		fmt.Fprintf(&b, "drift: %s\n", d)
+	}
+	now := time.Now()
+	for _, d := range st.Daemons {
+		fmt.Fprintf(&b, "daemon %s", d.Instance)
+		if d.Version != "" {
+			fmt.Fprintf(&b, " (%s)", d.Version)
+		}
+		fmt.Fprintf(&b, ": last seen %s ago", now.Sub(d.Heartbeat).Round(time.Second))
+		if d.Stale(now) {
+			b.WriteString(" (STALE: not running, or cannot reach Vault)")
+		}
+		fmt.Fprintf(&b, ", revision %s", shortRevision(d.Revision))
+		if d.Suspended {
+			b.WriteString(", SUSPENDED")
+		}
+		if d.Result != "" {
+			fmt.Fprintf(&b, ", last reconcile %s at %s", d.Result, d.LastReconcile.UTC().Format(time.RFC3339))
+		}
+		b.WriteString("\n")
+		if d.Step != "" {
+			fmt.Fprintf(&b, "  running: %s\n", d.Step)
+		}
+		if d.Error != "" {
+			fmt.Fprintf(&b, "  error (%d in a row, next try %s): %s\n", d.Failures, d.NextRetry.UTC().Format(time.RFC3339), d.Error)
+		}
+		if d.Refused != "" {
+			fmt.Fprintf(&b, "  refused a newer revision: %s\n", d.Refused)
+		}
+		switch {
+		case d.Schedule != "" && !d.NextRotation.IsZero():
+			fmt.Fprintf(&b, "  rotation schedule %q, next rotation %s\n", d.Schedule, d.NextRotation.UTC().Format(time.RFC3339))
+		case d.Schedule != "":
+			fmt.Fprintf(&b, "  rotation schedule %q (no managed key to rotate)\n", d.Schedule)
+		}
 	}
 	switch {
 	case st.PlanError != "":

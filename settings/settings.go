@@ -30,6 +30,7 @@ type Settings struct {
 	SSH        SSH        `json:"ssh"`
 	Snapshots  Snapshots  `json:"snapshots"`
 	Listen     Listen     `json:"listen"`
+	Daemon     Daemon     `json:"daemon"`
 	Log        Log        `json:"log"`
 
 	// sources records where each set value came from, for error messages.
@@ -48,6 +49,10 @@ type Git struct {
 	BearerTokenFile                 string        `json:"bearerTokenFile"`
 	CAFile                          string        `json:"caFile"`
 	Interval                        time.Duration `json:"interval"`
+	Timeout                         time.Duration `json:"timeout"`
+	CacheDir                        string        `json:"cacheDir"`
+	AllowedSignersFile              string        `json:"allowedSignersFile"`
+	OpenPGPKeyringFile              string        `json:"openPGPKeyringFile"`
 	InsecureSkipHostKeyVerification bool          `json:"insecureSkipHostKeyVerification"`
 	InsecureSkipTLSVerify           bool          `json:"insecureSkipTLSVerify"`
 }
@@ -108,6 +113,12 @@ type Listen struct {
 	WebhookSecretFile string `json:"webhookSecretFile"`
 }
 
+// Daemon is how `atrest run` behaves.
+type Daemon struct {
+	Suspend    bool          `json:"suspend"`
+	MaxBackoff time.Duration `json:"maxBackoff"`
+}
+
 // Log is the shape of atrest's own logs.
 type Log struct {
 	Format string `json:"format"`
@@ -124,11 +135,12 @@ const (
 // Default returns the settings before any flag, variable or file.
 func Default() *Settings {
 	return &Settings{
-		Git:        Git{Ref: "main", Path: ".", Interval: time.Minute},
+		Git:        Git{Ref: "main", Path: ".", Interval: time.Minute, Timeout: time.Minute},
 		Vault:      Vault{AuthMethod: AuthToken, AppRoleMount: "approle", KubernetesMount: "kubernetes", KubernetesTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token", KVMount: "secret", Prefix: "atrest"},
 		Kubernetes: Kubernetes{QPS: 200, Burst: 400},
 		SSH:        SSH{Timeout: 30 * time.Second},
 		Listen:     Listen{Metrics: "127.0.0.1:9795"},
+		Daemon:     Daemon{MaxBackoff: 10 * time.Minute},
 		Log:        Log{Format: "text", Level: "info"},
 	}
 }
@@ -151,7 +163,11 @@ func (s *Settings) fields() []field {
 		{"git.passwordFile", "file with the password for Git over HTTPS", &s.Git.PasswordFile},
 		{"git.bearerTokenFile", "file with a bearer token for Git over HTTPS", &s.Git.BearerTokenFile},
 		{"git.caFile", "PEM bundle of CAs that verify the Git server over HTTPS", &s.Git.CAFile},
-		{"git.interval", "how often to poll the Git source", &s.Git.Interval},
+		{"git.interval", "how often to poll the Git source (and re-observe the cluster, to catch drift)", &s.Git.Interval},
+		{"git.timeout", "timeout of each Git network operation (ref listing, fetch)", &s.Git.Timeout},
+		{"git.cacheDir", "directory for the Git cache (default: .git-cache in snapshots.dir)", &s.Git.CacheDir},
+		{"git.allowedSignersFile", "accept only commits signed by an SSH key in this allowed-signers file (as git's gpg.ssh.allowedSignersFile)", &s.Git.AllowedSignersFile},
+		{"git.openPGPKeyringFile", "accept only commits signed by a key in this armored OpenPGP keyring", &s.Git.OpenPGPKeyringFile},
 		{"git.insecureSkipHostKeyVerification", "DANGEROUS: accept any SSH host key from the Git server", &s.Git.InsecureSkipHostKeyVerification},
 		{"git.insecureSkipTLSVerify", "DANGEROUS: accept any TLS certificate from the Git server", &s.Git.InsecureSkipTLSVerify},
 
@@ -192,6 +208,9 @@ func (s *Settings) fields() []field {
 		{"listen.metrics", "address for /metrics, /healthz and /readyz", &s.Listen.Metrics},
 		{"listen.webhook", "address for the Git webhook (empty: no webhook)", &s.Listen.Webhook},
 		{"listen.webhookSecretFile", "file with the webhook's HMAC secret", &s.Listen.WebhookSecretFile},
+
+		{"daemon.suspend", "observe and report, but change nothing (as suspend: true in atrest.yaml)", &s.Daemon.Suspend},
+		{"daemon.maxBackoff", "longest wait before retrying after failed reconciles (the wait doubles from git.interval / 4)", &s.Daemon.MaxBackoff},
 
 		{"log.format", "log format: text or json", &s.Log.Format},
 		{"log.level", "log level: debug, info, warn or error", &s.Log.Level},

@@ -112,9 +112,13 @@ func (v *validator) git() {
 	if g.Interval <= 0 {
 		v.add("git.interval", "must be positive, not %s", g.Interval)
 	}
+	if g.Timeout <= 0 {
+		v.add("git.timeout", "must be positive, not %s", g.Timeout)
+	}
 	for _, k := range []struct{ key, val string }{
 		{"git.sshKeyFile", g.SSHKeyFile}, {"git.knownHostsFile", g.KnownHostsFile},
 		{"git.passwordFile", g.PasswordFile}, {"git.bearerTokenFile", g.BearerTokenFile}, {"git.caFile", g.CAFile},
+		{"git.allowedSignersFile", g.AllowedSignersFile}, {"git.openPGPKeyringFile", g.OpenPGPKeyringFile},
 	} {
 		v.file(k.key, k.val)
 	}
@@ -267,4 +271,7 @@ func (v *validator) listen() {
 		v.required("listen.webhookSecretFile", l.WebhookSecretFile, "the webhook's HMAC secret")
 	}
 	v.file("listen.webhookSecretFile", l.WebhookSecretFile)
+	if v.s.Daemon.MaxBackoff <= 0 {
+		v.add("daemon.maxBackoff", "must be positive, not %s", v.s.Daemon.MaxBackoff)
+	}
 }

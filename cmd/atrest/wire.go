@@ -78,7 +78,14 @@ func (src *source) read(ctx context.Context, s *settings.Settings, log *slog.Log
 	if err := s.Validate(settings.NeedGit); err != nil {
 		return nil, fmt.Errorf("no --config given, and the Git source is not usable: %w", err)
 	}
-	gs, err := gitSource(s, log)
+	// A cache of its own: the daemon owns the settings' cache directory,
+	// and two processes must never write one cache at once.
+	cache, err := os.MkdirTemp("", "atrest-git-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(cache)
+	gs, err := gitSource(s, log, cache)
 	if err != nil {
 		return nil, err
 	}
@@ -110,16 +117,24 @@ func desiredFromRevision(rev *gitsource.Revision) (*desired, error) {
 
 func shortRev(r string) string { return r[:min(len(r), 12)] }
 
-func gitSource(s *settings.Settings, log *slog.Logger) (*gitsource.Source, error) {
-	cache := filepath.Join(os.TempDir(), "atrest-git-cache")
-	if s.Snapshots.Dir != "" {
+// gitSource opens the settings' Git source, caching in cache, or else in
+// git.cacheDir or its default.
+func gitSource(s *settings.Settings, log *slog.Logger, cache string) (*gitsource.Source, error) {
+	switch {
+	case cache != "":
+	case s.Git.CacheDir != "":
+		cache = s.Git.CacheDir
+	case s.Snapshots.Dir != "":
 		cache = filepath.Join(s.Snapshots.Dir, ".git-cache")
+	default:
+		cache = filepath.Join(os.TempDir(), "atrest-git-cache")
 	}
 	return gitsource.New(gitsource.Config{
 		URL: s.Git.URL, Ref: s.Git.Ref, Path: s.Git.Path,
 		SSHKeyFile: s.Git.SSHKeyFile, KnownHostsFile: s.Git.KnownHostsFile, UseSSHAgent: s.Git.SSHKeyFile == "" && settings.GitTransport(s.Git.URL) == "ssh",
 		Username: s.Git.Username, PasswordFile: s.Git.PasswordFile, BearerTokenFile: s.Git.BearerTokenFile, CAFile: s.Git.CAFile,
 		InsecureSkipHostKeyVerification: s.Git.InsecureSkipHostKeyVerification, InsecureSkipTLSVerify: s.Git.InsecureSkipTLSVerify,
+		AllowedSignersFile: s.Git.AllowedSignersFile, OpenPGPKeyringFile: s.Git.OpenPGPKeyringFile, Timeout: s.Git.Timeout,
 		CacheDir: cache, Logger: log,
 	})
 }
