@@ -75,6 +75,6 @@ transition (enable, disable, rotate, custom config) safely and resumably.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newStatusCommand(),
-		newRotateKeyCommand(), newSnapshotCommand(), newAdoptCommand(), newVersionCommand())
+		newRotateKeyCommand(), newSnapshotCommand(), newAdoptCommand(), newRunCommand(), newVersionCommand())
 	return root
 }

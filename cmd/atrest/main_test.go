@@ -93,11 +93,43 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-func TestHelpHidesUnbuiltCommands(t *testing.T) {
+func TestHelpListsCommands(t *testing.T) {
 	_, stdout, _ := runCLI(t, "--help")
-	for _, c := range []string{"completion", "run"} {
-		if strings.Contains(stdout, "\n  "+c+" ") {
-			t.Errorf("--help lists %q, which does not exist yet", c)
+	for _, c := range []string{"validate", "plan", "apply", "status", "rotate-key", "snapshot", "adopt", "run", "version"} {
+		if !strings.Contains(stdout, "\n  "+c+" ") {
+			t.Errorf("--help does not list %q:\n%s", c, stdout)
 		}
+	}
+	if strings.Contains(stdout, "\n  completion ") {
+		t.Errorf("--help lists completion, which atrest does not offer")
+	}
+}
+
+func TestRunRefusesBadSettings(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"nothing set", []string{"run"}, []string{"git.url", "vault.address", "etcd.endpoints", "snapshots.dir"}},
+		{"webhook without a secret", []string{"run", "--listen-webhook", "127.0.0.1:0"}, []string{"listen.webhookSecretFile"}},
+		{"bad backoff", []string{"run", "--daemon-max-backoff", "0s"}, []string{"daemon.maxBackoff"}},
+		{"bad listen", []string{"run", "--listen-metrics", "nonsense"}, []string{"listen.metrics", "not host:port"}},
+		{"missing signers file", []string{"run", "--git-url", "https://git.example/x.git", "--git-allowed-signers-file", dir + "/nope"}, []string{"git.allowedSignersFile"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("VAULT_ADDR", "")
+			code, _, stderr := runCLI(t, tt.args...)
+			if code != exitError {
+				t.Fatalf("exit %d, want %d:\n%s", code, exitError, stderr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr does not name %q:\n%s", w, stderr)
+				}
+			}
+		})
 	}
 }

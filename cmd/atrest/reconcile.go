@@ -43,7 +43,7 @@ Exit code 0: nothing to do; 1: there are changes; 2: error.`,
 			return errorExit(err)
 		}
 		in := reconciler.Input{Desired: want, Live: live, Keyring: reconciler.KeyringState(kr)}
-		in.Desired.RotateRequested = want.RotateRequest != "" && kr.LastRotationRevision != want.RotateRequest
+		in.Desired.RotateRequested = want.RotateRequest != "" && !kr.RotationServed(want.RotateRequest)
 		plan, err := reconciler.MakePlan(in)
 		if err != nil {
 			return errorExit(err)
@@ -225,6 +225,10 @@ func newStatusCommand() *cobra.Command {
 		st, err := reconciler.StatusOf(ctx, e.rec, e.nodes, reconciler.DesiredFrom(d.cfg, d.policy, d.revision))
 		if err != nil {
 			return errorExit(err)
+		}
+		// What the daemons say of themselves, wherever they run.
+		if st.Daemons, err = e.keys.DaemonStates(ctx); err != nil {
+			ss.log.Warn("read the daemons' state", "err", err)
 		}
 		out := cmd.OutOrStdout()
 		if output == "json" {

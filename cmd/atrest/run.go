@@ -1,0 +1,210 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/atrest-io/atrest/daemon"
+	"github.com/atrest-io/atrest/gitsource"
+	"github.com/atrest-io/atrest/keystore"
+	"github.com/atrest-io/atrest/reconciler"
+	"github.com/atrest-io/atrest/settings"
+)
+
+func newRunCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the GitOps loop: keep the cluster equal to Git, rotate keys on schedule",
+		Long: `Run polls the Git source every git.interval (with jitter), and on every poll
+observes the cluster: a new revision, drift (a node edited by hand, rke up run
+by someone), a scheduled rotation that is due, or a transition a crash left in
+the journal each lead to a reconcile, exactly as atrest apply does it. The
+rotation schedule, provider and retention come from atrest.yaml in Git.
+
+It serves /metrics, /healthz and /readyz on listen.metrics and, when
+listen.webhook is set, a webhook that polls at once on a push signed with the
+shared secret of listen.webhookSecretFile (GitHub's X-Hub-Signature-256, or
+X-Atrest-Signature: sha256=<hex HMAC-SHA256 of the body>).
+
+SIGTERM or Ctrl-C: the step in flight finishes and is journaled, the lock is
+released, and run exits. A second signal interrupts the step (a node whose
+kube-apiserver is being replaced is first put back as it was, which can take
+a minute; the journal records the step, and the next start resumes it).`,
+		Args: cobra.NoArgs,
+	}
+	loader := withSettings(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		s, err := loader.Load()
+		if err != nil {
+			return errorExit(err)
+		}
+		if err := s.Validate(settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes,
+			settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen); err != nil {
+			return errorExit(err)
+		}
+		return errorExit(runDaemon(cmd, s))
+	}
+	return cmd
+}
+
+func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
+	log := newLogger(s, cmd.ErrOrStderr())
+	var secret []byte
+	if s.Listen.Webhook != "" {
+		raw, err := os.ReadFile(s.Listen.WebhookSecretFile)
+		if err != nil {
+			return fmt.Errorf("listen.webhookSecretFile: %w", err)
+		}
+		if secret = bytes.TrimSpace(raw); len(secret) < 16 {
+			return fmt.Errorf("listen.webhookSecretFile %s: the webhook secret must be at least 16 characters (generate one with `openssl rand -hex 32`)", s.Listen.WebhookSecretFile)
+		}
+	}
+	src, err := gitSource(s, log, "")
+	if err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	d, err := daemon.New(daemon.Config{
+		Source: src,
+		Parse: func(rev *gitsource.Revision) (*daemon.Desired, error) {
+			dd, err := desiredFromRevision(rev)
+			if err != nil {
+				return nil, err
+			}
+			return &daemon.Desired{Config: dd.cfg, Policy: dd.policy, Revision: dd.revision}, nil
+		},
+		Open: func(ctx context.Context, dd *daemon.Desired, h daemon.Hooks) (daemon.Cluster, error) {
+			e, err := open(ctx, s, dd.Config, dd.Policy, log)
+			if err != nil {
+				return nil, err
+			}
+			e.rec.OnStep = h.Step
+			if e.rec.Rewriter, err = reconciler.NewRewriter(e.rest, reconciler.RewriteOptions{Logger: log, OnProgress: h.Progress, ProgressEvery: 2 * time.Second}); err != nil {
+				e.Close()
+				return nil, err
+			}
+			return &daemonCluster{env: e}, nil
+		},
+		Interval: s.Git.Interval, MaxBackoff: s.Daemon.MaxBackoff, Suspend: s.Daemon.Suspend,
+		WebhookSecret: secret, Instance: host, Version: version, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	// Listen before the loop starts, so a taken port fails at once.
+	servers, err := serve(log, map[string]serverSpec{
+		"metrics": {addr: s.Listen.Metrics, handler: d.Handler()},
+		"webhook": {addr: s.Listen.Webhook, handler: d.WebhookHandler()},
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), 5*time.Second)
+		defer cancel()
+		for _, srv := range servers {
+			_ = srv.Shutdown(ctx)
+		}
+	}()
+
+	// The first signal (cmd's context) stops between steps; a second one
+	// interrupts the step.
+	work, interrupt := context.WithCancel(context.WithoutCancel(cmd.Context()))
+	defer interrupt()
+	stop := cmd.Context().Done()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
+	go func() {
+		select {
+		case <-stop:
+		case <-work.Done():
+			return
+		}
+		log.Info("shutting down: finishing the step in flight (signal again to interrupt it)")
+		// Drop the signal that started the shutdown, if this channel got it too.
+		select {
+		case <-again:
+		case <-time.After(100 * time.Millisecond):
+		}
+		select {
+		case <-again:
+			log.Warn("interrupting the step in flight; the journal records it and the next start resumes it")
+			interrupt()
+		case <-work.Done():
+		}
+	}()
+	log.Info("atrest run started", "version", version, "instance", host, "git", s.Git.URL, "ref", s.Git.Ref, "interval", s.Git.Interval.String(), "suspend", s.Daemon.Suspend)
+	err = d.Run(work, stop)
+	log.Info("atrest run stopped")
+	return err
+}
+
+type serverSpec struct {
+	addr    string
+	handler http.Handler
+}
+
+// serve listens on every non-empty address and serves its handler.
+func serve(log *slog.Logger, specs map[string]serverSpec) ([]*http.Server, error) {
+	var servers []*http.Server
+	for _, name := range sortedKeys(specs) {
+		spec := specs[name]
+		if spec.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", spec.addr)
+		if err != nil {
+			for _, srv := range servers {
+				_ = srv.Close()
+			}
+			return nil, fmt.Errorf("listen.%s: %w", name, err)
+		}
+		srv := &http.Server{Handler: spec.handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+		servers = append(servers, srv)
+		log.Info("listening", "server", name, "address", ln.Addr().String())
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("server stopped", "server", name, "err", err)
+			}
+		}()
+	}
+	return servers, nil
+}
+
+// daemonCluster is the cluster as the daemon drives it.
+type daemonCluster struct{ env *env }
+
+func (c *daemonCluster) Status(ctx context.Context, d reconciler.Desired) (*reconciler.Status, error) {
+	return reconciler.StatusOf(ctx, c.env.rec, c.env.nodes, d)
+}
+
+func (c *daemonCluster) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d reconciler.Desired) (*reconciler.Result, error) {
+	return c.env.rec.ReconcileUntil(ctx, stop, d)
+}
+
+func (c *daemonCluster) PutDaemonState(ctx context.Context, st keystore.DaemonState) error {
+	return c.env.keys.PutDaemonState(ctx, st)
+}
+
+func (c *daemonCluster) DaemonStates(ctx context.Context) ([]keystore.DaemonState, error) {
+	return c.env.keys.DaemonStates(ctx)
+}
+
+func (c *daemonCluster) ForgetDaemon(ctx context.Context, instance string) error {
+	return c.env.keys.ForgetDaemon(ctx, instance)
+}
+
+func (c *daemonCluster) Close() { c.env.Close() }

@@ -1,0 +1,516 @@
+// Package daemon is `atrest run`: it keeps a cluster's encryption at rest
+// equal to what Git says, forever. Each cycle polls the Git source, observes
+// the cluster (nodes, census, keyring), and reconciles when the two differ:
+// a new revision, drift (a node edited by hand, `rke up` run by someone), a
+// scheduled rotation that is due, or a transition a crash left in the
+// journal. One goroutine runs the cycles, so two never overlap; the
+// keystore lock keeps replicas and the CLI from acting at once.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/robfig/cron/v3"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/gitsource"
+	"github.com/atrest-io/atrest/keystore"
+	"github.com/atrest-io/atrest/reconciler"
+)
+
+// Source is the Git source (gitsource.Source).
+type Source interface {
+	Poll(ctx context.Context) (*gitsource.Revision, bool, error)
+	Stats() gitsource.Stats
+}
+
+// Desired is one revision's cluster.yml and atrest.yaml.
+type Desired struct {
+	Config   *cluster.Config
+	Policy   *cluster.Policy
+	Revision string
+}
+
+// Cluster is a cluster opened for one Desired: what a cycle drives.
+type Cluster interface {
+	Status(ctx context.Context, d reconciler.Desired) (*reconciler.Status, error)
+	ReconcileUntil(ctx context.Context, stop <-chan struct{}, d reconciler.Desired) (*reconciler.Result, error)
+	PutDaemonState(ctx context.Context, st keystore.DaemonState) error
+	DaemonStates(ctx context.Context) ([]keystore.DaemonState, error)
+	ForgetDaemon(ctx context.Context, instance string) error
+	Close()
+}
+
+// forgetAfter is how long a daemon that stopped reporting stays in the
+// status: pods get new names at every restart, so their documents would
+// otherwise pile up in Vault.
+const forgetAfter = 24 * time.Hour
+
+// Hooks are what the daemon wants to hear from an opened Cluster.
+type Hooks struct {
+	Step     func(transition string, step reconciler.Step, done bool, err error)
+	Progress func(resource string, listed, updated int64)
+}
+
+// Config is what the daemon needs.
+type Config struct {
+	Source Source
+	// Parse turns a revision into the desired state; an error refuses the
+	// revision, and the previous one stays in force.
+	Parse func(*gitsource.Revision) (*Desired, error)
+	// Open connects to the cluster d describes.
+	Open func(ctx context.Context, d *Desired, h Hooks) (Cluster, error)
+
+	// Interval is how often to poll Git and re-observe the cluster.
+	Interval time.Duration
+	// MaxBackoff caps the wait after failed cycles.
+	MaxBackoff time.Duration
+	// Suspend stops changes; the daemon keeps observing and reporting.
+	Suspend bool
+	// WebhookSecret is the webhook's HMAC secret.
+	WebhookSecret []byte
+
+	// Instance and Version name this daemon in its state document.
+	Instance, Version string
+	Logger            *slog.Logger
+}
+
+// Reconcile results, as the metrics and the state name them.
+const (
+	resultInSync    = "in-sync"
+	resultChanged   = "changed"
+	resultFailed    = "failed"
+	resultLocked    = "locked"
+	resultSuspended = "suspended"
+)
+
+// Daemon is a running `atrest run`.
+type Daemon struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	rand    *rand.Rand
+
+	// pollNow and rotateNow wake the loop: the webhook, the cron schedule.
+	pollNow, rotateNow chan struct{}
+
+	// Owned by the loop goroutine.
+	desired   *Desired
+	cluster   Cluster
+	reopen    bool
+	failures  int
+	cron      *cron.Cron
+	cronEntry cron.EntryID
+	cronSpec  string
+	pruned    bool
+
+	// mu guards state, which HTTP handlers read.
+	mu    sync.Mutex
+	state keystore.DaemonState
+	ready string // why not ready; "" once ready
+}
+
+// New checks cfg and builds the daemon.
+func New(cfg Config) (*Daemon, error) {
+	switch {
+	case cfg.Source == nil || cfg.Parse == nil || cfg.Open == nil:
+		return nil, errors.New("daemon: Source, Parse and Open are required")
+	case cfg.Interval <= 0:
+		return nil, fmt.Errorf("daemon: the poll interval must be positive, not %s", cfg.Interval)
+	}
+	if cfg.MaxBackoff < cfg.Interval/4 {
+		cfg.MaxBackoff = cfg.Interval / 4
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	d := &Daemon{
+		cfg: cfg, log: cfg.Logger, metrics: newMetrics(),
+		rand:    rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x617472657374)),
+		pollNow: make(chan struct{}, 1), rotateNow: make(chan struct{}, 1),
+		ready: "the first cycle has not finished",
+	}
+	d.state = keystore.DaemonState{Instance: cfg.Instance, Version: cfg.Version, Interval: cfg.Interval, Suspended: cfg.Suspend}
+	d.metrics.suspended.Set(bool01(cfg.Suspend))
+	return d, nil
+}
+
+// Handler serves /metrics, /healthz and /readyz.
+func (d *Daemon) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		d.mu.Lock()
+		why := d.ready
+		d.mu.Unlock()
+		if why != "" {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// WebhookHandler serves the Git webhook (any path).
+func (d *Daemon) WebhookHandler() http.Handler { return d.webhookHandler() }
+
+// State returns what the daemon last reported.
+func (d *Daemon) State() keystore.DaemonState {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.state
+}
+
+func (d *Daemon) trigger(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default: // one wake-up pending is as good as many
+	}
+}
+
+// Run runs cycles until ctx ends or stop is closed. Closing stop is the
+// graceful shutdown: the step in flight finishes and is journaled, the
+// lock is released, and Run returns. Ending ctx interrupts the step (the
+// journal records it as failed, and the next start resumes it).
+func (d *Daemon) Run(ctx context.Context, stop <-chan struct{}) error {
+	d.cron = cron.New(cron.WithChain(cron.Recover(cronLogger{d.log}), cron.SkipIfStillRunning(cronLogger{d.log})))
+	d.cron.Start()
+	defer func() {
+		<-d.cron.Stop().Done()
+		if d.cluster != nil {
+			d.cluster.Close()
+		}
+	}()
+	// The first cycle runs at once: a transition a crash left in the
+	// journal resumes before anything else.
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		trigger := ""
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-stop:
+			return nil
+		case <-timer.C:
+			trigger = "interval"
+		case <-d.pollNow:
+			trigger = "webhook"
+		case <-d.rotateNow:
+			trigger = "schedule"
+		}
+		wait := d.cycleSafe(ctx, stop, trigger)
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(jitter(wait, d.rand))
+	}
+}
+
+// cycleSafe runs a cycle, turning a panic into a failed cycle: a bug in one
+// cycle must not end the daemon, and the journal keeps the state safe.
+func (d *Daemon) cycleSafe(ctx context.Context, stop <-chan struct{}, trigger string) (wait time.Duration) {
+	defer func() {
+		if p := recover(); p != nil {
+			d.log.Error("cycle panicked; treated as a failure", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			d.reopen = true
+			wait = d.fail(ctx, time.Now(), fmt.Errorf("internal error: %v", p))
+		}
+	}()
+	return d.cycle(ctx, stop, trigger)
+}
+
+// cycle is one poll, observe and (when needed) reconcile. It returns the
+// wait before the next one.
+func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string) time.Duration {
+	start := time.Now()
+	log := d.log.With("trigger", trigger)
+	d.poll(ctx, log)
+	if d.desired == nil {
+		return d.fail(ctx, start, errors.New("no valid revision from the Git source yet"))
+	}
+	desired := d.desired
+	if d.cluster == nil || d.reopen {
+		if d.cluster != nil {
+			d.cluster.Close()
+			d.cluster = nil
+		}
+		cl, err := d.cfg.Open(ctx, desired, Hooks{Step: d.onStep, Progress: d.onProgress})
+		if err != nil {
+			return d.fail(ctx, start, fmt.Errorf("connect to the cluster: %w", err))
+		}
+		d.cluster, d.reopen = cl, false
+		if !d.pruned {
+			d.pruned = true
+			d.forgetGone(ctx, log)
+		}
+	}
+	want := reconciler.DesiredFrom(desired.Config, desired.Policy, desired.Revision)
+	st, err := d.cluster.Status(ctx, want)
+	if err != nil {
+		return d.fail(ctx, start, fmt.Errorf("observe the cluster: %w", err))
+	}
+	if st.PlanError != "" {
+		return d.fail(ctx, start, fmt.Errorf("plan: %s", st.PlanError))
+	}
+	rot := RotationAt(desired.Policy, desired.Config.Desired.Mode, st.Keys, st.LastRotation, time.Now())
+	d.schedule(desired.Policy, log)
+	rotate := false
+	if !st.RotationPending && rot.Request() != "" {
+		// A commit's own rotate_encryption_key, still pending, comes first;
+		// the schedule counts from whichever rotation happens.
+		want.RotateRequest, rotate = rot.Request(), true
+		log.Info("scheduled rotation due", "scheduled", rot.Due, "schedule", desired.Policy.Schedule)
+		d.metrics.rotations.Inc()
+	}
+	d.metrics.observeStatus(st, rot.Next)
+	if len(st.Drift) > 0 {
+		log.Warn("drift: the nodes do not run what atrest deployed", "drift", st.Drift, "revision", desired.Revision)
+	}
+	suspended := d.cfg.Suspend || desired.Policy.Suspend
+	d.setSuspended(suspended)
+	if len(st.Plan) == 0 && !rotate && st.Journal == nil {
+		d.succeed(ctx, start, resultInSync, rot)
+		return d.cfg.Interval
+	}
+	if suspended {
+		log.Info("changes pending, but suspended: not acting", "pending", st.Plan, "drift", st.Drift)
+		d.succeed(ctx, start, resultSuspended, rot)
+		return d.cfg.Interval
+	}
+	d.mu.Lock()
+	d.state.NextRotation = rot.Next.UTC()
+	d.mu.Unlock()
+	d.publish(ctx)
+	if st.Journal != nil {
+		log.Info("resuming the transition in the journal", "transition", st.Journal.Transition, "journal_revision", st.Journal.Revision, "revision", desired.Revision)
+	}
+	res, err := d.cluster.ReconcileUntil(ctx, stop, want)
+	switch {
+	case errors.Is(err, reconciler.ErrStopped):
+		log.Info("stopped between steps for shutdown; the next start resumes", "done", len(res.Steps))
+		d.record(ctx, start, resultChanged, "", rot)
+		return d.cfg.Interval
+	case errors.Is(err, keystore.ErrLocked):
+		log.Info("another transition holds the lock; trying again next interval", "err", err)
+		d.record(ctx, start, resultLocked, err.Error(), rot)
+		return d.cfg.Interval
+	case err != nil:
+		d.reopen = true
+		return d.fail(ctx, start, err)
+	}
+	if res.Transition != "" {
+		log.Info("transition complete", "transition", res.Transition, "revision", desired.Revision, "steps", len(res.Steps), "snapshot", res.Snapshot)
+	}
+	// Report what the cluster is now, not what it was.
+	if after, err := d.cluster.Status(ctx, want); err == nil {
+		rot = RotationAt(desired.Policy, desired.Config.Desired.Mode, after.Keys, after.LastRotation, time.Now())
+		d.metrics.observeStatus(after, rot.Next)
+	}
+	d.succeed(ctx, start, resultChanged, rot)
+	return d.cfg.Interval
+}
+
+// forgetGone removes the state of daemons silent for forgetAfter.
+func (d *Daemon) forgetGone(ctx context.Context, log *slog.Logger) {
+	states, err := d.cluster.DaemonStates(ctx)
+	if err != nil {
+		log.Warn("read the daemons' state", "err", err)
+		return
+	}
+	for _, st := range states {
+		if st.Instance == d.cfg.Instance || time.Since(st.Heartbeat) < forgetAfter {
+			continue
+		}
+		if err := d.cluster.ForgetDaemon(ctx, st.Instance); err != nil {
+			log.Warn("forget a daemon gone for a day", "instance", st.Instance, "err", err)
+			continue
+		}
+		log.Info("forgot a daemon gone for a day", "instance", st.Instance, "last_seen", st.Heartbeat)
+	}
+}
+
+// poll asks the Git source for the revision and parses a new one.
+func (d *Daemon) poll(ctx context.Context, log *slog.Logger) {
+	before := d.cfg.Source.Stats()
+	start := time.Now()
+	rev, changed, err := d.cfg.Source.Poll(ctx)
+	took := time.Since(start)
+	switch {
+	case err != nil:
+		d.metrics.observeGit("failed", took, before, d.cfg.Source.Stats())
+		log.Warn("git poll failed; the revision in force stays", "err", err)
+		return
+	case !changed && d.desired != nil:
+		d.metrics.observeGit("unchanged", took, before, d.cfg.Source.Stats())
+		return
+	}
+	d.metrics.observeGit("changed", took, before, d.cfg.Source.Stats())
+	if d.desired != nil && rev.Commit == d.desired.Revision {
+		return
+	}
+	next, err := d.cfg.Parse(rev)
+	if err != nil {
+		log.Error("revision refused: the previous one stays in force", "revision", rev.Commit, "err", err)
+		d.metrics.refused.Set(1)
+		d.mu.Lock()
+		d.state.Refused = fmt.Sprintf("%s: %v", rev.Commit, err)
+		d.mu.Unlock()
+		return
+	}
+	log.Info("new revision in force", "revision", rev.Commit, "subject", rev.Subject, "mode", string(next.Config.Desired.Mode))
+	d.metrics.refused.Set(0)
+	d.metrics.revision.Reset()
+	d.metrics.revision.WithLabelValues(rev.Commit, rev.Ref).Set(1)
+	d.desired = next
+	d.reopen = true
+	d.mu.Lock()
+	d.state.Revision, d.state.Refused = rev.Commit, ""
+	d.mu.Unlock()
+}
+
+// schedule keeps the cron entry equal to the policy's schedule: cron wakes
+// the loop at each scheduled time, and the loop decides (from the keyring)
+// whether a rotation is due.
+func (d *Daemon) schedule(p *cluster.Policy, log *slog.Logger) {
+	if p.Schedule == d.cronSpec {
+		return
+	}
+	if d.cronEntry != 0 {
+		d.cron.Remove(d.cronEntry)
+		d.cronEntry = 0
+	}
+	d.cronSpec = p.Schedule
+	d.mu.Lock()
+	d.state.Schedule = p.Schedule
+	d.mu.Unlock()
+	if p.Schedule == "" {
+		log.Info("no rotation schedule")
+		return
+	}
+	d.cronEntry = d.cron.Schedule(policySchedule{p}, cron.FuncJob(func() { d.trigger(d.rotateNow) }))
+	log.Info("rotation schedule in force", "schedule", p.Schedule)
+}
+
+// policySchedule is the policy's schedule as cron schedules it.
+type policySchedule struct{ p *cluster.Policy }
+
+func (s policySchedule) Next(t time.Time) time.Time {
+	next, _ := s.p.Next(t)
+	return next
+}
+
+// onStep runs in the loop goroutine, inside the reconcile.
+func (d *Daemon) onStep(transition string, step reconciler.Step, done bool, err error) {
+	d.metrics.step.Reset()
+	d.mu.Lock()
+	d.state.Step = ""
+	if !done {
+		d.state.Step = fmt.Sprintf("%s: %s", transition, step)
+		d.metrics.step.WithLabelValues(transition, string(step.Kind)).Set(1)
+	}
+	d.mu.Unlock()
+	d.publish(context.Background())
+}
+
+func (d *Daemon) onProgress(resource string, listed, updated int64) {
+	d.metrics.rewriteListed.WithLabelValues(resource).Set(float64(listed))
+	d.metrics.rewriteUpdated.WithLabelValues(resource).Set(float64(updated))
+}
+
+func (d *Daemon) setSuspended(s bool) {
+	d.metrics.suspended.Set(bool01(s))
+	d.mu.Lock()
+	d.state.Suspended = s
+	d.mu.Unlock()
+}
+
+// succeed records a cycle that did what it had to.
+func (d *Daemon) succeed(ctx context.Context, start time.Time, result string, rot Rotation) {
+	d.failures = 0
+	d.record(ctx, start, result, "", rot)
+}
+
+// fail records a failed cycle and returns the backoff before the next.
+func (d *Daemon) fail(ctx context.Context, start time.Time, err error) time.Duration {
+	d.failures++
+	wait := Backoff(d.cfg.Interval, d.cfg.MaxBackoff, d.failures)
+	d.log.Error("reconcile failed", "err", err, "failures", d.failures, "retry_in", wait.Round(time.Second).String())
+	d.mu.Lock()
+	d.state.NextRetry = time.Now().Add(wait).UTC()
+	d.mu.Unlock()
+	d.record(ctx, start, resultFailed, err.Error(), Rotation{Next: d.State().NextRotation})
+	return wait
+}
+
+// record updates the metrics and the state, and writes the state to Vault
+// for `atrest status`.
+func (d *Daemon) record(ctx context.Context, start time.Time, result, errText string, rot Rotation) {
+	took := time.Since(start)
+	d.metrics.reconciles.WithLabelValues(result).Inc()
+	d.metrics.reconcileDuration.WithLabelValues(result).Observe(took.Seconds())
+	d.metrics.failures.Set(float64(d.failures))
+	d.mu.Lock()
+	d.state.LastReconcile = time.Now().UTC()
+	d.state.Result, d.state.Error, d.state.Failures = result, errText, d.failures
+	if d.failures == 0 {
+		d.state.NextRetry = time.Time{}
+	}
+	d.state.NextRotation = rot.Next.UTC()
+	if rot.Next.IsZero() {
+		d.state.NextRotation = time.Time{}
+	}
+	d.state.Step = ""
+	d.ready = ""
+	if d.desired == nil {
+		d.ready = "no valid revision from the Git source yet"
+	}
+	d.mu.Unlock()
+	d.publish(ctx)
+}
+
+// publish writes the state to Vault for `atrest status`, wherever that
+// runs. A failure only costs freshness, so it is logged, not returned.
+func (d *Daemon) publish(ctx context.Context) {
+	if d.cluster == nil {
+		return
+	}
+	d.mu.Lock()
+	d.state.Heartbeat = time.Now().UTC()
+	st := d.state
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	if err := d.cluster.PutDaemonState(ctx, st); err != nil {
+		d.log.Warn("write daemon state to Vault", "err", err)
+	}
+}
+
+// cronLogger adapts slog to cron's logger, for the panics it recovers.
+type cronLogger struct{ l *slog.Logger }
+
+func (c cronLogger) Info(msg string, kv ...any) { c.l.Debug("cron: "+msg, kv...) }
+func (c cronLogger) Error(err error, msg string, kv ...any) {
+	c.l.Error("cron: "+msg, append(kv, "err", err)...)
+}

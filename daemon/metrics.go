@@ -1,0 +1,181 @@
+package daemon
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/atrest-io/atrest/gitsource"
+	"github.com/atrest-io/atrest/reconciler"
+)
+
+// metrics is what /metrics exposes. Every label value is a name, a
+// revision, a storage prefix or a result: never key material.
+type metrics struct {
+	reg *prometheus.Registry
+
+	reconciles        *prometheus.CounterVec
+	reconcileDuration *prometheus.HistogramVec
+	failures          prometheus.Gauge
+	suspended         prometheus.Gauge
+	revision          *prometheus.GaugeVec
+	refused           prometheus.Gauge
+	nodeReady         *prometheus.GaugeVec
+	nodeDeployed      *prometheus.GaugeVec
+	nodesAgree        prometheus.Gauge
+	census            *prometheus.GaugeVec
+	keys              *prometheus.GaugeVec
+	step              *prometheus.GaugeVec
+	rewriteListed     *prometheus.GaugeVec
+	rewriteUpdated    *prometheus.GaugeVec
+	gitPolls          *prometheus.CounterVec
+	gitPollDuration   prometheus.Histogram
+	gitFetches        prometheus.Counter
+	gitFetchDuration  prometheus.Histogram
+	gitFetchedBytes   prometheus.Counter
+	webhook           *prometheus.CounterVec
+	rotations         prometheus.Counter
+
+	// times backs the gauges of ages, read at scrape time.
+	mu    sync.Mutex
+	times times
+}
+
+// times are the instants whose distance from now /metrics reports.
+type times struct {
+	lastSnapshot, lastRotation, nextRotation time.Time
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.reconciles = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_reconcile_total",
+		Help: "Reconcile cycles by result: in-sync (nothing to do), changed, failed, locked (another transition held the lock), suspended (changes pending but suspended)."}, []string{"result"})
+	m.reconcileDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "atrest_reconcile_duration_seconds",
+		Help: "Duration of reconcile cycles by result.", Buckets: []float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}}, []string{"result"})
+	m.failures = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_consecutive_failures", Help: "Reconcile cycles failed in a row (0 after a success)."})
+	m.suspended = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_suspended", Help: "1 while changes are suspended (daemon.suspend or suspend: true in atrest.yaml)."})
+	m.revision = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_revision_info", Help: "The Git revision in force (value 1)."}, []string{"revision", "ref"})
+	m.refused = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_revision_refused", Help: "1 while the newest Git revision is refused (invalid cluster.yml or atrest.yaml, bad signature); the previous one stays in force."})
+	m.nodeReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_node_ready", Help: "1 when the node's kube-apiserver is ready."}, []string{"node"})
+	m.nodeDeployed = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_node_config_deployed", Help: "1 when the node's provider file is the one atrest last deployed (or both are absent); 0 means drift."}, []string{"node"})
+	m.nodesAgree = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_nodes_config_agree", Help: "1 when every controlplane node has the same provider file (or none)."})
+	m.census = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_census_objects", Help: "Objects in etcd by resource and by how they are stored (identity, or provider:version:key name)."}, []string{"resource", "stored_as"})
+	m.keys = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_keys", Help: "Keys in the keyring by role."}, []string{"role"})
+	m.step = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_transition_step", Help: "1 for the transition step in flight."}, []string{"transition", "step"})
+	m.rewriteListed = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_rewrite_listed_objects", Help: "Objects listed so far by the rewrite in flight (or the last one)."}, []string{"resource"})
+	m.rewriteUpdated = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_rewrite_updated_objects", Help: "Objects rewritten so far by the rewrite in flight (or the last one)."}, []string{"resource"})
+	m.gitPolls = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_git_polls_total", Help: "Git source polls by result: unchanged, changed, failed."}, []string{"result"})
+	m.gitPollDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "atrest_git_poll_duration_seconds", Help: "Duration of Git source polls.", Buckets: prometheus.ExponentialBuckets(0.005, 3, 9)})
+	m.gitFetches = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_git_fetches_total", Help: "Fetches from the Git remote (an unchanged ref costs none)."})
+	m.gitFetchDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "atrest_git_fetch_duration_seconds", Help: "Duration of Git fetches.", Buckets: prometheus.ExponentialBuckets(0.01, 3, 9)})
+	m.gitFetchedBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_git_fetched_bytes_total", Help: "Pack bytes fetched from the Git remote."})
+	m.webhook = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_webhook_requests_total", Help: "Webhook requests by result: accepted, bad_signature, no_signature, bad_request."}, []string{"result"})
+	m.rotations = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_scheduled_rotations_total", Help: "Scheduled rotations requested (each served once)."})
+
+	m.reg.MustRegister(m.reconciles, m.reconcileDuration, m.failures, m.suspended, m.revision, m.refused,
+		m.nodeReady, m.nodeDeployed, m.nodesAgree, m.census, m.keys, m.step, m.rewriteListed, m.rewriteUpdated,
+		m.gitPolls, m.gitPollDuration, m.gitFetches, m.gitFetchDuration, m.gitFetchedBytes, m.webhook, m.rotations,
+		&ageCollector{m: m},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, r := range []string{"accepted", "bad_signature", "no_signature", "bad_request"} {
+		m.webhook.WithLabelValues(r)
+	}
+	for _, r := range []string{resultInSync, resultChanged, resultFailed, resultLocked, resultSuspended} {
+		m.reconciles.WithLabelValues(r)
+	}
+	return m
+}
+
+// ageCollector reports the ages and waits of times, computed at scrape
+// time; an instant not known yet is left out rather than reported as 0.
+type ageCollector struct{ m *metrics }
+
+var (
+	snapshotAgeDesc  = prometheus.NewDesc("atrest_snapshot_age_seconds", "Seconds since the last verified etcd snapshot.", nil, nil)
+	rotationAgeDesc  = prometheus.NewDesc("atrest_rotation_age_seconds", "Seconds since the last key rotation.", nil, nil)
+	rotationNextDesc = prometheus.NewDesc("atrest_rotation_next_seconds", "Seconds until the next scheduled rotation (negative: overdue).", nil, nil)
+	rotationTimeDesc = prometheus.NewDesc("atrest_rotation_next_timestamp_seconds", "Unix time of the next scheduled rotation.", nil, nil)
+)
+
+func (c *ageCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- snapshotAgeDesc
+	ch <- rotationAgeDesc
+	ch <- rotationNextDesc
+	ch <- rotationTimeDesc
+}
+
+func (c *ageCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.mu.Lock()
+	t := c.m.times
+	c.m.mu.Unlock()
+	now := time.Now()
+	if !t.lastSnapshot.IsZero() {
+		ch <- prometheus.MustNewConstMetric(snapshotAgeDesc, prometheus.GaugeValue, now.Sub(t.lastSnapshot).Seconds())
+	}
+	if !t.lastRotation.IsZero() {
+		ch <- prometheus.MustNewConstMetric(rotationAgeDesc, prometheus.GaugeValue, now.Sub(t.lastRotation).Seconds())
+	}
+	if !t.nextRotation.IsZero() {
+		ch <- prometheus.MustNewConstMetric(rotationNextDesc, prometheus.GaugeValue, t.nextRotation.Sub(now).Seconds())
+		ch <- prometheus.MustNewConstMetric(rotationTimeDesc, prometheus.GaugeValue, float64(t.nextRotation.UnixMilli())/1000)
+	}
+}
+
+// observeStatus sets the gauges that describe the cluster from a status.
+func (m *metrics) observeStatus(st *reconciler.Status, next time.Time) {
+	m.nodeReady.Reset()
+	m.nodeDeployed.Reset()
+	agree := true
+	for i, n := range st.Nodes {
+		m.nodeReady.WithLabelValues(n.Name).Set(bool01(n.Ready))
+		hash := ""
+		if n.FileSHA256 != "" {
+			hash = "sha256:" + n.FileSHA256
+		}
+		m.nodeDeployed.WithLabelValues(n.Name).Set(bool01(hash == st.DeployedHash))
+		if i > 0 && n.FileSHA256 != st.Nodes[0].FileSHA256 {
+			agree = false
+		}
+	}
+	m.nodesAgree.Set(bool01(agree))
+	m.census.Reset()
+	for res, byPrefix := range st.Census {
+		for prefix, n := range byPrefix {
+			m.census.WithLabelValues(res, prefix).Set(float64(n))
+		}
+	}
+	m.keys.Reset()
+	for _, k := range st.Keys {
+		m.keys.WithLabelValues(string(k.Role)).Inc()
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.times.lastRotation = st.LastRotation
+	m.times.nextRotation = next
+	if st.LastSnapshot != nil {
+		m.times.lastSnapshot = st.LastSnapshot.Time
+	}
+}
+
+// observeGit counts a poll and, from the source's counters, the fetches it
+// made.
+func (m *metrics) observeGit(result string, took time.Duration, before, after gitsource.Stats) {
+	m.gitPolls.WithLabelValues(result).Inc()
+	m.gitPollDuration.Observe(took.Seconds())
+	if n := after.Fetches - before.Fetches; n > 0 {
+		m.gitFetches.Add(float64(n))
+		m.gitFetchDuration.Observe(after.LastFetchDuration.Seconds())
+	}
+	if b := after.BytesFetched - before.BytesFetched; b > 0 {
+		m.gitFetchedBytes.Add(float64(b))
+	}
+}
+
+func bool01(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
