@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a pinned tool binary once per version into a cache outside the repo.
 #
-#   tools/build.sh kube-apiserver|kubectl|vault|all
+#   tools/build.sh kube-apiserver|kubectl|vault|helm|all
 #
 # Prints the binary path(s) on stdout; logs go to stderr. Versions come from
 # each tool's module under tools/ (via `go list -m`), so bumping a tool is a
@@ -76,10 +76,28 @@ vault() {
     "-s -w -X github.com/hashicorp/vault/version.BuildDate=$date"
 }
 
+helm() {
+  local v k8s major minor
+  v=$(modinfo helm helm.sh/helm/v3 '{{.Version}}')
+  # What Helm's Makefile stamps: its version (`helm version` prints it, and
+  # charts' helm version constraints compare against it), and the Kubernetes
+  # version of its client libraries (client-go v0.X is Kubernetes v1.X),
+  # which lint and template assume as the cluster's .Capabilities.KubeVersion
+  # when no cluster is asked. No gitCommit: the module zip has none.
+  k8s=$(modinfo helm k8s.io/client-go '{{.Version}}')
+  major=1 minor=${k8s#v0.}; minor=${minor%%.*}
+  local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$v -X helm.sh/helm/v3/internal/version.gitTreeState=clean" pkg
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ld+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+  done
+  build_in helm helm "$v" helm.sh/helm/v3/cmd/helm "$ld"
+}
+
 case ${1:-} in
   kube-apiserver|kubectl) k8s "$1" ;;
   vault) vault ;;
+  helm) helm ;;
   # Sequential on purpose: each build already uses every core.
-  all) k8s kube-apiserver; k8s kubectl; vault ;;
-  *) echo "usage: $0 kube-apiserver|kubectl|vault|all" >&2; exit 2 ;;
+  all) k8s kube-apiserver; k8s kubectl; vault; helm ;;
+  *) echo "usage: $0 kube-apiserver|kubectl|vault|helm|all" >&2; exit 2 ;;
 esac

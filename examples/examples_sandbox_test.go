@@ -1,0 +1,375 @@
+//go:build sandbox
+
+package examples
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	vault "github.com/hashicorp/vault/api"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/internal/leaktest"
+	"github.com/atrest-io/atrest/keystore"
+	"github.com/atrest-io/atrest/sandbox"
+	"github.com/atrest-io/atrest/sandbox/sandboxtest"
+)
+
+var sb *sandbox.Sandbox
+
+func TestMain(m *testing.M) {
+	sandbox.RunHelper()
+	dir, err := buildAtrest()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := sandboxtest.Main(m, sandbox.Options{Nodes: 1}, &sb)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// The release the Vault role is set up for, as the chart would run it.
+const (
+	releaseNamespace = "atrest-example"
+	serviceAccount   = "atrest"
+	policyName       = "atrest"
+	roleName         = "atrest"
+)
+
+// TestVaultPolicy sets Vault up with the examples (vault-policy.hcl through
+// vault-kubernetes-auth.sh), then proves the policy is enough: the real
+// atrest binary, with a token holding only that policy, enables encryption
+// on the sandbox, saves a snapshot and reports status, and a token from the
+// Kubernetes-auth role does the same for status. Then it proves the policy
+// is no more than that: the token's capabilities on atrest's documents are
+// exactly the ones atrest uses, and it can reach nothing else.
+func TestVaultPolicy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	example, err := cluster.Load("cluster.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := example.ClusterName
+	root := rootClient(t)
+	kube := kubeClient(t)
+	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: releaseNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+
+	t.Log("vault-kubernetes-auth.sh on the sandbox's Kubernetes auth mount, twice: it must be idempotent")
+	for range 2 {
+		runScript(t, ctx, "ATREST_NAMESPACE="+releaseNamespace, "ATREST_SERVICE_ACCOUNT="+serviceAccount)
+	}
+	t.Log("vault-kubernetes-auth.sh enabling and configuring a mount of its own (Vault outside the cluster)")
+	reviewer, err := sb.ServiceAccountToken(ctx, "kube-system", "vault-token-reviewer", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runScript(t, ctx, "ATREST_NAMESPACE="+releaseNamespace, "ATREST_SERVICE_ACCOUNT="+serviceAccount,
+		"ATREST_VAULT_AUTH_MOUNT=kubernetes-example", "KUBERNETES_HOST="+sb.Nodes[0].APIServerURL,
+		"KUBERNETES_CA_CERT_FILE="+sb.CAFile, "TOKEN_REVIEWER_JWT_FILE="+writeFile(t, "reviewer-jwt", reviewer))
+
+	jwt, err := sb.ServiceAccountToken(ctx, releaseNamespace, serviceAccount, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mount := range []string{"kubernetes", "kubernetes-example"} {
+		auth, err := login(ctx, root, mount, jwt)
+		if err != nil {
+			t.Fatalf("log in at auth/%s with role %s as %s/%s: %v", mount, roleName, releaseNamespace, serviceAccount, err)
+		}
+		if !slices.Equal(auth.Policies, []string{policyName}) {
+			t.Errorf("auth/%s: the role's token has policies %v, want only %q (not Vault's default)", mount, auth.Policies, policyName)
+		}
+	}
+	other, err := sb.ServiceAccountToken(ctx, releaseNamespace, "not-atrest", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := login(ctx, root, "kubernetes", other); err == nil {
+		t.Errorf("service account %s/not-atrest logged in with role %s: the role must be bound to %s only", releaseNamespace, roleName, serviceAccount)
+	}
+
+	restricted, err := root.Auth().Token().CreateWithContext(ctx, &vault.TokenCreateRequest{Policies: []string{policyName}, NoDefaultPolicy: true, TTL: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := restricted.Auth.ClientToken
+	tokenFile := writeFile(t, "vault-token", token)
+	config := sandboxCluster(t, name)
+	env := []string{"ATREST_SETTINGS=" + sb.SettingsFile, "ATREST_VAULT_TOKEN_FILE=" + tokenFile}
+	leak := leaktest.New(t)
+
+	t.Run("enough", func(t *testing.T) {
+		code, out := atrest(t, env, "apply", "--config", config)
+		leak.Note(out)
+		if code != 0 {
+			t.Fatalf("apply enabling encryption with only the example policy: exit %d:\n%s", code, out)
+		}
+		code, out = atrest(t, env, "snapshot", "save", "--config", config)
+		leak.Note(out)
+		if code != 0 {
+			t.Fatalf("snapshot save with only the example policy: exit %d:\n%s", code, out)
+		}
+		code, out = atrest(t, env, "status", "--config", config)
+		leak.Note(out)
+		if code != 0 || !strings.Contains(out, "in sync") || !strings.Contains(out, ": aescbc, primary") {
+			t.Fatalf("status with only the example policy: exit %d:\n%s", code, out)
+		}
+		k8sEnv := []string{"ATREST_SETTINGS=" + sb.SettingsFile, "ATREST_VAULT_AUTH_METHOD=kubernetes",
+			"ATREST_VAULT_KUBERNETES_ROLE=" + roleName, "ATREST_VAULT_KUBERNETES_TOKEN_FILE=" + writeFile(t, "sa-jwt", jwt)}
+		code, out = atrest(t, k8sEnv, "status", "--config", config)
+		leak.Note(out)
+		if code != 0 || !strings.Contains(out, "in sync") {
+			t.Fatalf("status logged in with the example Kubernetes-auth role: exit %d:\n%s", code, out)
+		}
+		// Every key atrest generated is forbidden in what it printed.
+		ks, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, TokenFile: sb.Vault.TokenFile, Cluster: name, Logger: leak.Logger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ks.Close()
+		kr, err := ks.Keyring(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(kr.Keys) == 0 {
+			t.Fatal("apply left no key in the keyring")
+		}
+		for _, info := range kr.Keys {
+			k, err := ks.Key(ctx, info.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			leak.Key(k)
+		}
+	})
+
+	t.Run("no more", func(t *testing.T) {
+		base := "atrest/" + name
+		// What atrest does with each document (see the policy's comments
+		// and keystore/kv.go); Vault reports "deny" for no capability.
+		docs := []string{"update", "read"}
+		meta := []string{"create", "update"}
+		metaDir := []string{"create", "update", "delete", "list"}
+		deny := []string{"deny"}
+		want := map[string][]string{
+			"secret/data/" + base + "/keyring":              docs,
+			"secret/data/" + base + "/lock":                 docs,
+			"secret/data/" + base + "/snapshots":            docs,
+			"secret/data/" + base + "/keys/k-abcde":         docs,
+			"secret/data/" + base + "/daemons/atrest-0":     docs,
+			"secret/metadata/" + base + "/keyring":          meta,
+			"secret/metadata/" + base + "/lock":             meta,
+			"secret/metadata/" + base + "/snapshots":        meta,
+			"secret/metadata/" + base + "/keys/k-abcde":     metaDir,
+			"secret/metadata/" + base + "/keys/":            metaDir,
+			"secret/metadata/" + base + "/daemons/atrest-0": metaDir,
+			"secret/metadata/" + base + "/daemons/":         metaDir,
+			"auth/token/lookup-self":                        {"read"},
+			"auth/token/renew-self":                         {"update"},
+			"secret/data/atrest/other-cluster/keyring":      deny,
+			"secret/data/atrest/other-cluster/keys/k-abcde": deny,
+			"secret/metadata/atrest/":                       deny,
+			"secret/metadata/" + base + "/":                 deny,
+			"secret/data/" + base + "/anything-else":        deny,
+			"secret/data/" + base + "/keys/k-abcde/nested":  docs, // the glob's own reach, within this cluster's keys
+			"secret/delete/" + base + "/keys/k-abcde":       deny,
+			"secret/destroy/" + base + "/keys/k-abcde":      deny,
+			"secret/undelete/" + base + "/keyring":          deny,
+			"secret/config":                                 deny,
+			"secret/data/other":                             deny,
+			"sys/mounts":                                    deny,
+			"sys/policies/acl/" + policyName:                deny,
+			"sys/auth/kubernetes":                           deny,
+			"auth/kubernetes/role/" + roleName:              deny,
+			"auth/token/create":                             deny,
+			"auth/token/lookup":                             deny,
+		}
+		for _, p := range slices.Sorted(maps.Keys(want)) {
+			got, err := root.Sys().CapabilitiesWithContext(ctx, token, p)
+			if err != nil {
+				t.Fatalf("capabilities of the token on %s: %v", p, err)
+			}
+			slices.Sort(got)
+			w := slices.Sorted(slices.Values(want[p]))
+			if !slices.Equal(got, w) {
+				t.Errorf("%s: the example policy grants %v, want %v", p, got, w)
+			}
+		}
+
+		// And the real requests are refused, not just reported so.
+		c, err := root.Clone()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetToken(token)
+		refused := []struct {
+			what string
+			do   func(context.Context) error
+		}{
+			{"read another cluster's keyring", func(ctx context.Context) error {
+				_, err := c.Logical().ReadWithContext(ctx, "secret/data/atrest/other-cluster/keyring")
+				return err
+			}},
+			{"list the clusters under the prefix", func(ctx context.Context) error {
+				_, err := c.Logical().ListWithContext(ctx, "secret/metadata/atrest/")
+				return err
+			}},
+			{"soft-delete the keyring", func(ctx context.Context) error {
+				_, err := c.Logical().DeleteWithContext(ctx, "secret/data/"+base+"/keyring")
+				return err
+			}},
+			{"destroy the keyring's metadata", func(ctx context.Context) error {
+				_, err := c.Logical().DeleteWithContext(ctx, "secret/metadata/"+base+"/keyring")
+				return err
+			}},
+			{"read the mounts", func(ctx context.Context) error {
+				_, err := c.Logical().ReadWithContext(ctx, "sys/mounts")
+				return err
+			}},
+			{"create a token", func(ctx context.Context) error {
+				_, err := c.Auth().Token().CreateWithContext(ctx, &vault.TokenCreateRequest{Policies: []string{policyName}})
+				return err
+			}},
+		}
+		for _, r := range refused {
+			err := r.do(ctx)
+			var re *vault.ResponseError
+			if !errors.As(err, &re) || re.StatusCode != http.StatusForbidden {
+				t.Errorf("%s with the example policy: %v, want 403 permission denied", r.what, err)
+			}
+		}
+	})
+}
+
+// runScript runs vault-kubernetes-auth.sh with the vault CLI as the
+// sandbox Vault's root.
+func runScript(t *testing.T, ctx context.Context, env ...string) {
+	t.Helper()
+	root, err := os.ReadFile(sb.Vault.TokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	if err := os.Symlink(vaultBinary(t), filepath.Join(bin, "vault")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "./vault-kubernetes-auth.sh")
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "HOME="+t.TempDir(),
+		"VAULT_ADDR="+sb.Vault.Address, "VAULT_TOKEN="+strings.TrimSpace(string(root)), "VAULT_CACERT="+sb.Vault.CAFile)
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("vault-kubernetes-auth.sh %v: %v\n%s", env, err, out)
+	}
+}
+
+// vaultBinary is the vault CLI: the same binary as the sandbox's server.
+func vaultBinary(t *testing.T) string {
+	if v := os.Getenv("ATREST_VAULT"); v != "" {
+		return v
+	}
+	out, err := exec.Command("../tools/build.sh", "vault").Output()
+	if err != nil {
+		t.Fatalf("no vault CLI: set ATREST_VAULT or build it with tools/build.sh vault: %v", err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// login logs in with a service-account token at auth/<mount>, as atrest
+// would, and returns the login's auth data.
+func login(ctx context.Context, root *vault.Client, mount, jwt string) (*vault.SecretAuth, error) {
+	c, err := root.Clone()
+	if err != nil {
+		return nil, err
+	}
+	c.ClearToken()
+	sec, err := c.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", map[string]any{"role": roleName, "jwt": jwt})
+	if err != nil {
+		return nil, err
+	}
+	if sec == nil || sec.Auth == nil {
+		return nil, errors.New("no auth data in the login answer")
+	}
+	return sec.Auth, nil
+}
+
+func rootClient(t *testing.T) *vault.Client {
+	t.Helper()
+	cfg := vault.DefaultConfig()
+	cfg.Address = sb.Vault.Address
+	if sb.Vault.CAFile != "" {
+		if err := cfg.ConfigureTLS(&vault.TLSConfig{CACert: sb.Vault.CAFile}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := vault.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := os.ReadFile(sb.Vault.TokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetToken(strings.TrimSpace(string(token)))
+	return c
+}
+
+func kubeClient(t *testing.T) kubernetes.Interface {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", sb.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Timeout = 30 * time.Second
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kc
+}
+
+// sandboxCluster is the sandbox's cluster.yml with the example's
+// cluster_name (the policy is written for it) and encryption enabled.
+func sandboxCluster(t *testing.T, name string) string {
+	t.Helper()
+	base, err := os.ReadFile(sb.ClusterYML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(base), "cluster_name: atrest-sandbox\n", "cluster_name: "+name+"\n", 1)
+	s = strings.Replace(s, "    secrets_encryption_config:\n      enabled: false\n", "    secrets_encryption_config:\n      enabled: true\n", 1)
+	if !strings.Contains(s, "cluster_name: "+name+"\n") || !strings.Contains(s, "      enabled: true\n") {
+		t.Fatalf("the sandbox's cluster.yml changed shape; cannot name it %s and enable encryption:\n%s", name, base)
+	}
+	return writeFile(t, "cluster.yml", s)
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}

@@ -1,0 +1,220 @@
+package examples
+
+import (
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/settings"
+)
+
+// TestValidate runs `atrest validate` on every example cluster.yml (with the
+// atrest.yaml beside it, if any) and checks the summary says what the
+// example is meant to be.
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		config string
+		policy string // --policy; "" lets atrest find atrest.yaml beside the config
+		want   []string
+	}{
+		{
+			config: "cluster.yml",
+			want: []string{
+				`cluster.yml: valid: cluster "prod-eu-1", 3 controlplane node(s) (cp-1, cp-2, cp-3), encryption managed;`,
+				`atrest.yaml: managed provider aescbc, rotation "CRON_TZ=UTC 0 3 1 * *" (next `,
+				"-01T03:00:00Z), snapshot retention 12",
+			},
+		},
+		{
+			config: "cluster.yml", policy: "atrest.yaml",
+			want: []string{`encryption managed; atrest.yaml: managed provider aescbc, rotation "CRON_TZ=UTC 0 3 1 * *"`},
+		},
+		{
+			config: "custom-aescbc/cluster.yml",
+			want:   []string{`valid: cluster "prod-eu-1", 3 controlplane node(s) (cp-1, cp-2, cp-3), encryption custom (secrets: aescbc:v1:k-fw5hn, identity)`},
+		},
+		{
+			config: "custom-aws-kms/cluster.yml",
+			want:   []string{`valid: cluster "prod-eu-1", 3 controlplane node(s) (cp-1, cp-2, cp-3), encryption custom (secrets: kms:v2:aws-encryption-provider, identity)`},
+		},
+	}
+	tested := map[string]bool{}
+	for _, tt := range tests {
+		tested[tt.config], tested[tt.policy] = true, true
+		t.Run(tt.config+"+"+tt.policy, func(t *testing.T) {
+			args := []string{"validate", "--config", tt.config}
+			if tt.policy != "" {
+				args = append(args, "--policy", tt.policy)
+			}
+			code, out := atrest(t, nil, args...)
+			if code != 0 {
+				t.Fatalf("atrest %s: exit %d:\n%s", strings.Join(args, " "), code, out)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("atrest %s says\n%s\nwant it to contain %q", strings.Join(args, " "), out, w)
+				}
+			}
+		})
+	}
+	// An example added without a case here would go unchecked.
+	err := filepath.WalkDir(".", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && (d.Name() == "cluster.yml" || d.Name() == "atrest.yaml") && !tested[p] {
+			t.Errorf("example %s has no case in TestValidate", p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSettingsExample loads settings.yaml the way atrest does (unknown keys
+// and malformed values are errors) and validates it for everything `atrest
+// run` needs. The files it names live on the host that runs atrest, so they
+// are checked for form (absolute paths) and then stood in for by empty files:
+// what is checked is every rule that does not depend on the files' contents.
+func TestSettingsExample(t *testing.T) {
+	clearSettingsEnv(t)
+	t.Setenv("ATREST_SETTINGS", "settings.yaml")
+	s, err := settings.Bind(pflag.NewFlagSet("test", pflag.ContinueOnError)).Load()
+	if err != nil {
+		t.Fatalf("load examples/settings.yaml: %v", err)
+	}
+	for key, want := range map[string]string{
+		"git.url": "settings file settings.yaml", "vault.authMethod": "settings file settings.yaml",
+		"etcd.endpoints": "settings file settings.yaml", "daemon.maxBackoff": "settings file settings.yaml",
+	} {
+		if got := s.Source(key); got != want {
+			t.Errorf("%s comes from %q, want %q", key, got, want)
+		}
+	}
+
+	dir := t.TempDir()
+	files := fileSettings(s)
+	if len(files) < 10 {
+		t.Fatalf("found %d file settings in the example, want every credential as a file (at least 10)", len(files))
+	}
+	for name, p := range files {
+		if !filepath.IsAbs(*p) {
+			t.Errorf("%s: %q is not an absolute path: atrest's working directory is not the operator's", name, *p)
+		}
+		stand := filepath.Join(dir, strings.ReplaceAll(name, ".", "-"))
+		if err := os.WriteFile(stand, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		*p = stand
+	}
+	if !filepath.IsAbs(s.Snapshots.Dir) {
+		t.Errorf("snapshots.dir %q is not absolute", s.Snapshots.Dir)
+	}
+	all := []settings.Need{settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes, settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen}
+	if err := s.Validate(all...); err != nil {
+		t.Fatalf("examples/settings.yaml is not what `atrest run` accepts:\n%v", err)
+	}
+}
+
+// clearSettingsEnv unsets every ATREST_* variable for the test (a shell
+// that sourced a sandbox's env sets some), so that only the file counts.
+func clearSettingsEnv(t *testing.T) {
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, "ATREST_") {
+			t.Setenv(name, "")
+		}
+	}
+	for _, name := range []string{"VAULT_ADDR", "VAULT_TOKEN", "KUBECONFIG"} {
+		t.Setenv(name, "")
+	}
+}
+
+// fileSettings returns every setting that names a file and is set, by its
+// section and field name: string fields whose YAML key ends in "File", and
+// kubernetes.kubeconfig.
+func fileSettings(s *settings.Settings) map[string]*string {
+	out := map[string]*string{}
+	sections := reflect.ValueOf(s).Elem()
+	for i := range sections.NumField() {
+		sect := sections.Field(i)
+		if sect.Kind() != reflect.Struct || !sections.Type().Field(i).IsExported() {
+			continue
+		}
+		sectName, _, _ := strings.Cut(sections.Type().Field(i).Tag.Get("json"), ",")
+		for j := range sect.NumField() {
+			f := sect.Type().Field(j)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if f.Type.Kind() != reflect.String || !(strings.HasSuffix(name, "File") || name == "kubeconfig") {
+				continue
+			}
+			if p := sect.Field(j).Addr().Interface().(*string); *p != "" {
+				out[sectName+"."+name] = p
+			}
+		}
+	}
+	return out
+}
+
+// TestVaultPolicyScope checks, without Vault, that the example policy names
+// only the example cluster's documents and atrest's own token: a policy
+// that reached other clusters' keys would pass the sandbox test too. The
+// sandbox tier proves the capabilities with a real Vault.
+func TestVaultPolicyScope(t *testing.T) {
+	cfg, err := cluster.Load("cluster.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("vault-policy.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pathRE := regexp.MustCompile(`(?m)^path "([^"]+)" \{\n  capabilities = \[([^\]]*)\]\n\}`)
+	blocks := pathRE.FindAllStringSubmatch(string(data), -1)
+	if n := strings.Count(string(data), "\npath "); n != len(blocks) {
+		t.Fatalf("vault-policy.hcl has %d path blocks, %d of them in the form this test reads", n, len(blocks))
+	}
+	base := "atrest/" + cfg.ClusterName + "/"
+	allowed := []string{"secret/data/" + base, "secret/metadata/" + base}
+	var paths []string
+	for _, b := range blocks {
+		p, caps := b[1], b[2]
+		paths = append(paths, p)
+		switch {
+		case p == "auth/token/lookup-self" || p == "auth/token/renew-self":
+		case slices.ContainsFunc(allowed, func(a string) bool { return strings.HasPrefix(p, a) }):
+			if strings.Contains(strings.TrimPrefix(p, "secret/"), "+") || strings.Count(p, "*") > 1 || (strings.Contains(p, "*") && !strings.HasSuffix(p, "/*")) {
+				t.Errorf("path %q: a wildcard other than a trailing /* reaches beyond one cluster's documents", p)
+			}
+		default:
+			t.Errorf("path %q is neither under %v nor atrest's own token", p, allowed)
+		}
+		if strings.Contains(caps, "sudo") || strings.Contains(caps, "deny") {
+			t.Errorf("path %q: capabilities [%s]", p, caps)
+		}
+	}
+	if len(paths) != len(slices.Compact(slices.Sorted(slices.Values(paths)))) {
+		t.Errorf("a path is listed twice: %v", paths)
+	}
+}
+
+// TestKubernetesAuthScriptParses catches a syntax error in the script
+// without Vault; the sandbox tier runs it.
+func TestKubernetesAuthScriptParses(t *testing.T) {
+	if out, err := exec.Command("bash", "-n", "vault-kubernetes-auth.sh").CombinedOutput(); err != nil {
+		t.Fatalf("bash -n vault-kubernetes-auth.sh: %v\n%s", err, out)
+	}
+	st, err := os.Stat("vault-kubernetes-auth.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode()&0o111 == 0 {
+		t.Errorf("vault-kubernetes-auth.sh is not executable (%v)", st.Mode())
+	}
+}

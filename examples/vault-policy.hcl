@@ -1,0 +1,69 @@
+# The Vault policy of atrest for one cluster: exactly the paths and
+# capabilities atrest uses, and nothing else. Written for the defaults
+# (settings vault.kvMount "secret", vault.prefix "atrest") and cluster_name
+# "prod-eu-1" (cluster.yml beside this file); replace them to match yours.
+#
+#   vault policy write atrest vault-policy.hcl
+#
+# Under secret/atrest/prod-eu-1 atrest keeps:
+#   keys/<name>      one key's material, written once, never overwritten
+#   keyring          which key does what, and the journal of a transition
+#   lock             the lock that admits one transition at a time
+#   snapshots        which retained etcd snapshots need which keys
+#   daemons/<name>   what each `atrest run` is doing, for `atrest status`
+#
+# Every document is created with its metadata first (version limit and
+# check-and-set required), so the data write that follows is an update to
+# Vault: no data path needs "create". Nothing is ever read from metadata.
+#
+# Several clusters: one policy each (one token can then reach one cluster's
+# keys), or, for one atrest managing them all, "secret/data/atrest/+/..." in
+# place of "prod-eu-1" ("+" matches one path segment).
+
+# The documents: read, and written only by check-and-set.
+path "secret/data/atrest/prod-eu-1/keyring" {
+  capabilities = ["read", "update"]
+}
+path "secret/data/atrest/prod-eu-1/lock" {
+  capabilities = ["read", "update"]
+}
+path "secret/data/atrest/prod-eu-1/snapshots" {
+  capabilities = ["read", "update"]
+}
+path "secret/data/atrest/prod-eu-1/keys/*" {
+  capabilities = ["read", "update"]
+}
+path "secret/data/atrest/prod-eu-1/daemons/*" {
+  capabilities = ["read", "update"]
+}
+
+# Their metadata: set once when a document is created (again if that was
+# interrupted). A key is destroyed, every version, once nothing needs it any
+# more (no deployed config, no retained snapshot), and a daemon's document
+# once that daemon is gone for good. Listing finds keys and daemons.
+path "secret/metadata/atrest/prod-eu-1/keyring" {
+  capabilities = ["create", "update"]
+}
+path "secret/metadata/atrest/prod-eu-1/lock" {
+  capabilities = ["create", "update"]
+}
+path "secret/metadata/atrest/prod-eu-1/snapshots" {
+  capabilities = ["create", "update"]
+}
+path "secret/metadata/atrest/prod-eu-1/keys/*" {
+  capabilities = ["create", "update", "delete", "list"]
+}
+path "secret/metadata/atrest/prod-eu-1/daemons/*" {
+  capabilities = ["create", "update", "delete", "list"]
+}
+
+# atrest's own token: its TTL at start (token auth), and renewal until its
+# max TTL, after which atrest logs in again. Vault's "default" policy grants
+# these too; they are here so that a role may leave "default" out
+# (token_no_default_policy).
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
