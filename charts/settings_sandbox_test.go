@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/atrest-io/atrest/settings"
+	"github.com/atrest-io/atrest/settings/settingstest"
 )
 
 // TestSettingsNameMountedFiles: for each way of setting the chart up, the
@@ -82,7 +82,7 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 				t.Errorf("atrest reads %s, mounted from %s", c.Args[len(c.Args)-1], src)
 			}
 
-			clearSettingsEnv(t)
+			settingstest.ClearEnv(t)
 			t.Setenv("ATREST_SETTINGS", file)
 			env := map[string]string{}
 			for _, e := range c.Env {
@@ -99,7 +99,7 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 				t.Fatalf("atrest refuses the chart's settings:\n%v\n%s", err, cm.Data["settings.yaml"])
 			}
 
-			files := fileSettings(s)
+			files := settingstest.Files(s)
 			got := map[string]string{}
 			for name, p := range files {
 				got[name] = mountSource(d, *p)
@@ -203,43 +203,4 @@ func containerPort(c corev1.Container, name string) string {
 		}
 	}
 	return "missing"
-}
-
-// clearSettingsEnv unsets every ATREST_* variable for the test (a shell
-// that sourced a sandbox's env sets some), so that only the file counts.
-func clearSettingsEnv(t *testing.T) {
-	for _, kv := range os.Environ() {
-		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, "ATREST_") {
-			t.Setenv(name, "")
-		}
-	}
-	for _, name := range []string{"VAULT_ADDR", "VAULT_TOKEN", "KUBECONFIG"} {
-		t.Setenv(name, "")
-	}
-}
-
-// fileSettings returns every setting that names a file and is set, by its
-// dotted name: string fields whose YAML key ends in "File", and
-// kubernetes.kubeconfig.
-func fileSettings(s *settings.Settings) map[string]*string {
-	out := map[string]*string{}
-	sections := reflect.ValueOf(s).Elem()
-	for i := range sections.NumField() {
-		sect := sections.Field(i)
-		if sect.Kind() != reflect.Struct || !sections.Type().Field(i).IsExported() {
-			continue
-		}
-		sectName, _, _ := strings.Cut(sections.Type().Field(i).Tag.Get("json"), ",")
-		for j := range sect.NumField() {
-			f := sect.Type().Field(j)
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if f.Type.Kind() != reflect.String || !(strings.HasSuffix(name, "File") || name == "kubeconfig") {
-				continue
-			}
-			if p := sect.Field(j).Addr().Interface().(*string); *p != "" {
-				out[sectName+"."+name] = p
-			}
-		}
-	}
-	return out
 }

@@ -22,7 +22,7 @@ import (
 
 	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/internal/leaktest"
-	"github.com/atrest-io/atrest/keystore"
+	"github.com/atrest-io/atrest/keystore/keystoretest"
 	"github.com/atrest-io/atrest/sandbox"
 )
 
@@ -115,7 +115,7 @@ func TestDemo(t *testing.T) {
 		dir: dir, atrest: atrestBin, pause: true, secrets: secrets, stepTimeout: 10 * time.Minute,
 		out: w, in: strings.NewReader(strings.Repeat("\n", totalSteps)), hurry: make(chan struct{}),
 		beforeTeardown: func(ctx context.Context, sb *sandbox.Sandbox) (err error) {
-			keys, err = vaultKeys(ctx, sb)
+			keys, err = keystoretest.Keys(ctx, sb, "atrest-sandbox")
 			return err
 		},
 	}
@@ -203,29 +203,6 @@ func TestDemo(t *testing.T) {
 	}
 	watch.Note(text)
 	watch.Note(string(daemonLog))
-}
-
-// vaultKeys reads every key of the sandbox cluster's keyring from Vault.
-func vaultKeys(ctx context.Context, sb *sandbox.Sandbox) ([]cluster.Key, error) {
-	ks, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, AuthMethod: "token",
-		TokenFile: sb.Vault.TokenFile, KVMount: "secret", Prefix: "atrest", Cluster: "atrest-sandbox"})
-	if err != nil {
-		return nil, err
-	}
-	defer ks.Close()
-	kr, err := ks.Keyring(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []cluster.Key
-	for _, info := range kr.Keys {
-		k, err := ks.Key(ctx, info.Name)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, k)
-	}
-	return out, nil
 }
 
 // TestDemoInterrupted runs the tour as its own process, in its own process

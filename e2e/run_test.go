@@ -28,7 +28,7 @@ import (
 	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/daemon"
 	"github.com/atrest-io/atrest/internal/leaktest"
-	"github.com/atrest-io/atrest/keystore"
+	"github.com/atrest-io/atrest/keystore/keystoretest"
 )
 
 // loadSecrets makes the rewrite long enough to kill the daemon in it.
@@ -317,6 +317,10 @@ func TestDaemon(t *testing.T) {
 	eventually(t, "node3's file to be restored", 3*time.Minute, func() (bool, string) {
 		return nodeFiles(t) == deployed, ""
 	})
+	eventually(t, "the drift to be corrected (plan: nothing to do)", 3*time.Minute, func() (bool, string) {
+		code, out := run(t, "plan")
+		return code == 0, out
+	})
 	converged(t, "the cluster after the drift", first, "", time.Minute)
 
 	// 2. A schedule of @every 30s rotates the key, and the next is reported.
@@ -531,27 +535,12 @@ func grepLines(s string, subs ...string) string {
 // sandboxKeys reads every key of the sandbox cluster's keyring from Vault.
 func sandboxKeys(t *testing.T) []cluster.Key {
 	t.Helper()
-	ctx := context.Background()
-	ks, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, AuthMethod: "token", TokenFile: sb.Vault.TokenFile,
-		KVMount: "secret", Prefix: "atrest", Cluster: "atrest-sandbox"})
+	keys, err := keystoretest.Keys(context.Background(), sb, "atrest-sandbox")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ks.Close()
-	kr, err := ks.Keyring(ctx)
-	if err != nil {
-		t.Fatal(err)
+	if len(keys) < 3 {
+		t.Fatalf("only %d keys in the keyring after enable, rotation and custom", len(keys))
 	}
-	var out []cluster.Key
-	for _, info := range kr.Keys {
-		k, err := ks.Key(ctx, info.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, k)
-	}
-	if len(out) < 3 {
-		t.Fatalf("only %d keys in the keyring after enable, rotation and custom", len(out))
-	}
-	return out
+	return keys
 }

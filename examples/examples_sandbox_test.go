@@ -25,7 +25,7 @@ import (
 
 	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/internal/leaktest"
-	"github.com/atrest-io/atrest/keystore"
+	"github.com/atrest-io/atrest/keystore/keystoretest"
 	"github.com/atrest-io/atrest/sandbox"
 	"github.com/atrest-io/atrest/sandbox/sandboxtest"
 )
@@ -141,23 +141,14 @@ func TestVaultPolicy(t *testing.T) {
 			t.Fatalf("status logged in with the example Kubernetes-auth role: exit %d:\n%s", code, out)
 		}
 		// Every key atrest generated is forbidden in what it printed.
-		ks, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, TokenFile: sb.Vault.TokenFile, Cluster: name, Logger: leak.Logger()})
+		keys, err := keystoretest.Keys(ctx, sb, name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer ks.Close()
-		kr, err := ks.Keyring(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(kr.Keys) == 0 {
+		if len(keys) == 0 {
 			t.Fatal("apply left no key in the keyring")
 		}
-		for _, info := range kr.Keys {
-			k, err := ks.Key(ctx, info.Name)
-			if err != nil {
-				t.Fatal(err)
-			}
+		for _, k := range keys {
 			leak.Key(k)
 		}
 	})

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/settings"
+	"github.com/atrest-io/atrest/settings/settingstest"
 )
 
 // TestValidate runs `atrest validate` on every example cluster.yml (with the
@@ -84,7 +84,7 @@ func TestValidate(t *testing.T) {
 // are checked for form (absolute paths) and then stood in for by empty files:
 // what is checked is every rule that does not depend on the files' contents.
 func TestSettingsExample(t *testing.T) {
-	clearSettingsEnv(t)
+	settingstest.ClearEnv(t)
 	t.Setenv("ATREST_SETTINGS", "settings.yaml")
 	s, err := settings.Bind(pflag.NewFlagSet("test", pflag.ContinueOnError)).Load()
 	if err != nil {
@@ -100,7 +100,7 @@ func TestSettingsExample(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	files := fileSettings(s)
+	files := settingstest.Files(s)
 	if len(files) < 10 {
 		t.Fatalf("found %d file settings in the example, want every credential as a file (at least 10)", len(files))
 	}
@@ -121,45 +121,6 @@ func TestSettingsExample(t *testing.T) {
 	if err := s.Validate(all...); err != nil {
 		t.Fatalf("examples/settings.yaml is not what `atrest run` accepts:\n%v", err)
 	}
-}
-
-// clearSettingsEnv unsets every ATREST_* variable for the test (a shell
-// that sourced a sandbox's env sets some), so that only the file counts.
-func clearSettingsEnv(t *testing.T) {
-	for _, kv := range os.Environ() {
-		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, "ATREST_") {
-			t.Setenv(name, "")
-		}
-	}
-	for _, name := range []string{"VAULT_ADDR", "VAULT_TOKEN", "KUBECONFIG"} {
-		t.Setenv(name, "")
-	}
-}
-
-// fileSettings returns every setting that names a file and is set, by its
-// section and field name: string fields whose YAML key ends in "File", and
-// kubernetes.kubeconfig.
-func fileSettings(s *settings.Settings) map[string]*string {
-	out := map[string]*string{}
-	sections := reflect.ValueOf(s).Elem()
-	for i := range sections.NumField() {
-		sect := sections.Field(i)
-		if sect.Kind() != reflect.Struct || !sections.Type().Field(i).IsExported() {
-			continue
-		}
-		sectName, _, _ := strings.Cut(sections.Type().Field(i).Tag.Get("json"), ",")
-		for j := range sect.NumField() {
-			f := sect.Type().Field(j)
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if f.Type.Kind() != reflect.String || !(strings.HasSuffix(name, "File") || name == "kubeconfig") {
-				continue
-			}
-			if p := sect.Field(j).Addr().Interface().(*string); *p != "" {
-				out[sectName+"."+name] = p
-			}
-		}
-	}
-	return out
 }
 
 // TestVaultPolicyScope checks, without Vault, that the example policy names
