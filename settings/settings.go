@@ -91,6 +91,8 @@ type Kubernetes struct {
 	InCluster  bool    `json:"inCluster"`
 	QPS        float64 `json:"qps"`
 	Burst      int     `json:"burst"`
+	// RewriteWorkers is how many updates the rewrite keeps in flight.
+	RewriteWorkers int `json:"rewriteWorkers"`
 }
 
 // SSH is how atrest reaches the controlplane nodes of cluster.yml.
@@ -137,7 +139,7 @@ func Default() *Settings {
 	return &Settings{
 		Git:        Git{Ref: "main", Path: ".", Interval: time.Minute, Timeout: time.Minute},
 		Vault:      Vault{AuthMethod: AuthToken, AppRoleMount: "approle", KubernetesMount: "kubernetes", KubernetesTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token", KVMount: "secret", Prefix: "atrest"},
-		Kubernetes: Kubernetes{QPS: 200, Burst: 400},
+		Kubernetes: Kubernetes{QPS: 200, Burst: 400, RewriteWorkers: 16},
 		SSH:        SSH{Timeout: 30 * time.Second},
 		Listen:     Listen{Metrics: "127.0.0.1:9795"},
 		Daemon:     Daemon{MaxBackoff: 10 * time.Minute},
@@ -197,6 +199,7 @@ func (s *Settings) fields() []field {
 		{"kubernetes.inCluster", "use the pod's service account to reach the cluster's API", &s.Kubernetes.InCluster},
 		{"kubernetes.qps", "client requests per second for the rewrite", &s.Kubernetes.QPS},
 		{"kubernetes.burst", "client burst for the rewrite", &s.Kubernetes.Burst},
+		{"kubernetes.rewriteWorkers", "updates the rewrite keeps in flight (with kubernetes.qps, how hard it may press the apiserver)", &s.Kubernetes.RewriteWorkers},
 
 		{"ssh.keyFile", "SSH private key for the nodes; overrides cluster.yml's ssh_key_path", &s.SSH.KeyFile},
 		{"ssh.knownHostsFile", "known_hosts file that verifies every node's SSH host key", &s.SSH.KnownHostsFile},

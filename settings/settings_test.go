@@ -138,6 +138,10 @@ func TestValidate(t *testing.T) {
 		{"ssh insecure named", []string{"--ssh-insecure-skip-host-key-verification"}, []Need{NeedSSH}, nil},
 		{"snapshots", nil, []Need{NeedSnapshots}, []string{"snapshots.dir: required"}},
 		{"webhook needs secret", []string{"--listen-webhook", "127.0.0.1:9796"}, []Need{NeedListen}, []string{"listen.webhookSecretFile: required"}},
+		{"daemon backoff", []string{"--daemon-max-backoff", "0s"}, []Need{NeedListen}, []string{"daemon.maxBackoff: must be positive"}},
+		{"git timeout", []string{"--git-url", "/srv/repo", "--git-timeout", "-1s"}, []Need{NeedGit}, []string{"git.timeout: must be positive"}},
+		{"rewrite workers", []string{"--kubernetes-kubeconfig", known, "--kubernetes-rewrite-workers", "0"}, []Need{NeedKubernetes}, []string{"kubernetes.rewriteWorkers: must be between 1 and 256, not 0"}},
+		{"kubernetes ok", []string{"--kubernetes-kubeconfig", known, "--kubernetes-rewrite-workers", "64"}, []Need{NeedKubernetes}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

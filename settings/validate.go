@@ -243,6 +243,9 @@ func (v *validator) kubernetes() {
 	if k.Burst < 1 {
 		v.add("kubernetes.burst", "must be at least 1, not %d", k.Burst)
 	}
+	if k.RewriteWorkers < 1 || k.RewriteWorkers > 256 {
+		v.add("kubernetes.rewriteWorkers", "must be between 1 and 256, not %d", k.RewriteWorkers)
+	}
 }
 
 func (v *validator) ssh() {

@@ -90,7 +90,7 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 				return nil, err
 			}
 			e.rec.OnStep = h.Step
-			if e.rec.Rewriter, err = reconciler.NewRewriter(e.rest, reconciler.RewriteOptions{Logger: log, OnProgress: h.Progress, ProgressEvery: 2 * time.Second}); err != nil {
+			if e.rec.Rewriter, err = reconciler.NewRewriter(e.rest, reconciler.RewriteOptions{Workers: s.Kubernetes.RewriteWorkers, Logger: log, OnProgress: h.Progress, ProgressEvery: 2 * time.Second}); err != nil {
 				e.Close()
 				return nil, err
 			}

@@ -203,7 +203,7 @@ func open(ctx context.Context, s *settings.Settings, cfg *cluster.Config, policy
 	}); err != nil {
 		return nil, err
 	}
-	rw, err := reconciler.NewRewriter(e.rest, reconciler.RewriteOptions{Logger: log, Progress: os.Stderr, Terminal: isTerminal(os.Stderr)})
+	rw, err := reconciler.NewRewriter(e.rest, reconciler.RewriteOptions{Workers: s.Kubernetes.RewriteWorkers, Logger: log, Progress: os.Stderr, Terminal: isTerminal(os.Stderr)})
 	if err != nil {
 		return nil, err
 	}

@@ -198,7 +198,7 @@ file it names is one the Deployment mounts.
   "git" $git
   "vault" $vault
   "etcd" $etcd
-  "kubernetes" (dict "inCluster" true "qps" $v.kubernetes.qps "burst" $v.kubernetes.burst)
+  "kubernetes" (dict "inCluster" true "qps" $v.kubernetes.qps "burst" $v.kubernetes.burst "rewriteWorkers" $v.kubernetes.rewriteWorkers)
   "ssh" $ssh
   "snapshots" (dict "dir" (include "atrest.snapshotsDir" .))
   "listen" $listen
