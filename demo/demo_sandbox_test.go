@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/internal/leaktest"
 	"github.com/atrest-io/atrest/keystore/keystoretest"
 	"github.com/atrest-io/atrest/sandbox"
@@ -49,20 +50,14 @@ func TestMain(m *testing.M) {
 		}
 		os.Setenv(env, strings.TrimSpace(string(out)))
 	}
-	dir, err := os.MkdirTemp("", "atrest-demo-bin")
+	bin, cleanup, err := atrestbin.Build()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	atrestBin = filepath.Join(dir, "atrest")
-	build := exec.Command("go", "build", "-o", atrestBin, "../cmd/atrest")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build atrest:", err)
-		os.Exit(1)
-	}
+	atrestBin = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/sandbox"
 	"github.com/atrest-io/atrest/sandbox/sandboxtest"
 )
@@ -43,20 +44,14 @@ var (
 
 func TestMain(m *testing.M) {
 	sandbox.RunHelper()
-	dir, err := os.MkdirTemp("", "atrest-e2e-bin")
+	bin, cleanup, err := atrestbin.Build()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	atrest = filepath.Join(dir, "atrest")
-	build := exec.Command("go", "build", "-o", atrest, "../cmd/atrest")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build atrest:", err)
-		os.Exit(1)
-	}
+	atrest = bin
 	code := sandboxtest.Main(m, sandbox.Options{Nodes: 3}, &sb)
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/internal/leaktest"
 	"github.com/atrest-io/atrest/keystore/keystoretest"
 	"github.com/atrest-io/atrest/sandbox"
@@ -34,13 +35,14 @@ var sb *sandbox.Sandbox
 
 func TestMain(m *testing.M) {
 	sandbox.RunHelper()
-	dir, err := buildAtrest()
+	bin, cleanup, err := atrestbin.Build()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	atrestBin = bin
 	code := sandboxtest.Main(m, sandbox.Options{Nodes: 1}, &sb)
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 
