@@ -25,6 +25,10 @@ type ProviderEntry struct {
 	Kind string
 	// KeyName names the key of a keyed provider.
 	KeyName string
+	// Fingerprint identifies a keyed entry's material (Key.Fingerprint):
+	// a key is its material, so two entries with one name and different
+	// fingerprints are different keys. "" only for a key not yet created.
+	Fingerprint string
 	// KMS is the plugin's configuration, for kind kms.
 	KMS *KMS
 }
@@ -41,10 +45,15 @@ type KMS struct {
 // Identity is the identity provider entry.
 var Identity = ProviderEntry{Kind: KindIdentity}
 
-// KeyEntry is the chain entry of a keyed provider's key.
-func KeyEntry(p Provider, name string) ProviderEntry {
-	return ProviderEntry{Kind: string(p), KeyName: name}
+// KeyEntry is the chain entry of a keyed provider's key, identified by
+// its name and the fingerprint of its material ("" for a key not yet
+// created).
+func KeyEntry(p Provider, name, fingerprint string) ProviderEntry {
+	return ProviderEntry{Kind: string(p), KeyName: name, Fingerprint: fingerprint}
 }
+
+// EntryOf is the chain entry of k.
+func EntryOf(k Key) ProviderEntry { return KeyEntry(k.Provider, k.Name, k.Fingerprint()) }
 
 // Prefix is the storage prefix the entry writes under, as census keys name
 // it: "aescbc:v1:k-abcde", "kms:v2:NAME", "identity".
@@ -62,9 +71,10 @@ func (e ProviderEntry) Prefix() string {
 // config file (and so in atrest's Vault keyring).
 func (e ProviderEntry) Keyed() bool { return e.Kind != KindIdentity && e.Kind != KindKMS }
 
-// Equal reports whether two entries are the same provider.
+// Equal reports whether two entries are the same provider: for a keyed
+// entry, the same name and the same material.
 func (e ProviderEntry) Equal(o ProviderEntry) bool {
-	if e.Kind != o.Kind || e.KeyName != o.KeyName {
+	if e.Kind != o.Kind || e.KeyName != o.KeyName || e.Fingerprint != o.Fingerprint {
 		return false
 	}
 	if e.KMS == nil || o.KMS == nil {
@@ -167,7 +177,8 @@ func (c *EncryptionConfig) Chains() Chains {
 			default:
 				prov, keys := providerKeys(p)
 				for _, key := range keys {
-					chain = append(chain, KeyEntry(prov, key.Name))
+					secret, _ := base64.StdEncoding.DecodeString(key.Secret)
+					chain = append(chain, KeyEntry(prov, key.Name, Fingerprint(secret)))
 				}
 			}
 		}
@@ -227,6 +238,12 @@ func RenderChains(cs Chains, keys KeyLookup) ([]byte, error) {
 				}
 				if string(key.Provider) != e.Kind {
 					return nil, fmt.Errorf("render config: key %s is a %s key, the config needs %s", e.KeyName, key.Provider, e.Kind)
+				}
+				if e.Fingerprint != "" && key.Fingerprint() != e.Fingerprint {
+					// The plan was made for other material under this name:
+					// rendering this one would make every value written with
+					// the planned key unreadable.
+					return nil, fmt.Errorf("render config: key %s: the material found has fingerprint %s, the plan was made for %s; refusing to deploy other material under a known name", e.KeyName, key.Fingerprint(), e.Fingerprint)
 				}
 				entry := apiserverv1.Key{Name: key.Name, Secret: base64.StdEncoding.EncodeToString(key.Secret)}
 				if n := len(providers); n > 0 {

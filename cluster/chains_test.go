@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 	"time"
 )
@@ -29,8 +30,8 @@ func TestChainsRoundTrip(t *testing.T) {
 	keys := map[string]Key{old.Name: old, box.Name: box}
 	lookup := func(n string) (Key, error) { return keys[n], nil }
 	mixed := Chains{
-		"secrets":    append(Chain{kms["secrets"][0], KeyEntry(AESCBC, old.Name), KeyEntry(Secretbox, box.Name)}, Identity),
-		"configmaps": {KeyEntry(Secretbox, box.Name), Identity},
+		"secrets":    append(Chain{kms["secrets"][0], EntryOf(old), EntryOf(box)}, Identity),
+		"configmaps": {EntryOf(box), Identity},
 		"events":     nil, // plain: left out of the file
 	}
 	data, err := RenderChains(mixed, lookup)
@@ -53,8 +54,17 @@ func TestChainsRoundTrip(t *testing.T) {
 	if names := got.KeyNames(); len(names) != 2 {
 		t.Fatalf("KeyNames = %v", names)
 	}
-	if _, err := RenderChains(Chains{"secrets": {KeyEntry(AESCBC, box.Name)}}, lookup); err == nil {
+	if _, err := RenderChains(Chains{"secrets": {KeyEntry(AESCBC, box.Name, "")}}, lookup); err == nil {
 		t.Fatal("a secretbox key rendered as aescbc")
+	}
+	// A key is its material: a plan made for other material under a name
+	// never renders.
+	other := Key{Name: old.Name, Provider: AESCBC, Secret: bytes.Repeat([]byte{7}, 32)}
+	if _, err := RenderChains(Chains{"secrets": {EntryOf(other)}}, lookup); err == nil || !strings.Contains(err.Error(), "other material") {
+		t.Fatalf("other material under a known name rendered: %v", err)
+	}
+	if !(Chain{EntryOf(old)}).Equal(Chain{EntryOf(old)}) || (Chain{EntryOf(old)}).Equal(Chain{EntryOf(other)}) {
+		t.Fatal("chain equality must compare the material's fingerprint")
 	}
 	if _, err := RenderChains(Chains{"secrets": nil}, lookup); err == nil {
 		t.Fatal("an empty config rendered")
@@ -66,7 +76,7 @@ func TestChainHas(t *testing.T) {
 	if !plain.Has(PrefixIdentity) || plain.Has("aescbc:v1:k") || plain.Writer() != PrefixIdentity {
 		t.Fatal("an empty chain reads and writes plain only")
 	}
-	c := Chain{KeyEntry(AESCBC, "k"), Identity}
+	c := Chain{KeyEntry(AESCBC, "k", ""), Identity}
 	if !c.Has("aescbc:v1:k") || !c.Has(PrefixIdentity) || c.Has("aescbc:v1:other") {
 		t.Fatal("Has")
 	}

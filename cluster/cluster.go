@@ -40,7 +40,20 @@ type Config struct {
 	PrefixPath          string   // RKE's prefix_path; "" means "/"
 	RotateEncryptionKey bool     // rotate_encryption_key: one rotation requested
 	KubeAPI             KubeAPI
-	Desired             Desired
+	// EtcdPath is services.etcd.path: with an external etcd, the prefix
+	// RKE gives kube-apiserver as --etcd-prefix ("" when unset).
+	EtcdPath string
+	Desired  Desired
+}
+
+// EtcdPrefix is the --etcd-prefix cluster.yml asks kube-apiserver to run
+// with: extra_args' etcd-prefix, else services.etcd.path, else "" (none
+// given: kube-apiserver's default, /registry).
+func (c *Config) EtcdPrefix() string {
+	if p := c.KubeAPI.ExtraArgs["etcd-prefix"]; p != "" {
+		return p
+	}
+	return c.EtcdPath
 }
 
 // Node is one host of cluster.yml, with defaults applied.
@@ -164,6 +177,9 @@ type rawConfig struct {
 	PrefixPath          string      `json:"prefix_path"`
 	RotateEncryptionKey bool        `json:"rotate_encryption_key"`
 	Services            struct {
+		Etcd struct {
+			Path string `json:"path"`
+		} `json:"etcd"`
 		KubeAPI struct {
 			ExtraArgs               map[string]string `json:"extra_args"`
 			ExtraBinds              []string          `json:"extra_binds"`
@@ -286,6 +302,7 @@ func Parse(file string, data []byte) (*Config, error) {
 		ClusterName:         raw.ClusterName,
 		PrefixPath:          raw.PrefixPath,
 		RotateEncryptionKey: raw.RotateEncryptionKey,
+		EtcdPath:            raw.Services.Etcd.Path,
 		KubeAPI: KubeAPI{
 			ExtraArgs:  raw.Services.KubeAPI.ExtraArgs,
 			ExtraBinds: raw.Services.KubeAPI.ExtraBinds,

@@ -247,9 +247,19 @@ func orList(items []string) string {
 }
 
 // checkKeyNames rejects a key name used twice by the same provider type in
-// one resource list: the storage prefix would name two keys, and which one
-// kube-apiserver tries first is an accident of order.
+// one resource list (the storage prefix would name two keys, and which one
+// kube-apiserver tries first is an accident of order), and a key name given
+// other material, or another provider, anywhere else in the config: a key
+// is its material, and values written under a name can be read only with
+// the material they were written with. The same key (name and secret) in
+// several resource lists is fine.
 func checkKeyNames(cfg *apiserver.EncryptionConfiguration, base string, l *errorList) {
+	type use struct {
+		at       string
+		provider Provider
+		secret   string
+	}
+	byName := map[string]use{}
 	for i, r := range cfg.Resources {
 		seen := map[string]string{}
 		for j, p := range r.Providers {
@@ -265,6 +275,15 @@ func checkKeyNames(cfg *apiserver.EncryptionConfiguration, base string, l *error
 					continue
 				}
 				seen[id] = here
+				u, known := byName[key.Name]
+				switch {
+				case !known:
+					byName[key.Name] = use{at: here, provider: prov, secret: key.Secret}
+				case u.provider != prov:
+					l.add(joinPath(base, here), "key name %q is used by %s here and by %s at %s; atrest keeps one key per name: give one of them another name", key.Name, prov, u.provider, u.at)
+				case u.secret != key.Secret:
+					l.add(joinPath(base, here), "key %q has other material here than at %s; a key is its material: give the new key a new name, and keep the old one as a reader until every object is rewritten", key.Name, u.at)
+				}
 			}
 		}
 	}

@@ -141,7 +141,7 @@ type ManagedConfig struct {
 func (m ManagedConfig) Chains() Chains {
 	var chain Chain
 	for _, k := range m.Keys {
-		chain = append(chain, KeyEntry(k.Provider, k.Name))
+		chain = append(chain, EntryOf(k))
 	}
 	if m.IdentityFirst {
 		chain = append(Chain{Identity}, chain...)

@@ -11,6 +11,9 @@
 #   lock             the lock that admits one transition at a time
 #   snapshots        which retained etcd snapshots need which keys
 #   daemons/<name>   what each `atrest run` is doing, for `atrest status`
+#   preserved/<name>/<fingerprint>
+#                    material found on a node under a key name Vault holds
+#                    with other material: kept, never overwritten
 #
 # Every document is created with its metadata first (version limit and
 # check-and-set required), so the data write that follows is an update to
@@ -36,6 +39,9 @@ path "secret/data/atrest/prod-eu-1/keys/*" {
 path "secret/data/atrest/prod-eu-1/daemons/*" {
   capabilities = ["read", "update"]
 }
+path "secret/data/atrest/prod-eu-1/preserved/*" {
+  capabilities = ["read", "update"]
+}
 
 # Their metadata: set once when a document is created (again if that was
 # interrupted). A key is destroyed, every version, once nothing needs it any
@@ -55,6 +61,9 @@ path "secret/metadata/atrest/prod-eu-1/keys/*" {
 }
 path "secret/metadata/atrest/prod-eu-1/daemons/*" {
   capabilities = ["create", "update", "delete", "list"]
+}
+path "secret/metadata/atrest/prod-eu-1/preserved/*" {
+  capabilities = ["create", "update"]
 }
 
 # atrest's own token: its TTL at start (token auth), and renewal until its

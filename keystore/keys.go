@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/atrest-io/atrest/cluster"
@@ -84,6 +85,47 @@ func (s *Store) Key(ctx context.Context, name string) (cluster.Key, error) {
 		return cluster.Key{}, &OpError{Op: op, Path: p, Err: fmt.Errorf("%w: the material does not match its fingerprint %s (altered outside atrest?)", ErrInvalid, doc.Fingerprint)}
 	}
 	return k, nil
+}
+
+// preservedRel is where PreserveKey keeps material found under a name
+// that Vault already holds with other material: the fingerprint in the
+// path gives it an identity of its own.
+func preservedRel(k cluster.Key) string {
+	return "preserved/" + k.Name + "/" + strings.TrimPrefix(k.Fingerprint(), "sha256:")
+}
+
+// preservedDoc is a preserved key: its material and where it was found.
+type preservedDoc struct {
+	keyDoc
+	Source string `json:"source"` // "node cp-1's provider file"
+}
+
+// PreserveKey keeps k's material in Vault at preserved/<name>/<fingerprint>
+// when it was found (source says where) under a name that Vault already
+// holds with other material: etcd may hold values written with it, and
+// the file it was found in may be its only copy. It is create-only and
+// idempotent: the same material preserved again is not an error. The
+// keyring does not list preserved keys; an operator resolves the conflict.
+func (s *Store) PreserveKey(ctx context.Context, k cluster.Key, source string) (string, error) {
+	rel := preservedRel(k)
+	op := "preserve key " + k.Name
+	if err := checkKey(k); err != nil {
+		return "", &OpError{Op: op, Path: s.path("data", rel), Err: err}
+	}
+	doc := preservedDoc{keyDoc: keyDoc{
+		Name: k.Name, Provider: k.Provider, Secret: base64.StdEncoding.EncodeToString(k.Secret),
+		Fingerprint: k.Fingerprint(), Created: time.Now().UTC(),
+	}, Source: source}
+	_, err := s.kvCreate(ctx, op, rel, keyMaxVersions, doc)
+	if errors.Is(err, ErrConflict) {
+		// Already preserved: the path names the material.
+		return s.path("data", rel), nil
+	}
+	if err != nil {
+		return "", err
+	}
+	s.log.Warn("key material preserved: Vault holds other material under its name", "key", k, "source", source, "path", s.path("data", rel))
+	return s.path("data", rel), nil
 }
 
 // NewKey generates a key for provider p (cluster.NewKey: 32 bytes from
