@@ -29,6 +29,9 @@ type APIServer struct {
 	Image       string // as configured, e.g. rancher/hyperkube:v1.32.5-rancher1
 	Status      string // Docker's state: running, restarting, exited, ...
 	Running     bool
+	// StartedAt is when the container last started: kube-apiserver reads
+	// its provider file then, and only then on the restart path.
+	StartedAt time.Time
 	// Args is the command line: the entrypoint, then the command.
 	Args []string
 	// EncryptionProviderConfig is --encryption-provider-config as the
@@ -42,6 +45,16 @@ type APIServer struct {
 	ProviderFileInContainer string
 
 	cmd []string // the command, as the flag edits see it
+}
+
+// parseDockerTime reads a time Docker reports (RFC 3339 with nanoseconds);
+// the zero time when it is absent or Docker's "0001-01-01T00:00:00Z".
+func parseDockerTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
 }
 
 // ProviderConfigSet reports whether --encryption-provider-config points at
@@ -60,6 +73,7 @@ func describe(c *container, hostFile string) APIServer {
 		Image:                   c.config.Image,
 		Status:                  c.State.Status,
 		Running:                 c.State.Running,
+		StartedAt:               parseDockerTime(c.State.StartedAt),
 		Args:                    args,
 		AutomaticReload:         boolFlag(args, flagAutomaticReload),
 		ProviderFileInContainer: containerPath(c.Mounts, hostFile),

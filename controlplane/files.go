@@ -1,13 +1,18 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path"
+	"strconv"
+	"strings"
+	"time"
 )
 
 // MaxProviderFileSize bounds what is read from a node: an
@@ -20,6 +25,9 @@ type ProviderFile struct {
 	Present bool
 	Data    []byte // the file's bytes; key material
 	SHA256  string // hex sha256 of Data; "" when absent
+	// ModTime is when the file was last written, by the node's clock (the
+	// clock Docker's StartedAt uses too); zero when unknown.
+	ModTime time.Time
 }
 
 func newProviderFile(data []byte) ProviderFile {
@@ -60,12 +68,16 @@ const (
 	exitNoDir  = 41 // the file's directory does not exist
 )
 
-// ReadProviderFile reads the provider file on the node.
+// ReadProviderFile reads the provider file on the node, and when it was
+// last written: the first line of the script's output is the file's mtime
+// in seconds since the epoch (with nanoseconds where GNU date gives them),
+// the rest is the file.
 func (n *Node) ReadProviderFile(ctx context.Context) (ProviderFile, error) {
 	const op = "read provider file"
 	r, err := n.run(ctx, fmt.Sprintf(`f=%s
 if [ ! -e "$f" ] && [ ! -L "$f" ]; then exit %d; fi
-exec cat -- "$f"`, shellQuote(n.file), exitAbsent), nil, MaxProviderFileSize+1)
+date -r "$f" +%%s.%%N 2>/dev/null || stat -L -c %%Y -- "$f" || echo 0
+exec cat -- "$f"`, shellQuote(n.file), exitAbsent), nil, MaxProviderFileSize+64)
 	if err != nil {
 		return ProviderFile{}, n.sshErr(op+" "+n.file, err)
 	}
@@ -74,10 +86,36 @@ exec cat -- "$f"`, shellQuote(n.file), exitAbsent), nil, MaxProviderFileSize+1)
 		return ProviderFile{}, nil
 	case r.code != 0:
 		return ProviderFile{}, nodeErr(n.name, op+" "+n.file, nil, fmt.Errorf("exit status %d: %s", r.code, r.stderr))
-	case r.overflow || len(r.stdout) > MaxProviderFileSize:
+	case r.overflow:
 		return ProviderFile{}, nodeErr(n.name, op+" "+n.file, nil, fmt.Errorf("larger than %d bytes: not an EncryptionConfiguration", MaxProviderFileSize))
 	}
-	return newProviderFile(r.stdout), nil
+	stamp, data, ok := bytes.Cut(r.stdout, []byte("\n"))
+	if !ok {
+		return ProviderFile{}, nodeErr(n.name, op+" "+n.file, nil, errors.New("no modification time in the answer"))
+	}
+	if len(data) > MaxProviderFileSize {
+		return ProviderFile{}, nodeErr(n.name, op+" "+n.file, nil, fmt.Errorf("larger than %d bytes: not an EncryptionConfiguration", MaxProviderFileSize))
+	}
+	f := newProviderFile(data)
+	f.ModTime = parseEpoch(string(stamp))
+	return f, nil
+}
+
+// parseEpoch reads "SECONDS[.NANOSECONDS]"; the zero time when it cannot.
+func parseEpoch(s string) time.Time {
+	secs, frac, _ := strings.Cut(strings.TrimSpace(s), ".")
+	sec, err := strconv.ParseInt(secs, 10, 64)
+	if err != nil || sec <= 0 {
+		return time.Time{}
+	}
+	var nsec int64
+	if frac != "" {
+		frac = (frac + "000000000")[:9]
+		if nsec, err = strconv.ParseInt(frac, 10, 64); err != nil {
+			nsec = 0
+		}
+	}
+	return time.Unix(sec, nsec).UTC()
 }
 
 // WriteProviderFile replaces the provider file on the node atomically: it

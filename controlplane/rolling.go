@@ -21,6 +21,18 @@ type NodeState struct {
 	Err       error  // what could not be observed; nil when all was
 }
 
+// FileChangedSinceStart reports whether the node's provider file was
+// written after its kube-apiserver container started, while the container
+// runs with the file: on the restart path kube-apiserver reads the file
+// only at start, so what it runs is then unknown (the file on disk is not
+// proof). With --encryption-provider-config-automatic-reload the file is
+// read again without a restart, and this says nothing.
+func (s NodeState) FileChangedSinceStart() bool {
+	a := s.APIServer
+	return s.File.Present && a.ProviderConfigSet() && !a.AutomaticReload &&
+		!s.File.ModTime.IsZero() && !a.StartedAt.IsZero() && s.File.ModTime.After(a.StartedAt)
+}
+
 // Observe reads every node's live state in parallel: its provider file,
 // its kube-apiserver container (flag, reload flag, running) and one
 // /readyz. A node that is not ready is a state, not an error; the error
@@ -163,6 +175,41 @@ func (c *Cluster) RollingRemove(ctx context.Context) error {
 	})
 }
 
+// Reload restarts the kube-apiserver of the node named node so that it
+// loads the provider file it has on disk, waits until it is ready and
+// checks that a canary written through it is stored as want. It is for a
+// node whose file changed after its kube-apiserver started
+// (NodeState.FileChangedSinceStart): the file stays as it is, so there is
+// nothing to roll back to; the planner allows it only when every other
+// node reads what the file writes with.
+func (c *Cluster) Reload(ctx context.Context, node, want string) error {
+	const op = "reload the provider file"
+	i := slices.IndexFunc(c.nodes, func(n *Node) bool { return n.name == node })
+	if i < 0 {
+		return fmt.Errorf("controlplane: %s: no controlplane node %s", op, node)
+	}
+	n := c.nodes[i]
+	if _, _, err := n.before(ctx, op); err != nil {
+		return err
+	}
+	n.log.Info("restarting kube-apiserver: its provider file changed after it started", "want", want)
+	if err := n.Restart(ctx); err != nil {
+		return err
+	}
+	if err := n.WaitReady(ctx); err != nil {
+		return err
+	}
+	got, err := n.Canary(ctx)
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return nodeErr(n.name, "canary", ErrCanary, fmt.Errorf("after the restart the canary written through %s is stored as %q, not %q", n.name, got, want))
+	}
+	n.log.Info("provider file loaded", "canary", got)
+	return nil
+}
+
 // before is a node's state before a change, and the checks that must pass
 // before any change is made. A replacement an interrupted run left half
 // done is finished or undone first.
@@ -204,9 +251,11 @@ func (n *Node) apply(ctx context.Context, file []byte, want string) (changed boo
 		return false, nodeErr(n.name, op, nil, fmt.Errorf("not a provider file this kube-apiserver accepts: %w", err))
 	}
 	newSum := newProviderFile(file).SHA256
-	if prev.SHA256 == newSum && a.ProviderConfigSet() {
-		// Already deployed, perhaps by an interrupted run: the canary
-		// says whether kube-apiserver loaded it.
+	loaded := !(NodeState{File: prev, APIServer: a}).FileChangedSinceStart()
+	if prev.SHA256 == newSum && a.ProviderConfigSet() && loaded {
+		// Already deployed, perhaps by an interrupted run, and
+		// kube-apiserver started after the file was written: the canary
+		// says whether it writes as the file says.
 		if got, err := n.Canary(ctx); err == nil && got == want {
 			n.log.Info("provider file already in effect", "sha256", newSum, "canary", got)
 			return false, nil

@@ -57,14 +57,18 @@ const censusRetries = 3
 // consistent picture, and counts them by storage prefix. Memory stays
 // bounded by the page size however many objects there are. resources are
 // as an EncryptionConfiguration names them ("secrets", "deployments.apps",
-// "*.*"); StoragePath says where each is stored.
-func (c *Client) Census(ctx context.Context, resources []string, pageSize int64) (Census, error) {
+// "*.*"); StoragePath says where each is stored under registry, the
+// kube-apiservers' real --etcd-prefix ("" for Config.RegistryPrefix).
+func (c *Client) Census(ctx context.Context, registry string, resources []string, pageSize int64) (Census, error) {
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
 	}
+	if registry == "" {
+		registry = c.cfg.RegistryPrefix
+	}
 	out := Census{}
 	for _, r := range resources {
-		prefix, err := StoragePath(c.cfg.RegistryPrefix, r)
+		prefix, err := StoragePath(registry, r)
 		if err != nil {
 			return nil, err
 		}
@@ -87,6 +91,24 @@ func (c *Client) Census(ctx context.Context, resources []string, pageSize int64)
 			"counts", counts, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return out, nil
+}
+
+// CheckRegistry proves that kube-apiserver stores under registry (its
+// --etcd-prefix): the kube-system namespace, which every cluster has, is
+// there. A census at any other prefix would count nothing, and "nothing
+// stored" would let a key be dropped that every object still needs.
+func (c *Client) CheckRegistry(ctx context.Context, registry string) error {
+	key := "/" + strings.Trim(registry, "/") + "/namespaces/kube-system"
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := c.cli.Get(ctx, key, clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("etcd: look for %s: %w", key, err)
+	}
+	if resp.Count == 0 {
+		return fmt.Errorf("etcd holds no %s: kube-apiserver does not store under --etcd-prefix=%s on this etcd; check --etcd-prefix (services.etcd.path) and etcd.endpoints", key, registry)
+	}
+	return nil
 }
 
 // count scans every value under prefix.

@@ -45,7 +45,7 @@
 //	                           ReadManifest(ctx, store, N), Verify(ctx, store, N),
 //	                           RestoreConfig(ctx, m, keystore), WriteRestoreConfig(PATH, data, force),
 //	                           print RestoreInstructionsIn(store, m, PATH)
-//	atrest census              Dial, then Client.Census(ctx, config.Resources(), 0)
+//	atrest census              Dial, then Client.Census(ctx, prefix, config.Resources(), 0)
 //
 // with store = NewLocalDir(settings.Snapshots.Dir) and Config from
 // settings.Etcd (Endpoints, CAFile, CertFile, KeyFile). keystore.Store

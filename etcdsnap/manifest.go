@@ -39,6 +39,10 @@ type Manifest struct {
 	// Resources are the resources the deployed config covered (default
 	// secrets).
 	Resources []string `json:"resources"`
+	// EtcdPrefix is the --etcd-prefix the kube-apiservers stored under
+	// ("" for the default, /registry): a restored cluster's apiservers need
+	// the same.
+	EtcdPrefix string `json:"etcdPrefix,omitempty"`
 
 	// Filled in by Save.
 	Endpoint     string `json:"endpoint"`     // the member the snapshot came from

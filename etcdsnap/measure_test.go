@@ -99,7 +99,7 @@ func TestMeasureChild(t *testing.T) {
 		}
 		res.Bytes = m.Size
 	case "census":
-		census, err := c.Census(ctx, job.Res, job.PageSize)
+		census, err := c.Census(ctx, "", job.Res, job.PageSize)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -184,6 +184,10 @@ every object in this snapshot. Every kube-apiserver must run with it from the
 moment it starts on the restored data:
   install -m 0600 {{.Config}} {{.ProviderFile}}     (on every controlplane node)
   kube-apiserver ... --encryption-provider-config={{.ProviderFile}}
+{{- if .M.EtcdPrefix}}
+The snapshot's objects are stored under --etcd-prefix={{.M.EtcdPrefix}}: every
+kube-apiserver must run with that prefix too.
+{{- end}}
 
 0. Check the snapshot first:
   atrest snapshot verify {{.M.Name}}

@@ -54,7 +54,7 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 	census := func(c *etcdsnap.Client) etcdsnap.Census {
 		t.Helper()
 		// A page size far below the number of objects: many pages.
-		got, err := c.Census(ctx, resources, 2)
+		got, err := c.Census(ctx, "", resources, 2)
 		leaks.Note(err)
 		if err != nil {
 			t.Fatal(err)
@@ -230,7 +230,7 @@ func verifyRestore(t *testing.T, leaks *leaktest.Watch, store *etcdsnap.LocalDir
 	// The restored etcd holds what the census counted when the snapshot
 	// was taken: objects under keys the node no longer has.
 	rc := dial(t, r.etcd)
-	got, err := rc.Census(ctx, resources, 2)
+	got, err := rc.Census(ctx, "", resources, 2)
 	if err != nil {
 		t.Fatal(err)
 	}

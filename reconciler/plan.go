@@ -34,13 +34,24 @@ type Desired struct {
 	CustomConfig *cluster.EncryptionConfig
 	// Revision is the Git revision the desired state comes from.
 	Revision string
+	// EtcdPrefix is the --etcd-prefix cluster.yml gives kube-apiserver
+	// (extra_args, or services.etcd.path), "" when it gives none.
+	EtcdPrefix string
 }
 
 // Live is what the cluster runs and stores.
 type Live struct {
 	Nodes []NodeLive
-	// Census counts stored objects per resource by storage prefix.
+	// Census counts stored objects per resource by storage prefix, under
+	// EtcdPrefix. Nil when the nodes disagree on their prefix.
 	Census map[string]map[string]int64
+	// EtcdPrefix is the --etcd-prefix every node's kube-apiserver runs
+	// with, when they agree ("" when they do not).
+	EtcdPrefix string
+	// Unmanaged names the kube-apiservers that serve the cluster but are
+	// none of the controlplane nodes atrest manages; Silent the managed
+	// nodes whose kube-apiserver does not show as serving.
+	Unmanaged, Silent []string
 }
 
 // NodeLive is one controlplane node as observed.
@@ -54,6 +65,11 @@ type NodeLive struct {
 	File      bool
 	Chains    cluster.Chains
 	FileError string
+	// Unloaded: the file was written after kube-apiserver started, so what
+	// it runs is unknown until it is restarted.
+	Unloaded bool
+	// EtcdPrefix is the node's kube-apiserver --etcd-prefix.
+	EtcdPrefix string
 }
 
 // Running is the config the node's kube-apiserver uses: its file when the
@@ -77,6 +93,13 @@ type KeyState struct {
 	Name     string
 	Provider cluster.Provider
 	Role     string
+	// Fingerprint identifies the key's material in Vault.
+	Fingerprint string
+}
+
+// entry is the key's chain entry.
+func (k KeyState) entry() cluster.ProviderEntry {
+	return cluster.KeyEntry(k.Provider, k.Name, k.Fingerprint)
 }
 
 // Keyring is the keyring's state relevant to planning.
@@ -117,6 +140,9 @@ const (
 	StepVerify StepKind = "verify"
 	// StepRemoveConfig clears the flag and removes the provider file.
 	StepRemoveConfig StepKind = "remove-config"
+	// StepReload restarts one node's kube-apiserver so that it loads the
+	// provider file it has, written after it started.
+	StepReload StepKind = "reload"
 )
 
 // PendingKey stands for the key a generate-key step will create, in the
@@ -142,10 +168,14 @@ type Step struct {
 	Primary string
 	// Reason recorded in the snapshot's manifest.
 	Reason string
+	// Node to reload.
+	Node string
 }
 
 // TouchesNodes reports whether the step changes a node.
-func (s Step) TouchesNodes() bool { return s.Kind == StepDeploy || s.Kind == StepRemoveConfig }
+func (s Step) TouchesNodes() bool {
+	return s.Kind == StepDeploy || s.Kind == StepRemoveConfig || s.Kind == StepReload
+}
 
 // String describes the step without key material.
 func (s Step) String() string {
@@ -176,6 +206,8 @@ func (s Step) String() string {
 		return "verify with the census: " + strings.Join(parts, ", ")
 	case StepRemoveConfig:
 		return "clear --encryption-provider-config and remove the provider file on every node, one at a time"
+	case StepReload:
+		return "restart kube-apiserver on " + s.Node + " so that it loads its provider file, written after it started; canary must be " + s.Expect
 	}
 	return string(s.Kind)
 }
@@ -203,28 +235,19 @@ type Input struct {
 	Keyring Keyring
 }
 
-// MakePlan decides the steps from in.Live to in.Desired. It refuses, with an
-// error that says why, when going on could lose data or would act on a
-// cluster it cannot see: a node not ready, a node running a config that does
-// not parse, or objects stored under a key that no config and no keyring
-// holds.
+// MakePlan decides the steps from in.Live to in.Desired. It refuses, with a
+// *Refusal that says why, when going on could lose data or would act on a
+// cluster it cannot see: the rules of refusalRules (a node not ready, a
+// config that does not parse, nodes that disagree on their etcd prefix, an
+// apiserver that serves but is not managed, a key name with two materials),
+// or objects stored under a key that no config and no keyring holds.
 func MakePlan(in Input) (*Plan, error) {
 	p := &Plan{}
-	if len(in.Live.Nodes) == 0 {
-		return nil, fmt.Errorf("no controlplane node observed")
-	}
-	for _, n := range in.Live.Nodes {
-		if !n.Ready {
-			return nil, fmt.Errorf("node %s: kube-apiserver is not ready; nothing will change until it is", n.Name)
-		}
-		if n.Flag && n.FileError != "" {
-			return nil, fmt.Errorf("node %s: kube-apiserver runs with a provider file atrest cannot read (%s); fix or restore it by hand", n.Name, n.FileError)
-		}
-		if n.Flag && !n.File {
-			return nil, fmt.Errorf("node %s: kube-apiserver runs with --encryption-provider-config but the file is missing", n.Name)
+	for _, rule := range refusalRules {
+		if err := rule(in); err != nil {
+			return nil, err
 		}
 	}
-
 	live := mergedLive(in.Live.Nodes)
 	p.Drift = drift(in.Live.Nodes)
 
@@ -256,7 +279,7 @@ func MakePlan(in Input) (*Plan, error) {
 			}
 			e, ok := entryForPrefix(prefix, in.Keyring)
 			if !ok {
-				return nil, fmt.Errorf("%d %s stored under %s, which no node's config and no key in Vault can read; restore that key (or its KMS plugin) before atrest changes anything",
+				return nil, refuse(ReasonUnreadableObjects, "%d %s stored under %s, which no node's config and no key in Vault can read; restore that key (or its KMS plugin) before atrest changes anything",
 					census[r][prefix], r, prefix)
 			}
 			extraReaders[r] = append(extraReaders[r], e)
@@ -278,9 +301,10 @@ func MakePlan(in Input) (*Plan, error) {
 			p.Warnings = append(p.Warnings, "key rotation requested, but cluster.yml has a custom_config: rotate by committing a new custom_config (as with RKE, atrest rotates managed keys only)")
 		}
 	case cluster.Managed:
+		var primaryEntry cluster.ProviderEntry
 		for _, k := range in.Keyring.Keys {
 			if k.Role == RolePrimary && k.Provider == in.Desired.Provider {
-				primary = k.Name
+				primary, primaryEntry = k.Name, k.entry()
 			}
 		}
 		if primary == "" && !in.Desired.RotateRequested {
@@ -291,14 +315,15 @@ func MakePlan(in Input) (*Plan, error) {
 			// in Git, or was retired, and a managed key must be fresh.
 			if w := live["secrets"]; len(w) > 0 && w[0].Kind == string(in.Desired.Provider) && agreeOnWriter(in.Live.Nodes, "secrets") {
 				if _, known := in.Keyring.find(w[0].KeyName); !known {
-					primary = w[0].KeyName
+					primary, primaryEntry = w[0].KeyName, w[0]
 				}
 			}
 		}
 		if primary == "" || in.Desired.RotateRequested {
 			generate, primary = true, PendingKey
+			primaryEntry = cluster.KeyEntry(in.Desired.Provider, PendingKey, "")
 		}
-		chain := cluster.Chain{cluster.KeyEntry(in.Desired.Provider, primary), cluster.Identity}
+		chain := cluster.Chain{primaryEntry, cluster.Identity}
 		for _, r := range cluster.ManagedResources {
 			target[r] = chain
 		}
@@ -313,6 +338,18 @@ func MakePlan(in Input) (*Plan, error) {
 	}
 	if len(step.Keys) > 0 || step.Primary != "" {
 		p.Steps = append(p.Steps, step)
+	}
+	// A node whose file changed after its kube-apiserver started runs
+	// something unknown: it is restarted on its file first, when that is
+	// safe, and the rest is planned once what it runs is known.
+	if reloads, err := reloadSteps(in); err != nil {
+		return nil, err
+	} else if len(reloads) > 0 {
+		p.Steps = append(p.Steps, reloads...)
+		p.Drift = append(p.Drift, unloadedDrift(in.Live.Nodes)...)
+		p.Transition = "converge"
+		p.insertSnapshot(in, false)
+		return p, nil
 	}
 	if generate {
 		p.Steps = append(p.Steps, Step{Kind: StepGenerateKey, Provider: in.Desired.Provider})
@@ -419,22 +456,26 @@ func MakePlan(in Input) (*Plan, error) {
 		p.Steps = append(p.Steps, deploy(final))
 	}
 
-	// Snapshot before the first step that touches a node.
-	if i := slices.IndexFunc(p.Steps, Step.TouchesNodes); i >= 0 && in.Keyring.Snapshot == "" {
+	p.insertSnapshot(in, generate)
+	return p, nil
+}
+
+// insertSnapshot puts a snapshot before the first step that touches a
+// node (after imports, so that the snapshot's keys are all in Vault, before
+// anything else), unless the transition in flight has one, and names the
+// transition.
+func (p *Plan) insertSnapshot(in Input, generate bool) {
+	if len(p.Steps) > 0 && p.Transition == "" {
 		p.Transition = transition(in, generate)
+	}
+	if i := slices.IndexFunc(p.Steps, Step.TouchesNodes); i >= 0 && in.Keyring.Snapshot == "" {
 		snap := Step{Kind: StepSnapshot, Reason: "before " + p.Transition}
-		// After imports (so the snapshot's keys are all in Vault), before
-		// anything else.
 		at := 0
 		if len(p.Steps) > 0 && p.Steps[0].Kind == StepImportKeys {
 			at = 1
 		}
 		p.Steps = slices.Insert(p.Steps, at, snap)
 	}
-	if len(p.Steps) > 0 && p.Transition == "" {
-		p.Transition = transition(in, generate)
-	}
-	return p, nil
 }
 
 func isPrimary(k Keyring, name string) bool {
@@ -602,7 +643,7 @@ func entryForPrefix(prefix string, k Keyring) (cluster.ProviderEntry, bool) {
 	if !ok || string(ks.Provider) != parts[0] {
 		return cluster.ProviderEntry{}, false
 	}
-	return cluster.KeyEntry(ks.Provider, ks.Name), true
+	return ks.entry(), true
 }
 
 func unionResources(target, live cluster.Chains, census map[string]map[string]int64) []string {

@@ -31,7 +31,7 @@ type world struct {
 func newWorld(t *testing.T, nodes int, live cluster.Chains, census map[string]map[string]int64) *world {
 	w := &world{t: t, census: census}
 	for i := range nodes {
-		n := NodeLive{Name: fmt.Sprintf("node%d", i+1), Ready: true}
+		n := NodeLive{Name: fmt.Sprintf("node%d", i+1), Ready: true, EtcdPrefix: "/registry"}
 		if len(live) > 0 {
 			n.Flag, n.File, n.Chains = true, true, cloneChains(live)
 		}
@@ -98,7 +98,8 @@ func (w *world) exec(s Step) {
 	switch s.Kind {
 	case StepImportKeys:
 		for _, name := range s.Keys {
-			w.keyring.Keys = append(w.keyring.Keys, KeyState{Name: name, Provider: w.providerOnNodes(name), Role: RoleReader})
+			e := w.entryOnNodes(name)
+			w.keyring.Keys = append(w.keyring.Keys, KeyState{Name: name, Provider: cluster.Provider(e.Kind), Role: RoleReader, Fingerprint: e.Fingerprint})
 		}
 		if s.Primary != "" {
 			w.setPrimary(s.Primary)
@@ -109,7 +110,7 @@ func (w *world) exec(s Step) {
 	case StepGenerateKey:
 		w.keySeq++
 		name := fmt.Sprintf("k-gen%02d", w.keySeq)
-		w.keyring.Keys = append(w.keyring.Keys, KeyState{Name: name, Provider: s.Provider})
+		w.keyring.Keys = append(w.keyring.Keys, KeyState{Name: name, Provider: s.Provider, Fingerprint: testFP(name)})
 		w.setPrimary(name)
 		// The request is served: the executor records it in the keyring.
 		w.desired.RotateRequested = false
@@ -157,6 +158,16 @@ func (w *world) exec(s Step) {
 				if n > 0 && prefix != s.Writers[r] {
 					w.t.Fatalf("verify: %d %s under %s, want only %s", n, r, prefix, s.Writers[r])
 				}
+			}
+		}
+	case StepReload:
+		if w.keyring.Snapshot == "" {
+			w.t.Fatal("a node is restarted before a snapshot was taken")
+		}
+		for i := range w.nodes {
+			if w.nodes[i].Name == s.Node {
+				w.nodes[i].Unloaded = false
+				w.write("secrets", w.nodes[i]) // the canary
 			}
 		}
 	case StepRemoveConfig:
@@ -231,7 +242,7 @@ func (w *world) setPrimary(name string) {
 	}
 }
 
-func (w *world) providerOnNodes(name string) cluster.Provider {
+func (w *world) entryOnNodes(name string) cluster.ProviderEntry {
 	for _, cs := range append([]cluster.Chains{w.desired.Custom}, func() []cluster.Chains {
 		var out []cluster.Chains
 		for _, n := range w.nodes {
@@ -242,13 +253,13 @@ func (w *world) providerOnNodes(name string) cluster.Provider {
 		for _, c := range cs {
 			for _, e := range c {
 				if e.KeyName == name {
-					return cluster.Provider(e.Kind)
+					return e
 				}
 			}
 		}
 	}
 	w.t.Fatalf("import of %s, which is on no node and not in custom_config", name)
-	return ""
+	return cluster.ProviderEntry{}
 }
 
 // assertConverged checks every node runs want and every object is stored
@@ -269,8 +280,16 @@ func (w *world) assertConverged(want cluster.Chains) {
 	}
 }
 
+// testFP is a key's fingerprint in the simulated world: one material per
+// name, unless a test says otherwise.
+func testFP(name string) string { return "sha256:test-" + name }
+
+func testKey(p cluster.Provider, name string) cluster.ProviderEntry {
+	return cluster.KeyEntry(p, name, testFP(name))
+}
+
 func managed(name string) cluster.Chains {
-	return cluster.Chains{"secrets": {cluster.KeyEntry(cluster.AESCBC, name), cluster.Identity}}
+	return cluster.Chains{"secrets": {testKey(cluster.AESCBC, name), cluster.Identity}}
 }
 
 func mustChains(yaml string) cluster.Chains {
@@ -361,7 +380,7 @@ func scenarios() []scenario {
 			desired:    func(*testing.T) Desired { return Desired{Mode: cluster.Managed, Provider: cluster.Secretbox} },
 			transition: "rotate", steps: "snapshot generate-key deploy deploy rewrite verify deploy",
 			want: func(w *world) cluster.Chains {
-				return cluster.Chains{"secrets": {cluster.KeyEntry(cluster.Secretbox, "k-gen01"), cluster.Identity}}
+				return cluster.Chains{"secrets": {testKey(cluster.Secretbox, "k-gen01"), cluster.Identity}}
 			},
 		},
 		{
@@ -413,7 +432,7 @@ func scenarios() []scenario {
 		},
 		{
 			name: "custom aescbc key from Git back to managed: a fresh key", nodes: 3,
-			live:       cluster.Chains{"secrets": {cluster.KeyEntry(cluster.AESCBC, "k-git01"), cluster.Identity}},
+			live:       cluster.Chains{"secrets": {testKey(cluster.AESCBC, "k-git01"), cluster.Identity}},
 			census:     map[string]map[string]int64{"secrets": {"aescbc:v1:k-git01": 20}},
 			keys:       []KeyState{{Name: "k-git01", Provider: cluster.AESCBC, Role: RoleReader}},
 			desired:    managedAESCBC,
@@ -461,6 +480,11 @@ func (sc scenario) world(t *testing.T) *world {
 	}
 	w := newWorld(t, sc.nodes, sc.live, census)
 	w.keyring.Keys = slices.Clone(sc.keys)
+	for i := range w.keyring.Keys {
+		if w.keyring.Keys[i].Fingerprint == "" {
+			w.keyring.Keys[i].Fingerprint = testFP(w.keyring.Keys[i].Name)
+		}
+	}
 	w.desired = sc.desired(t)
 	return w
 }
@@ -571,7 +595,7 @@ func TestPlanWarnsOnRotationItCannotDo(t *testing.T) {
 
 func TestPlanReportsDrift(t *testing.T) {
 	w := newWorld(t, 3, managed("k-old01"), map[string]map[string]int64{"secrets": {"aescbc:v1:k-old01": 9}})
-	w.keyring.Keys = []KeyState{{Name: "k-old01", Provider: cluster.AESCBC, Role: RolePrimary}}
+	w.keyring.Keys = []KeyState{{Name: "k-old01", Provider: cluster.AESCBC, Role: RolePrimary, Fingerprint: testFP("k-old01")}}
 	w.desired = Desired{Mode: cluster.Managed, Provider: cluster.AESCBC}
 	// Someone ran `rke up` on node 3 with an older config: flag gone.
 	w.nodes[2].Flag = false

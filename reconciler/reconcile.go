@@ -19,6 +19,7 @@ type Nodes interface {
 	Observe(ctx context.Context) ([]controlplane.NodeState, error)
 	RollingApply(ctx context.Context, file []byte, want string) error
 	RollingRemove(ctx context.Context) error
+	Reload(ctx context.Context, node, want string) error
 }
 
 // Keys is the key custody (keystore.Store).
@@ -28,13 +29,15 @@ type Keys interface {
 	Key(ctx context.Context, name string) (cluster.Key, error)
 	PutKey(ctx context.Context, k cluster.Key) error
 	NewKey(ctx context.Context, p cluster.Provider) (cluster.Key, error)
+	PreserveKey(ctx context.Context, k cluster.Key, source string) (string, error)
 	AcquireLock(ctx context.Context, holder string, ttl time.Duration) (*keystore.Lock, error)
 	etcdsnap.KeyRefs
 }
 
 // Etcd is the cluster's etcd (etcdsnap.Client).
 type Etcd interface {
-	Census(ctx context.Context, resources []string, pageSize int64) (etcdsnap.Census, error)
+	Census(ctx context.Context, registry string, resources []string, pageSize int64) (etcdsnap.Census, error)
+	CheckRegistry(ctx context.Context, registry string) error
 	Save(ctx context.Context, store etcdsnap.Store, refs etcdsnap.KeyRefs, req etcdsnap.Manifest) (*etcdsnap.Manifest, error)
 }
 
@@ -130,6 +133,12 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 		in.Desired.RotateRequested = d.RotateRequest != "" && !rotationServed(kr, d)
 		plan, err := MakePlan(in)
 		if err != nil {
+			var refusal *Refusal
+			if errors.As(err, &refusal) && len(refusal.Preserve) > 0 {
+				if perr := r.preserve(ctx, refusal.Preserve); perr != nil {
+					err = errors.Join(err, perr)
+				}
+			}
 			return res, fmt.Errorf("plan: %w", err)
 		}
 		res.Drift, res.Warnings = plan.Drift, plan.Warnings
@@ -212,7 +221,7 @@ func rotationServed(kr *keystore.Keyring, d Desired) bool {
 func KeyringState(kr *keystore.Keyring) Keyring {
 	var out Keyring
 	for _, k := range kr.Keys {
-		out.Keys = append(out.Keys, KeyState{Name: k.Name, Provider: k.Provider, Role: string(k.Role)})
+		out.Keys = append(out.Keys, KeyState{Name: k.Name, Provider: k.Provider, Role: string(k.Role), Fingerprint: k.Fingerprint})
 	}
 	if kr.Journal != nil {
 		out.Snapshot = kr.Journal.Snapshot
@@ -306,7 +315,9 @@ func (r *Reconciler) run(ctx context.Context, step Step, d Desired, live Live) e
 		}
 		return nil
 	case StepVerify:
-		return r.verify(ctx, step)
+		return r.verify(ctx, step, live.EtcdPrefix)
+	case StepReload:
+		return r.Nodes.Reload(ctx, step.Node, step.Expect)
 	case StepRemoveConfig:
 		if err := r.Nodes.RollingRemove(ctx); err != nil {
 			return err
@@ -332,12 +343,16 @@ func (r *Reconciler) importKeys(ctx context.Context, step Step, d Desired) error
 			continue // the planner refuses files in use that do not parse
 		}
 		for _, k := range cfg.Keys() {
-			found[k.Name] = k
+			if err := addFound(found, k, "node "+s.Node+"'s provider file"); err != nil {
+				return err
+			}
 		}
 	}
 	if d.CustomConfig != nil {
 		for _, k := range d.CustomConfig.Keys() {
-			found[k.Name] = k
+			if err := addFound(found, k, "cluster.yml's custom_config"); err != nil {
+				return err
+			}
 		}
 	}
 	kr, err := r.Keys.Keyring(ctx)
@@ -360,6 +375,55 @@ func (r *Reconciler) importKeys(ctx context.Context, step Step, d Desired) error
 		setPrimary(kr, step.Primary)
 	}
 	return r.Keys.UpdateKeyring(ctx, kr)
+}
+
+// addFound adds k, found in source, to found, refusing other material
+// under a name already found: the planner refuses that too, but the nodes
+// may have changed since it looked.
+func addFound(found map[string]cluster.Key, k cluster.Key, source string) error {
+	if have, ok := found[k.Name]; ok && (have.Fingerprint() != k.Fingerprint() || have.Provider != k.Provider) {
+		return refuse(ReasonKeyMaterialConflict, "import key %s: %s holds other material (fingerprint %s) than another source (fingerprint %s); nothing was imported", k.Name, source, k.Fingerprint(), have.Fingerprint())
+	}
+	found[k.Name] = k
+	return nil
+}
+
+// preserve copies key material found on the nodes into Vault under its own
+// identity (PreserveKey), before a refusal stops everything else.
+func (r *Reconciler) preserve(ctx context.Context, keys []PreserveKey) error {
+	states, err := r.Nodes.Observe(ctx)
+	if err != nil {
+		return fmt.Errorf("preserve keys: %w", err)
+	}
+	var errs []error
+	for _, want := range keys {
+		var k *cluster.Key
+		for _, s := range states {
+			if s.Node != want.Node || !s.File.Present {
+				continue
+			}
+			cfg, err := cluster.ParseEncryptionConfig(s.Node, "", s.File.Data, r.FeatureGates)
+			if err != nil {
+				continue
+			}
+			for _, c := range cfg.Keys() {
+				if c.Name == want.Name && c.Provider == want.Provider && c.Fingerprint() == want.Fingerprint {
+					k = &c
+				}
+			}
+		}
+		if k == nil {
+			errs = append(errs, fmt.Errorf("preserve key %s (fingerprint %s): node %s no longer holds it", want.Name, want.Fingerprint, want.Node))
+			continue
+		}
+		path, err := r.Keys.PreserveKey(ctx, *k, "node "+want.Node+"'s provider file")
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		r.logger().Warn("key material conflict: the node's material is preserved in Vault", "node", want.Node, "key", *k, "path", path)
+	}
+	return errors.Join(errs...)
 }
 
 // putOnce stores k, or checks the stored key with its name is the same.
@@ -461,14 +525,36 @@ func (r *Reconciler) saveSnapshot(ctx context.Context, reason, revision string, 
 			}
 		}
 	}
+	// Keys the census finds objects under that no node reads with (a
+	// restored etcd, before a stage adds them back) are needed too.
+	for res, counts := range live.Census {
+		for prefix, n := range counts {
+			e, ok := entryForPrefix(prefix, KeyringState(kr))
+			if n == 0 || !ok || slices.ContainsFunc(refs, func(k etcdsnap.KeyRef) bool { return k.Name == e.KeyName }) {
+				continue
+			}
+			k, err := r.Keys.Key(ctx, e.KeyName)
+			if err != nil {
+				return nil, fmt.Errorf("snapshot: key %s, which %d %s are stored under: %w", e.KeyName, n, res, err)
+			}
+			refs = append(refs, etcdsnap.RefOf(k))
+			if !slices.Contains(resources, res) {
+				resources = append(resources, res)
+			}
+		}
+	}
 	slices.Sort(resources)
+	etcdPrefix := ""
+	if live.EtcdPrefix != "/registry" {
+		etcdPrefix = live.EtcdPrefix
+	}
 	transition := ""
 	if kr.Journal != nil {
 		transition = kr.Journal.ID
 	}
 	m, err := r.Etcd.Save(ctx, r.Snapshots, r.Keys, etcdsnap.Manifest{
 		Reason: reason, Transition: transition, GitRevision: revision,
-		KeyringVersion: kr.Version, Keys: refs, Resources: resources,
+		KeyringVersion: kr.Version, Keys: refs, Resources: resources, EtcdPrefix: etcdPrefix,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
@@ -527,8 +613,8 @@ func (r *Reconciler) updateRoles(ctx context.Context, d Desired, deployed cluste
 	return r.Keys.UpdateKeyring(ctx, kr)
 }
 
-func (r *Reconciler) verify(ctx context.Context, step Step) error {
-	c, err := r.Etcd.Census(ctx, step.Resources, censusPage)
+func (r *Reconciler) verify(ctx context.Context, step Step, registry string) error {
+	c, err := r.Etcd.Census(ctx, registry, step.Resources, censusPage)
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
@@ -561,7 +647,8 @@ func (r *Reconciler) Observe(ctx context.Context, d Desired) (Live, *keystore.Ke
 		resources = append(resources, r)
 	}
 	for _, s := range states {
-		n := NodeLive{Name: s.Node, Ready: s.Ready, Flag: s.APIServer.ProviderConfigSet(), File: s.File.Present}
+		n := NodeLive{Name: s.Node, Ready: s.Ready, Flag: s.APIServer.ProviderConfigSet(), File: s.File.Present,
+			Unloaded: s.FileChangedSinceStart(), EtcdPrefix: etcdPrefixOf(s)}
 		if s.File.Present {
 			chains, err := r.parseNodeFile(s)
 			if err != nil {
@@ -575,16 +662,34 @@ func (r *Reconciler) Observe(ctx context.Context, d Desired) (Live, *keystore.Ke
 	}
 	slices.Sort(resources)
 	resources = slices.Compact(resources)
-	census, err := r.Etcd.Census(ctx, resources, censusPage)
-	if err != nil {
-		return Live{}, nil, fmt.Errorf("census: %w", err)
+	// The census counts where the apiservers store: at their own
+	// --etcd-prefix, proven to hold the cluster. Nodes that disagree get
+	// no census; the planner refuses them.
+	if len(live.Nodes) > 0 && !slices.ContainsFunc(live.Nodes, func(n NodeLive) bool { return n.EtcdPrefix != live.Nodes[0].EtcdPrefix }) {
+		live.EtcdPrefix = live.Nodes[0].EtcdPrefix
+		if err := r.Etcd.CheckRegistry(ctx, live.EtcdPrefix); err != nil {
+			return Live{}, nil, fmt.Errorf("census: %w", err)
+		}
+		census, err := r.Etcd.Census(ctx, live.EtcdPrefix, resources, censusPage)
+		if err != nil {
+			return Live{}, nil, fmt.Errorf("census: %w", err)
+		}
+		live.Census = census
 	}
-	live.Census = census
 	kr, err := r.Keys.Keyring(ctx)
 	if err != nil {
 		return Live{}, nil, err
 	}
 	return live, kr, nil
+}
+
+// etcdPrefixOf is the --etcd-prefix the node's kube-apiserver runs with,
+// kube-apiserver's default when it gives none.
+func etcdPrefixOf(s controlplane.NodeState) string {
+	if p, ok := s.APIServer.Flag("etcd-prefix"); ok && p != "" {
+		return cleanPrefix(p)
+	}
+	return "/registry"
 }
 
 // parseNodeFile reads a node's provider file as kube-apiserver would.

@@ -174,7 +174,7 @@ func TestRewrite(t *testing.T) {
 	t.Cleanup(func() {
 		// Leave the sandbox plain for other tests: decrypt, then no config.
 		ctx := context.Background()
-		deployAll(t, ctx, mustRender(cluster.Chains{"secrets": {cluster.Identity, cluster.KeyEntry(cluster.AESCBC, k2.Name), cluster.KeyEntry(cluster.AESCBC, k1.Name)}}, k1, k2))
+		deployAll(t, ctx, mustRender(cluster.Chains{"secrets": {cluster.Identity, cluster.EntryOf(k2), cluster.EntryOf(k1)}}, k1, k2))
 		rw, _ := NewRewriter(restConfig(t), RewriteOptions{})
 		if _, err := rw.Rewrite(ctx, "secrets"); err != nil {
 			t.Errorf("cleanup rewrite: %v", err)
