@@ -271,8 +271,14 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 	if err != nil {
 		return d.fail(ctx, start, fmt.Errorf("observe the cluster: %w", err))
 	}
+	if st.PlanError != "" && (st.PlanReason != reconciler.ReasonKeyMaterialConflict || d.cfg.Suspend || desired.Policy.Suspend) {
+		return d.fail(ctx, start, fmt.Errorf("plan: %s%s", reasonTag(st.PlanReason), st.PlanError))
+	}
 	if st.PlanError != "" {
-		return d.fail(ctx, start, fmt.Errorf("plan: %s", st.PlanError))
+		// Refused, but the refusal keeps material only a node holds:
+		// the reconcile preserves it in Vault, then refuses the same way.
+		_, err := d.cluster.ReconcileUntil(ctx, stop, want)
+		return d.fail(ctx, start, err)
 	}
 	rot := RotationAt(desired.Policy, desired.Config.Desired.Mode, st.Keys, st.LastRotation, time.Now())
 	d.schedule(desired.Policy, log)
@@ -330,6 +336,14 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 	}
 	d.succeed(ctx, start, resultChanged, rot)
 	return d.cfg.Interval
+}
+
+// reasonTag prefixes a refusal's message with its reason: "[EtcdPrefixMismatch] ".
+func reasonTag(reason string) string {
+	if reason == "" {
+		return ""
+	}
+	return "[" + reason + "] "
 }
 
 // forgetGone removes the state of daemons silent for forgetAfter.

@@ -64,9 +64,16 @@ const (
 // and output.
 func run(t *testing.T, args ...string) (int, string) {
 	t.Helper()
+	return runArgs(t, append(args, "--settings", sb.SettingsFile)...)
+}
+
+// runArgs runs the atrest binary with exactly args (validate and version
+// take no settings).
+func runArgs(t *testing.T, args ...string) (int, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, atrest, append(args, "--settings", sb.SettingsFile)...)
+	cmd := exec.CommandContext(ctx, atrest, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -283,7 +290,14 @@ func etcdClient(t *testing.T) *clientv3.Client {
 // prefix seen.
 func checkStored(t *testing.T, want string) string {
 	t.Helper()
-	resp, err := etcdClient(t).Get(context.Background(), "/registry/secrets/", clientv3.WithPrefix())
+	return checkStoredAt(t, "/registry", want)
+}
+
+// checkStoredAt is checkStored for apiservers that run with
+// --etcd-prefix=registry.
+func checkStoredAt(t *testing.T, registry, want string) string {
+	t.Helper()
+	resp, err := etcdClient(t).Get(context.Background(), registry+"/secrets/", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}

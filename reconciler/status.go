@@ -29,6 +29,9 @@ type Status struct {
 	Plan      []string               `json:"plan"`
 	Drift     []string               `json:"drift,omitempty"`
 	PlanError string                 `json:"planError,omitempty"`
+	// PlanReason is the refusal's stable reason (KeyMaterialConflict,
+	// EtcdPrefixMismatch, ...) when the planner refused; "" otherwise.
+	PlanReason string `json:"planReason,omitempty"`
 	// RotationPending is true when the desired state's rotation request has
 	// not been served yet.
 	RotationPending bool `json:"rotationPending,omitempty"`
@@ -83,7 +86,7 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 	in.Desired.RotateRequested = d.RotateRequest != "" && !rotationServed(kr, d)
 	st.RotationPending = in.Desired.RotateRequested
 	if plan, err := MakePlan(in); err != nil {
-		st.PlanError = err.Error()
+		st.PlanError, st.PlanReason = err.Error(), ReasonOf(err)
 	} else {
 		st.Drift = plan.Drift
 		for _, s := range plan.Steps {

@@ -1,0 +1,326 @@
+//go:build sandbox
+
+package e2e
+
+import (
+	"context"
+	"encoding/base64"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	vault "github.com/hashicorp/vault/api"
+
+	"github.com/atrest-io/atrest/cluster"
+)
+
+// The tests of this file remove assumptions atrest made without checking
+// them: that a key name is a key (TestKeyIsItsMaterial), that the file on
+// a node is what its kube-apiserver runs (TestUnloadedProviderFile), and
+// that kube-apiserver stores under /registry (TestEtcdPrefix).
+
+// Material of the custom config's key k-fw5hn, and other material under
+// the same name.
+const (
+	fw5hnSecret = "RTczRjFDODMwQzAyMDVBREU4NDJBMUZFNDhCNzM5N0I="
+	otherSecret = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+)
+
+func providerFile(i int) string {
+	return filepath.Join(sb.Nodes[i].Dir, "etc-kubernetes", "ssl", "encryption.yaml")
+}
+
+func readNodeFile(t *testing.T, i int) []byte {
+	t.Helper()
+	data, err := os.ReadFile(providerFile(i))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// writeNodeFile changes node i's provider file behind atrest's back, as a
+// hand edit or a crash between write and restart would leave it: the
+// kube-apiserver keeps running what it loaded.
+func writeNodeFile(t *testing.T, i int, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(providerFile(i), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startedAt(t *testing.T, i int) string {
+	t.Helper()
+	out, err := sb.Docker(context.Background(), i, "inspect", "-f", "{{.State.StartedAt}}", "kube-apiserver")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out)
+}
+
+func noMaterial(t *testing.T, out string, secrets ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		if strings.Contains(out, s) {
+			t.Fatal("the output shows key material")
+		}
+	}
+}
+
+// TestKeyIsItsMaterial: the same key name with other material, inside one
+// config, from Git and from a node, is refused before anything changes,
+// naming the key and the two sources; material found on a node is kept
+// in Vault; and once the node's file is put back, atrest converges.
+func TestKeyIsItsMaterial(t *testing.T) {
+	createSecrets(t, clients(t)[0]) // when run alone; a no-op after the others
+	custom := clusterFile(t, "custom.yml", customBlock)
+
+	// Inside one config: validate refuses it.
+	twoLists := clusterFile(t, "two-lists.yml", strings.Replace(customBlock, "              - identity: {}\n", `              - identity: {}
+          - resources: [configmaps]
+            providers:
+              - aescbc:
+                  keys:
+                    - name: k-fw5hn
+                      secret: `+otherSecret+`
+`, 1))
+	code, out := runArgs(t, "validate", "--config", twoLists)
+	if code != 2 || !strings.Contains(out, `custom_config.resources[1].providers[0].aescbc.keys[0].name: key "k-fw5hn" has other material here than at resources[0].providers[0].aescbc.keys[0].name`) {
+		t.Fatalf("validate of one name with two materials: exit %d:\n%s", code, out)
+	}
+	noMaterial(t, out, fw5hnSecret, otherSecret)
+
+	transition(t, "custom", "aescbc:v1:k-fw5hn", "apply", "--config", custom)
+
+	// From Git: the classic hand rotation, a new secret under the old name.
+	rotatedByHand := clusterFile(t, "rotated-by-hand.yml", strings.Replace(customBlock, fw5hnSecret, otherSecret, 1))
+	before := nodeFiles(t)
+	for _, cmd := range []string{"plan", "apply"} {
+		code, out = run(t, cmd, "--config", rotatedByHand)
+		if code != 2 || !strings.Contains(out, "key k-fw5hn: cluster.yml's custom_config holds other material") ||
+			!strings.Contains(out, "than Vault") || !strings.Contains(out, "Give the new key a new name") {
+			t.Fatalf("%s with a reused key name: exit %d:\n%s", cmd, code, out)
+		}
+		noMaterial(t, out, fw5hnSecret, otherSecret)
+	}
+	if nodeFiles(t) != before {
+		t.Fatal("a refused cluster.yml changed a node's provider file")
+	}
+
+	// From a node: someone puts other material under k-fw5hn on node 3.
+	original := readNodeFile(t, 2)
+	writeNodeFile(t, 2, []byte(strings.Replace(string(original), fw5hnSecret, otherSecret, 1)))
+	edited := nodeFiles(t)
+	code, out = run(t, "apply", "--config", custom)
+	if code != 2 || !strings.Contains(out, "key k-fw5hn: node "+sb.Nodes[2].Name+"'s provider file holds other material") || !strings.Contains(out, "kept in Vault") {
+		t.Fatalf("apply with other material on a node: exit %d:\n%s", code, out)
+	}
+	noMaterial(t, out, fw5hnSecret, otherSecret)
+	if nodeFiles(t) != edited {
+		t.Fatal("atrest overwrote the node's material, which may be the only copy of what etcd holds")
+	}
+	other := cluster.Key{Name: "k-fw5hn", Provider: cluster.AESCBC, Secret: mustBase64(t, otherSecret)}
+	preserved := readVault(t, "atrest/"+clusterNameOf(t)+"/preserved/k-fw5hn/"+strings.TrimPrefix(other.Fingerprint(), "sha256:"))
+	if preserved["secret"] != otherSecret || preserved["fingerprint"] != other.Fingerprint() {
+		t.Fatalf("the node's material is not preserved in Vault: %v", redactedKeys(preserved))
+	}
+
+	// The operator puts the file back: it is newer than the apiserver, so
+	// atrest restarts that node on it (it is safe: every node reads what
+	// it writes with), and all is as Git says.
+	writeNodeFile(t, 2, original)
+	code, out = run(t, "apply", "--config", custom)
+	if code != 0 || !strings.Contains(out, "restart kube-apiserver on "+sb.Nodes[2].Name) {
+		t.Fatalf("apply after the file was put back: exit %d:\n%s", code, out)
+	}
+	checkStored(t, "aescbc:v1:k-fw5hn")
+	checkReadable(t)
+	if code, out := run(t, "plan", "--config", custom); code != 0 {
+		t.Fatalf("plan after convergence: exit %d:\n%s", code, out)
+	}
+}
+
+// TestUnloadedProviderFile: a node whose provider file changed after its
+// kube-apiserver started runs something unknown. atrest restarts it on its
+// file first when every other node reads what that file writes with, and
+// refuses, changing nothing, when not.
+func TestUnloadedProviderFile(t *testing.T) {
+	createSecrets(t, clients(t)[0])
+	custom := clusterFile(t, "custom.yml", customBlock)
+	transition(t, "custom", "aescbc:v1:k-fw5hn", "apply", "--config", custom)
+
+	// A key only node 2 has, as a writer: restarting node 2 on that file
+	// would write secrets the others cannot read.
+	extra := cluster.Key{Name: "k-e2e01", Provider: cluster.AESCBC, Secret: []byte("0123456789abcdef0123456789abcdef")}
+	fw5hn := cluster.Key{Name: "k-fw5hn", Provider: cluster.AESCBC, Secret: mustBase64(t, fw5hnSecret)}
+	keys := map[string]cluster.Key{extra.Name: extra, fw5hn.Name: fw5hn}
+	render := func(order ...cluster.Key) []byte {
+		chain := cluster.Chain{}
+		for _, k := range order {
+			chain = append(chain, cluster.EntryOf(k))
+		}
+		data, err := cluster.RenderChains(cluster.Chains{"secrets": append(chain, cluster.Identity)}, func(n string) (cluster.Key, error) { return keys[n], nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	original := readNodeFile(t, 1)
+	started := startedAt(t, 1)
+	writeNodeFile(t, 1, render(extra, fw5hn))
+	code, out := run(t, "apply", "--config", custom)
+	if code != 2 || !strings.Contains(out, "node "+sb.Nodes[1].Name+": its provider file was written after its kube-apiserver started") ||
+		!strings.Contains(out, "aescbc:v1:k-e2e01, which node") {
+		t.Fatalf("apply with an unsafe unloaded file: exit %d:\n%s", code, out)
+	}
+	if startedAt(t, 1) != started {
+		t.Fatal("atrest restarted a node on a file the others cannot read")
+	}
+
+	// A crash between writing a readers-first stage and the restart: the
+	// file adds a reader. The next apply restarts node 2 on it before
+	// anything else, then converges to Git's config.
+	writeNodeFile(t, 1, render(fw5hn, extra))
+	code, out = run(t, "plan", "--config", custom)
+	if code != 1 || !strings.Contains(out, "restart kube-apiserver on "+sb.Nodes[1].Name+" so that it loads its provider file") {
+		t.Fatalf("plan with an unloaded readers-only file: exit %d:\n%s", code, out)
+	}
+	tr := startTraffic(t)
+	code, out = run(t, "apply", "--config", custom)
+	tr.finish(t, "reload")
+	if code != 0 || !strings.Contains(out, "restart kube-apiserver on "+sb.Nodes[1].Name) {
+		t.Fatalf("apply with an unloaded readers-only file: exit %d:\n%s", code, out)
+	}
+	if startedAt(t, 1) == started {
+		t.Fatal("node 2 was not restarted on its file")
+	}
+	if string(readNodeFile(t, 1)) != string(original) {
+		t.Fatal("node 2 did not converge to cluster.yml's config")
+	}
+	checkStored(t, "aescbc:v1:k-fw5hn")
+	checkReadable(t)
+}
+
+// TestEtcdPrefix runs enable, a rotation and disable on apiservers that
+// store under a non-default --etcd-prefix: the census, the verify and
+// every key drop count there, not under /registry.
+func TestEtcdPrefix(t *testing.T) {
+	ctx := context.Background()
+	createSecrets(t, clients(t)[0])
+	disabled := clusterFile(t, "disabled.yml", disabledBlock)
+	if code, out := run(t, "apply", "--config", disabled); code != 0 {
+		t.Fatalf("disable first: exit %d:\n%s", code, out)
+	}
+	const prefix = "/atrest-e2e"
+	recreate := func(extra ...string) {
+		for i := range sb.Nodes {
+			if err := sb.RecreateAPIServer(ctx, i, extra...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	recreate("--etcd-prefix=" + prefix)
+	t.Cleanup(func() {
+		// Back to the default prefix, where the other tests' plain
+		// secrets are; the config under the other prefix is gone with it.
+		for i := range sb.Nodes {
+			_ = os.Remove(providerFile(i))
+		}
+		recreate()
+	})
+	createSecrets(t, clients(t)[0]) // under the new prefix
+
+	managed := clusterFile(t, "managed.yml", managedBlock)
+	step := func(name, want string, args ...string) string {
+		t.Helper()
+		tr := startTraffic(t)
+		code, out := run(t, args...)
+		tr.finish(t, name)
+		if code != 0 {
+			t.Fatalf("%s: exit %d:\n%s", name, code, out)
+		}
+		got := checkStoredAt(t, prefix, want)
+		checkReadable(t)
+		if code, out := run(t, "plan", "--config", args[len(args)-1]); code != 0 {
+			t.Fatalf("%s: plan after it: exit %d:\n%s", name, code, out)
+		}
+		return got
+	}
+	k1 := step("enable", "aescbc:v1:", "apply", "--config", managed)
+	k2 := step("rotate", "aescbc:v1:", "rotate-key", "--config", managed)
+	if k1 == k2 {
+		t.Fatalf("rotate-key kept %s", k1)
+	}
+	step("disable", cluster.PrefixIdentity, "apply", "--config", disabled)
+
+	// cluster.yml that names another prefix than the apiservers run with
+	// is refused.
+	wrong := clusterFile(t, "wrong-prefix.yml", strings.Replace(disabledBlock, "    secrets_encryption_config:", "    extra_args:\n      etcd-prefix: /elsewhere\n    secrets_encryption_config:", 1))
+	code, out := run(t, "plan", "--config", wrong)
+	if code != 2 || !strings.Contains(out, "cluster.yml gives kube-apiserver --etcd-prefix /elsewhere") {
+		t.Fatalf("plan with another prefix in cluster.yml: exit %d:\n%s", code, out)
+	}
+}
+
+// Helpers for Vault.
+
+func vaultClient(t *testing.T) *vault.Client {
+	t.Helper()
+	cfg := vault.DefaultConfig()
+	cfg.Address = sb.Vault.Address
+	if sb.Vault.CAFile != "" {
+		if err := cfg.ConfigureTLS(&vault.TLSConfig{CACert: sb.Vault.CAFile}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := vault.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := os.ReadFile(sb.Vault.TokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetToken(strings.TrimSpace(string(token)))
+	return c
+}
+
+// readVault reads a KV v2 document of the sandbox's "secret" mount.
+func readVault(t *testing.T, rel string) map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := vaultClient(t).KVv2("secret").Get(ctx, rel)
+	if err != nil {
+		t.Fatalf("vault: read %s: %v", rel, err)
+	}
+	return s.Data
+}
+
+func redactedKeys(m map[string]any) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func clusterNameOf(t *testing.T) string {
+	t.Helper()
+	cfg, err := cluster.Load(sb.ClusterYML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg.ClusterName
+}
+
+func mustBase64(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
