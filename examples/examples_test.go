@@ -128,7 +128,7 @@ func TestSettingsExample(t *testing.T) {
 	if !filepath.IsAbs(s.Snapshots.Dir) {
 		t.Errorf("snapshots.dir %q is not absolute", s.Snapshots.Dir)
 	}
-	all := []settings.Need{settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes, settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen}
+	all := []settings.Need{settings.NeedCluster, settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes, settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen}
 	if err := s.Validate(all...); err != nil {
 		t.Fatalf("examples/settings.yaml is not what `atrest run` accepts:\n%v", err)
 	}
