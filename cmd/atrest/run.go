@@ -140,7 +140,7 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 		case <-work.Done():
 		}
 	}()
-	log.Info("atrest run started", "version", version, "instance", host, "git", s.Git.URL, "ref", s.Git.Ref, "interval", s.Git.Interval.String(), "suspend", s.Daemon.Suspend)
+	log.Info("atrest run started", "version", version, "instance", host, "cluster", s.Cluster.Name, "git", s.Git.URL, "ref", s.Git.Ref, "interval", s.Git.Interval.String(), "suspend", s.Daemon.Suspend)
 	err = d.Run(work, stop)
 	log.Info("atrest run stopped")
 	return err
