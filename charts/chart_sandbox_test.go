@@ -212,9 +212,16 @@ func TestTemplateRefusesBadValues(t *testing.T) {
 	}{
 		{"default values", nil, nil, []string{
 			"the values are incomplete; nothing was installed",
+			"clusterName: required: the cluster this release manages, as its cluster.yml's cluster_name names it",
 			"git.url: required", "vault.address: required", "etcd.endpoints: required",
 			"etcd.existingSecret: required", "ssh.existingSecret: required",
 		}},
+		{"no cluster name", []string{minimalValues}, []string{"clusterName="},
+			[]string{`clusterName: required: the cluster this release manages, as its cluster.yml's cluster_name names it ("local" when it has none)`}},
+		{"a cluster name that is not one Vault path segment", []string{minimalValues}, []string{"clusterName=prod/eu-1"},
+			[]string{"at '/clusterName'", "does not match pattern"}},
+		{"a cluster name that climbs up", []string{minimalValues}, []string{"clusterName=.."},
+			[]string{"at '/clusterName'", "does not match pattern"}},
 		{"Git over SSH without a key", []string{minimalValues}, []string{"git.ssh.existingSecret="},
 			[]string{"git.ssh.existingSecret: required for Git over SSH (ssh://git@git.example.com/platform/clusters.git)"}},
 		{"scp-like Git URL without a key", []string{minimalValues}, []string{"git.url=git@git.example.com:platform/clusters.git", "git.ssh.existingSecret="},

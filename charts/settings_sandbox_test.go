@@ -125,6 +125,9 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 					t.Errorf("%s listens on %s, the container's port %s is %s", l.setting, l.addr, l.port, containerPort(c, l.port))
 				}
 			}
+			if s.Cluster.Name != "prod-eu-1" || s.Source("cluster.name") != "settings file "+file {
+				t.Errorf("cluster.name is %q from %s, want the values' clusterName prod-eu-1 from the settings file", s.Cluster.Name, s.Source("cluster.name"))
+			}
 			if !s.Kubernetes.InCluster {
 				t.Error("kubernetes.inCluster is not set: atrest would look for a kubeconfig in the pod")
 			}
@@ -137,7 +140,7 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 				}
 				*p = stand
 			}
-			all := []settings.Need{settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes, settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen}
+			all := []settings.Need{settings.NeedCluster, settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes, settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen}
 			if err := s.Validate(all...); err != nil {
 				t.Errorf("atrest run would refuse the chart's settings:\n%v\n%s", err, cm.Data["settings.yaml"])
 			}

@@ -116,7 +116,8 @@ func TestVaultPolicy(t *testing.T) {
 	token := restricted.Auth.ClientToken
 	tokenFile := writeFile(t, "vault-token", token)
 	config := sandboxCluster(t, name)
-	env := []string{"ATREST_SETTINGS=" + sb.SettingsFile, "ATREST_VAULT_TOKEN_FILE=" + tokenFile}
+	// The sandbox's settings, for the example's cluster.
+	env := []string{"ATREST_SETTINGS=" + sb.SettingsFile, "ATREST_CLUSTER_NAME=" + name, "ATREST_VAULT_TOKEN_FILE=" + tokenFile}
 	leak := leaktest.New(t)
 
 	t.Run("enough", func(t *testing.T) {
@@ -135,7 +136,7 @@ func TestVaultPolicy(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "in sync") || !strings.Contains(out, ": aescbc, primary") {
 			t.Fatalf("status with only the example policy: exit %d:\n%s", code, out)
 		}
-		k8sEnv := []string{"ATREST_SETTINGS=" + sb.SettingsFile, "ATREST_VAULT_AUTH_METHOD=kubernetes",
+		k8sEnv := []string{"ATREST_SETTINGS=" + sb.SettingsFile, "ATREST_CLUSTER_NAME=" + name, "ATREST_VAULT_AUTH_METHOD=kubernetes",
 			"ATREST_VAULT_KUBERNETES_ROLE=" + roleName, "ATREST_VAULT_KUBERNETES_TOKEN_FILE=" + writeFile(t, "sa-jwt", jwt)}
 		code, out = atrest(t, k8sEnv, "status", "--config", config)
 		leak.Note(out)

@@ -93,10 +93,21 @@ func TestSettingsExample(t *testing.T) {
 	for key, want := range map[string]string{
 		"git.url": "settings file settings.yaml", "vault.authMethod": "settings file settings.yaml",
 		"etcd.endpoints": "settings file settings.yaml", "daemon.maxBackoff": "settings file settings.yaml",
+		"cluster.name": "settings file settings.yaml",
 	} {
 		if got := s.Source(key); got != want {
 			t.Errorf("%s comes from %q, want %q", key, got, want)
 		}
+	}
+
+	// The example settings are the example cluster's: atrest would refuse
+	// its cluster.yml otherwise.
+	cfg, err := cluster.Load("cluster.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Cluster.Name != cfg.ClusterName {
+		t.Errorf("settings.yaml pins cluster.name %q, but cluster.yml's cluster_name is %q", s.Cluster.Name, cfg.ClusterName)
 	}
 
 	dir := t.TempDir()
@@ -117,7 +128,7 @@ func TestSettingsExample(t *testing.T) {
 	if !filepath.IsAbs(s.Snapshots.Dir) {
 		t.Errorf("snapshots.dir %q is not absolute", s.Snapshots.Dir)
 	}
-	all := []settings.Need{settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes, settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen}
+	all := []settings.Need{settings.NeedCluster, settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes, settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen}
 	if err := s.Validate(all...); err != nil {
 		t.Fatalf("examples/settings.yaml is not what `atrest run` accepts:\n%v", err)
 	}

@@ -1,7 +1,8 @@
 # The Vault policy of atrest for one cluster: exactly the paths and
 # capabilities atrest uses, and nothing else. Written for the defaults
-# (settings vault.kvMount "secret", vault.prefix "atrest") and cluster_name
-# "prod-eu-1" (cluster.yml beside this file); replace them to match yours.
+# (settings vault.kvMount "secret", vault.prefix "atrest") and cluster.name
+# "prod-eu-1" (settings.yaml, and the cluster_name of cluster.yml beside
+# this file); replace them to match yours.
 #
 #   vault policy write atrest vault-policy.hcl
 #
@@ -20,8 +21,9 @@
 # Vault: no data path needs "create". Nothing is ever read from metadata.
 #
 # Several clusters: one policy each (one token can then reach one cluster's
-# keys), or, for one atrest managing them all, "secret/data/atrest/+/..." in
-# place of "prod-eu-1" ("+" matches one path segment).
+# keys), or, for one Vault identity shared by the atrest of every cluster
+# (each with its own cluster.name), "secret/data/atrest/+/..." in place of
+# "prod-eu-1" ("+" matches one path segment).
 
 # The documents: read, and written only by check-and-set.
 path "secret/data/atrest/prod-eu-1/keyring" {

@@ -9,8 +9,12 @@ import (
 	"text/template"
 )
 
+// ClusterName is the sandbox cluster's name: cluster_name in its cluster.yml
+// and cluster.name in its settings, so it names the keyring in Vault.
+const ClusterName = "atrest-sandbox"
+
 var clusterTmpl = template.Must(template.New("cluster.yml").Parse(`# Written by the atrest sandbox: its nodes, as RKE describes them.
-cluster_name: atrest-sandbox
+cluster_name: ` + ClusterName + `
 ssh_key_path: {{.SSHKeyFile}}
 nodes:
 {{- range .Nodes}}
@@ -48,6 +52,8 @@ current-context: atrest-sandbox
 
 // The settings file atrest reads (see package settings).
 var settingsTmpl = template.Must(template.New("settings.yaml").Parse(`# Written by the atrest sandbox: atrest's runtime settings for it.
+cluster:
+  name: ` + ClusterName + `
 git:
   url: {{.Git.SSHURL}}
   ref: main
@@ -82,6 +88,7 @@ listen:
 
 var envTmpl = template.Must(template.New("env").Parse(`# Written by the atrest sandbox. Use: source {{.EnvFile}}
 export ATREST_SETTINGS={{.SettingsFile}}
+export ATREST_CLUSTER_NAME=` + ClusterName + `
 export RKE_CONFIG={{.ClusterYML}}
 export KUBECONFIG={{.Kubeconfig}}
 export VAULT_ADDR={{.Vault.Address}}

@@ -23,6 +23,7 @@ import (
 // Settings is every runtime setting. The YAML keys are the dotted names in
 // the field table (git.url, vault.authMethod, ...).
 type Settings struct {
+	Cluster    Cluster    `json:"cluster"`
 	Git        Git        `json:"git"`
 	Vault      Vault      `json:"vault"`
 	Etcd       Etcd       `json:"etcd"`
@@ -35,6 +36,14 @@ type Settings struct {
 
 	// sources records where each set value came from, for error messages.
 	sources map[string]string
+}
+
+// Cluster is which cluster this atrest manages. Its name is pinned here,
+// by the operator, and never taken from a commit: a cluster.yml that names
+// another cluster would otherwise open another keyring (and take another
+// lock) for the same nodes.
+type Cluster struct {
+	Name string `json:"name"`
 }
 
 // Git is the repository that holds cluster.yml and atrest.yaml.
@@ -156,6 +165,8 @@ type field struct {
 
 func (s *Settings) fields() []field {
 	return []field{
+		{"cluster.name", "the cluster atrest manages: names its keyring in Vault (<vault.prefix>/<name>); cluster.yml's cluster_name must be the same (RKE's default when it has none: local)", &s.Cluster.Name},
+
 		{"git.url", "Git repository holding cluster.yml: ssh://, git@host:path, https:// or a local path", &s.Git.URL},
 		{"git.ref", "branch, tag (refs/tags/NAME or NAME) or full commit hash to follow", &s.Git.Ref},
 		{"git.path", "folder inside the repository that holds cluster.yml and atrest.yaml", &s.Git.Path},

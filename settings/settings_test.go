@@ -19,6 +19,7 @@ func TestNames(t *testing.T) {
 		{"vault.kvMount", "ATREST_VAULT_KV_MOUNT", "vault-kv-mount"},
 		{"kubernetes.qps", "ATREST_KUBERNETES_QPS", "kubernetes-qps"},
 		{"git.caFile", "ATREST_GIT_CA_FILE", "git-ca-file"},
+		{"cluster.name", "ATREST_CLUSTER_NAME", "cluster-name"},
 	}
 	for _, tt := range tests {
 		if got := EnvName(tt.key); got != tt.env {
@@ -44,7 +45,9 @@ func load(t *testing.T, args []string, env map[string]string) (*Settings, error)
 func TestPrecedence(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "settings.yaml")
-	writeFile(t, file, `git:
+	writeFile(t, file, `cluster:
+  name: prod-eu-1
+git:
   url: file-url
   ref: file-ref
   path: clusters/prod
@@ -75,6 +78,9 @@ ssh:
 	if len(s.Etcd.Endpoints) != 2 || s.Etcd.Endpoints[1] != "https://127.0.0.2:2379" {
 		t.Errorf("endpoints = %v", s.Etcd.Endpoints)
 	}
+	if s.Cluster.Name != "prod-eu-1" || s.Source("cluster.name") != "settings file "+file {
+		t.Errorf("cluster.name from the file: %q from %s", s.Cluster.Name, s.Source("cluster.name"))
+	}
 	if s.Vault.KVMount != "secret" || s.Source("vault.kvMount") != "default" {
 		t.Errorf("default: %q", s.Vault.KVMount)
 	}
@@ -83,6 +89,11 @@ ssh:
 	s, err = load(t, nil, map[string]string{"ATREST_SETTINGS": file})
 	if err != nil || s.Git.URL != "file-url" {
 		t.Fatalf("ATREST_SETTINGS: %v %q", err, s.Git.URL)
+	}
+	// The variable beats the file for cluster.name as for any setting.
+	s, err = load(t, []string{"--settings", file}, map[string]string{"ATREST_CLUSTER_NAME": "prod-eu-2"})
+	if err != nil || s.Cluster.Name != "prod-eu-2" || s.Source("cluster.name") != "environment variable ATREST_CLUSTER_NAME" {
+		t.Fatalf("ATREST_CLUSTER_NAME: %v %q from %s", err, s.Cluster.Name, s.Source("cluster.name"))
 	}
 	// A bool flag without a value means true.
 	s, err = load(t, []string{"--kubernetes-in-cluster"}, nil)
@@ -142,6 +153,14 @@ func TestValidate(t *testing.T) {
 		{"git timeout", []string{"--git-url", "/srv/repo", "--git-timeout", "-1s"}, []Need{NeedGit}, []string{"git.timeout: must be positive"}},
 		{"rewrite workers", []string{"--kubernetes-kubeconfig", known, "--kubernetes-rewrite-workers", "0"}, []Need{NeedKubernetes}, []string{"kubernetes.rewriteWorkers: must be between 1 and 256, not 0"}},
 		{"kubernetes ok", []string{"--kubernetes-kubeconfig", known, "--kubernetes-rewrite-workers", "64"}, []Need{NeedKubernetes}, nil},
+		{"cluster name missing", nil, []Need{NeedCluster}, []string{"cluster.name: required: the cluster atrest manages", "set it with --cluster-name, ATREST_CLUSTER_NAME or cluster.name in the settings file"}},
+		{"cluster name blank", []string{"--cluster-name", " "}, []Need{NeedCluster}, []string{"cluster.name: required", "(from flag --cluster-name)"}},
+		{"cluster name with a slash", []string{"--cluster-name", "prod/eu-1"}, []Need{NeedCluster}, []string{`cluster.name: "prod/eu-1" must be letters, digits, '.', '_' or '-', starting with a letter or digit: it is one segment of a Vault path (from flag --cluster-name)`}},
+		{"cluster name climbing up", []string{"--cluster-name", ".."}, []Need{NeedCluster}, []string{`cluster.name: ".." must be letters`}},
+		{"cluster name with a space", []string{"--cluster-name", "prod eu"}, []Need{NeedCluster}, []string{`cluster.name: "prod eu" must be letters`}},
+		{"cluster name leading dash", []string{"--cluster-name", "-prod"}, []Need{NeedCluster}, []string{`cluster.name: "-prod" must be letters`}},
+		{"cluster name ok", []string{"--cluster-name", "prod-eu-1.example_2"}, []Need{NeedCluster}, nil},
+		{"cluster name RKE's default", []string{"--cluster-name", "local"}, []Need{NeedCluster}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

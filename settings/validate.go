@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"regexp"
 	"slices"
 	"strings"
 )
@@ -24,6 +25,8 @@ const (
 	NeedSSH
 	NeedSnapshots
 	NeedListen
+	// NeedCluster is cluster.name: every command that opens the keyring.
+	NeedCluster
 )
 
 // Validate checks the settings the command needs, and the log settings,
@@ -49,6 +52,8 @@ func (s *Settings) Validate(needs ...Need) error {
 			v.required("snapshots.dir", s.Snapshots.Dir, "where etcd snapshots are kept")
 		case NeedListen:
 			v.listen()
+		case NeedCluster:
+			v.cluster()
 		}
 	}
 	if len(v.problems) == 0 {
@@ -97,6 +102,19 @@ func (v *validator) file(key, name string) {
 		v.add(key, "cannot use file %s: %v", name, errors.Unwrap(err))
 	case st.IsDir():
 		v.add(key, "%s is a directory, not a file", name)
+	}
+}
+
+// vaultSegment is one segment of a Vault path, as the keystore accepts it.
+var vaultSegment = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+func (v *validator) cluster() {
+	name := v.s.Cluster.Name
+	if !v.required("cluster.name", name, `the cluster atrest manages, as its cluster.yml's cluster_name names it ("local" when it has none); it names the cluster's keyring in Vault`) {
+		return
+	}
+	if !vaultSegment.MatchString(name) {
+		v.add("cluster.name", "%q must be letters, digits, '.', '_' or '-', starting with a letter or digit: it is one segment of a Vault path", name)
 	}
 }
 

@@ -112,7 +112,7 @@ func TestRunRefusesBadSettings(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{"nothing set", []string{"run"}, []string{"git.url", "vault.address", "etcd.endpoints", "snapshots.dir"}},
+		{"nothing set", []string{"run"}, []string{"cluster.name", "git.url", "vault.address", "etcd.endpoints", "snapshots.dir"}},
 		{"webhook without a secret", []string{"run", "--listen-webhook", "127.0.0.1:0"}, []string{"listen.webhookSecretFile"}},
 		{"bad backoff", []string{"run", "--daemon-max-backoff", "0s"}, []string{"daemon.maxBackoff"}},
 		{"bad listen", []string{"run", "--listen-metrics", "nonsense"}, []string{"listen.metrics", "not host:port"}},

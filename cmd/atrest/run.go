@@ -49,7 +49,7 @@ a minute; the journal records the step, and the next start resumes it).`,
 		if err != nil {
 			return errorExit(err)
 		}
-		if err := s.Validate(settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes,
+		if err := s.Validate(settings.NeedCluster, settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes,
 			settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen); err != nil {
 			return errorExit(err)
 		}
@@ -77,13 +77,7 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 	host, _ := os.Hostname()
 	d, err := daemon.New(daemon.Config{
 		Source: src,
-		Parse: func(rev *gitsource.Revision) (*daemon.Desired, error) {
-			dd, err := desiredFromRevision(rev)
-			if err != nil {
-				return nil, err
-			}
-			return &daemon.Desired{Config: dd.cfg, Policy: dd.policy, Revision: dd.revision}, nil
-		},
+		Parse:  revisionParser(s),
 		Open: func(ctx context.Context, dd *daemon.Desired, h daemon.Hooks) (daemon.Cluster, error) {
 			e, err := open(ctx, s, dd.Config, dd.Policy, log)
 			if err != nil {
@@ -146,10 +140,28 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 		case <-work.Done():
 		}
 	}()
-	log.Info("atrest run started", "version", version, "instance", host, "git", s.Git.URL, "ref", s.Git.Ref, "interval", s.Git.Interval.String(), "suspend", s.Daemon.Suspend)
+	log.Info("atrest run started", "version", version, "instance", host, "cluster", s.Cluster.Name, "git", s.Git.URL, "ref", s.Git.Ref, "interval", s.Git.Interval.String(), "suspend", s.Daemon.Suspend)
 	err = d.Run(work, stop)
 	log.Info("atrest run stopped")
 	return err
+}
+
+// revisionParser turns a revision into the daemon's desired state. A
+// revision whose cluster.yml names another cluster than cluster.name is
+// refused as an invalid one is: reported, while the last good revision
+// stays in force. Checked here, before the daemon opens anything for it,
+// because a commit must never choose the keyring.
+func revisionParser(s *settings.Settings) func(*gitsource.Revision) (*daemon.Desired, error) {
+	return func(rev *gitsource.Revision) (*daemon.Desired, error) {
+		dd, err := desiredFromRevision(rev)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkIdentity(s, dd.cfg, dd.origin); err != nil {
+			return nil, err
+		}
+		return &daemon.Desired{Config: dd.cfg, Policy: dd.policy, Revision: dd.revision}, nil
+	}
 }
 
 type serverSpec struct {

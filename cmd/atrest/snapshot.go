@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 
 	"github.com/spf13/cobra"
 
@@ -128,6 +126,10 @@ The file holds key material: keep it where the cluster's certificates are.`,
 			return errorExit(err)
 		}
 		log := newLogger(s, cmd.ErrOrStderr())
+		d, err := src.pinned(ctx, s, log)
+		if err != nil {
+			return errorExit(err)
+		}
 		store, err := snapshotStore(s)
 		if err != nil {
 			return errorExit(err)
@@ -136,7 +138,7 @@ The file holds key material: keep it where the cluster's certificates are.`,
 		if err != nil {
 			return errorExit(err)
 		}
-		keys, err := openKeys(ctx, s, &src, log)
+		keys, err := openKeystore(ctx, s, d.cfg, log)
 		if err != nil {
 			return errorExit(err)
 		}
@@ -152,17 +154,4 @@ The file holds key material: keep it where the cluster's certificates are.`,
 		return nil
 	}
 	return cmd
-}
-
-// openKeys opens only the keystore, for commands that need no nodes.
-func openKeys(ctx context.Context, s *settings.Settings, src *source, log *slog.Logger) (keyCloser, error) {
-	d, err := src.load(ctx, s, log)
-	if err != nil {
-		return nil, err
-	}
-	st, err := openKeystore(ctx, s, d.cfg, log)
-	if err != nil {
-		return nil, err
-	}
-	return st, nil
 }

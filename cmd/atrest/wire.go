@@ -164,15 +164,6 @@ func (e *env) Close() {
 	}
 }
 
-// clusterName is the keyring's name in Vault: cluster_name, as RKE names
-// clusters ("local" when cluster.yml gives none).
-func clusterName(cfg *cluster.Config) string {
-	if cfg.ClusterName != "" {
-		return cfg.ClusterName
-	}
-	return "local"
-}
-
 // open connects to Vault, etcd, the Kubernetes API and every controlplane
 // node of cfg. Anything unreachable is an error before anything changes.
 func open(ctx context.Context, s *settings.Settings, cfg *cluster.Config, policy *cluster.Policy, log *slog.Logger) (_ *env, err error) {
@@ -216,15 +207,15 @@ func open(ctx context.Context, s *settings.Settings, cfg *cluster.Config, policy
 	return e, nil
 }
 
-// keyCloser is the keystore as commands that need only it use it.
-type keyCloser interface {
-	etcdsnap.KeySource
-	Close()
-}
-
-// openKeystore logs in to Vault and opens cfg's keyring.
+// openKeystore logs in to Vault and opens the keyring of cluster.name, the
+// cluster cfg describes. Its callers have checked cfg's identity before
+// opening anything else; it checks again because this is where the
+// keyring is named.
 func openKeystore(ctx context.Context, s *settings.Settings, cfg *cluster.Config, log *slog.Logger) (*keystore.Store, error) {
-	if err := s.Validate(settings.NeedVault); err != nil {
+	if err := s.Validate(settings.NeedCluster, settings.NeedVault); err != nil {
+		return nil, err
+	}
+	if err := checkIdentity(s, cfg, "cluster.yml"); err != nil {
 		return nil, err
 	}
 	v := s.Vault
@@ -233,7 +224,7 @@ func openKeystore(ctx context.Context, s *settings.Settings, cfg *cluster.Config
 		AuthMethod: v.AuthMethod, TokenFile: v.TokenFile,
 		AppRoleMount: v.AppRoleMount, AppRoleID: v.AppRoleID, AppRoleSecretIDFile: v.AppRoleSecretIDFile, AppRoleWrapped: v.AppRoleWrapped,
 		KubernetesMount: v.KubernetesMount, KubernetesRole: v.KubernetesRole, KubernetesTokenFile: v.KubernetesTokenFile,
-		KVMount: v.KVMount, Prefix: v.Prefix, Cluster: clusterName(cfg), Logger: log,
+		KVMount: v.KVMount, Prefix: v.Prefix, Cluster: s.Cluster.Name, Logger: log,
 	})
 }
 
@@ -281,14 +272,15 @@ type session struct {
 	d   *desired
 }
 
-// begin loads the settings and the desired state.
+// begin loads the settings and the desired state, of the cluster that
+// cluster.name pins (every command that begins opens its keyring).
 func begin(cmd *cobra.Command, loader *settings.Loader, src *source) (*session, error) {
 	s, err := loader.Load()
 	if err != nil {
 		return nil, err
 	}
 	log := newLogger(s, cmd.ErrOrStderr())
-	d, err := src.load(cmd.Context(), s, log)
+	d, err := src.pinned(cmd.Context(), s, log)
 	if err != nil {
 		return nil, err
 	}

@@ -88,6 +88,9 @@ only crash.
 {{- if or .Release.IsInstall .Release.IsUpgrade }}
 {{- $v := .Values }}
 {{- $errs := list }}
+{{- if not $v.clusterName }}
+{{- $errs = append $errs "clusterName: required: the cluster this release manages, as its cluster.yml's cluster_name names it (\"local\" when it has none); it names the cluster's keyring in Vault, and atrest refuses a cluster.yml of another cluster" }}
+{{- end }}
 {{- if not $v.git.url }}
 {{- $errs = append $errs "git.url: required: the Git repository holding cluster.yml (ssh://, git@host:path or https://)" }}
 {{- else if and (eq (include "atrest.gitTransport" .) "ssh") (not $v.git.ssh.existingSecret) }}
@@ -195,6 +198,7 @@ file it names is one the Deployment mounts.
 {{- $_ := set $listen "webhookSecretFile" (printf "%s/webhook/secret" $d) }}
 {{- end }}
 {{- $settings := dict
+  "cluster" (dict "name" $v.clusterName)
   "git" $git
   "vault" $vault
   "etcd" $etcd
