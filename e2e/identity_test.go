@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	vault "github.com/hashicorp/vault/api"
-
 	"github.com/atrest-io/atrest/sandbox"
 )
 
@@ -119,22 +117,10 @@ func vaultDocs(t *testing.T) map[string]string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg := vault.DefaultConfig()
-	cfg.Address = sb.Vault.Address
-	if sb.Vault.CAFile != "" {
-		if err := cfg.ConfigureTLS(&vault.TLSConfig{CACert: sb.Vault.CAFile}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c, err := vault.NewClient(cfg)
+	c, err := sb.VaultClient()
 	if err != nil {
 		t.Fatal(err)
 	}
-	token, err := os.ReadFile(sb.Vault.TokenFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetToken(strings.TrimSpace(string(token)))
 	docs := map[string]string{}
 	var walk func(dir string)
 	walk = func(dir string) {

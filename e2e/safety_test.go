@@ -268,22 +268,10 @@ func TestEtcdPrefix(t *testing.T) {
 
 func vaultClient(t *testing.T) *vault.Client {
 	t.Helper()
-	cfg := vault.DefaultConfig()
-	cfg.Address = sb.Vault.Address
-	if sb.Vault.CAFile != "" {
-		if err := cfg.ConfigureTLS(&vault.TLSConfig{CACert: sb.Vault.CAFile}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c, err := vault.NewClient(cfg)
+	c, err := sb.VaultClient()
 	if err != nil {
 		t.Fatal(err)
 	}
-	token, err := os.ReadFile(sb.Vault.TokenFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetToken(strings.TrimSpace(string(token)))
 	return c
 }
 

@@ -310,22 +310,10 @@ func login(ctx context.Context, root *vault.Client, mount, jwt string) (*vault.S
 
 func rootClient(t *testing.T) *vault.Client {
 	t.Helper()
-	cfg := vault.DefaultConfig()
-	cfg.Address = sb.Vault.Address
-	if sb.Vault.CAFile != "" {
-		if err := cfg.ConfigureTLS(&vault.TLSConfig{CACert: sb.Vault.CAFile}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c, err := vault.NewClient(cfg)
+	c, err := sb.VaultClient()
 	if err != nil {
 		t.Fatal(err)
 	}
-	token, err := os.ReadFile(sb.Vault.TokenFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetToken(strings.TrimSpace(string(token)))
 	return c
 }
 
