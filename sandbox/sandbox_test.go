@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -271,7 +272,7 @@ resources:
 	})
 
 	createSecret(t, 0, "encrypted-by-node1", "top-secret")
-	resp, err := etcdClient(t).Get(ctx(t), "/registry/secrets/default/encrypted-by-node1")
+	resp, err := etcdClient(t).Get(ctx(t), sb.EtcdPrefix+"/secrets/default/encrypted-by-node1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -365,4 +366,85 @@ func TestVaultAnswers(t *testing.T) {
 	if _, ok := auths["kubernetes/"]; !ok {
 		t.Fatalf("kubernetes auth is not enabled: %v", auths)
 	}
+}
+
+// identityLeases returns the host name label of every kube-apiserver
+// identity Lease, read through node i, by lease name.
+func identityLeases(t *testing.T, i int) map[string]string {
+	t.Helper()
+	code, body := kubeDo(t, i, http.MethodGet, "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases?labelSelector=apiserver.kubernetes.io%2Fidentity%3Dkube-apiserver", nil)
+	if code != http.StatusOK {
+		t.Fatalf("list leases: %d %s", code, body)
+	}
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name   string            `json:"name"`
+				Labels map[string]string `json:"labels"`
+			} `json:"metadata"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, l := range list.Items {
+		out[l.Metadata.Name] = l.Metadata.Labels["kubernetes.io/hostname"]
+	}
+	return out
+}
+
+// eventually retries check every half second until it returns "" or
+// timeout passes, then fails with what it last returned.
+func eventually(t *testing.T, timeout time.Duration, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, msg)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func hostSet(leases map[string]string) []string {
+	var hosts []string
+	for _, h := range leases {
+		hosts = append(hosts, h)
+	}
+	slices.Sort(hosts)
+	return hosts
+}
+
+func TestEachNodeHasItsOwnHostName(t *testing.T) {
+	var want []string
+	for i, n := range sb.Nodes {
+		want = append(want, n.Name)
+		if got := strings.TrimSpace(run(t, sshClient(t, i), "uname -n")); got != n.Name {
+			t.Errorf("%s: uname -n over SSH says %q", n.Name, got)
+		}
+		// As on an RKE node, Docker gives the host-network container
+		// the host's name.
+		out, err := sb.Docker(ctx(t), i, "inspect", "--format", "{{.Config.Hostname}} {{.HostConfig.UTSMode}}", "kube-apiserver")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(out); got != n.Name {
+			t.Errorf("%s: the kube-apiserver container's host name and UTS mode: %q", n.Name, got)
+		}
+	}
+	if h, _ := os.Hostname(); slices.Contains(want, h) {
+		t.Fatalf("the machine itself is called %s: the test proves nothing", h)
+	}
+	// What kube-apiserver itself sees: the host name on its identity Lease.
+	eventually(t, time.Minute, func() string {
+		if got := hostSet(identityLeases(t, 0)); !slices.Equal(got, want) {
+			return fmt.Sprintf("identity leases name the hosts %q, want %q", got, want)
+		}
+		return ""
+	})
 }
