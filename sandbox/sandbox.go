@@ -4,7 +4,8 @@
 // (its own /etc/kubernetes and /run, and its name as host name), its own
 // sshd and dockerd, and kube-apiserver running as RKE runs it, in a Docker
 // container named kube-apiserver; Vault; and a Git server over SSH and smart
-// HTTP. It writes what atrest needs to
+// HTTP. A test may also start a stray kube-apiserver that serves the
+// cluster from no node of cluster.yml (StartStrayAPIServer). It writes what atrest needs to
 // reach all of it (cluster.yml, known_hosts, kubeconfig, certs, settings.yaml)
 // into its state directory, and stops exactly the processes it started.
 //
@@ -77,6 +78,7 @@ type Sandbox struct {
 	opts   Options
 	mu     sync.Mutex
 	state  state
+	strays [maxStrays]bool // the stray addresses in use
 	timing []phase
 }
 

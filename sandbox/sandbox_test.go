@@ -5,6 +5,7 @@ package sandbox_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -448,3 +449,83 @@ func TestEachNodeHasItsOwnHostName(t *testing.T) {
 		return ""
 	})
 }
+
+func TestStrayAPIServer(t *testing.T) {
+	stray, err := sb.StartStrayAPIServer(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := stray.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	for _, n := range sb.Nodes {
+		if stray.Name == n.Name || stray.Address == n.Address {
+			t.Fatalf("the stray %s at %s is also node %s at %s", stray.Name, stray.Address, n.Name, n.Address)
+		}
+	}
+	state := func() string {
+		data, err := os.ReadFile(filepath.Join(sb.Dir, "sandbox.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
+	}
+	if !strings.Contains(state(), stray.Name+" kube-apiserver") {
+		t.Error("the stray is not in the sandbox's state file: a crash would leave it running")
+	}
+	// It serves the same cluster: it reads what a node wrote.
+	createSecret(t, 0, "seen-by-stray", "written-by-node1")
+	t.Cleanup(func() { kubeDo(t, 0, http.MethodDelete, "/api/v1/namespaces/default/secrets/seen-by-stray", nil) })
+	code, body := strayDo(t, stray, "/api/v1/namespaces/default/secrets/seen-by-stray")
+	if code != http.StatusOK || !strings.Contains(string(body), base64Std("written-by-node1")) {
+		t.Errorf("read through the stray: %d %s", code, body)
+	}
+	eventually(t, time.Minute, func() string {
+		if got := hostSet(identityLeases(t, 0)); !slices.Contains(got, stray.Name) {
+			return fmt.Sprintf("no identity lease names the stray's host %s: %q", stray.Name, got)
+		}
+		return ""
+	})
+
+	if err := stray.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stray.Stop(); err != nil {
+		t.Errorf("second stop: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", stray.Address+":6443", time.Second); err == nil {
+		c.Close()
+		t.Error("the stray still listens after Stop")
+	}
+	if strings.Contains(state(), stray.Name+" kube-apiserver") {
+		t.Error("the stopped stray is still in the sandbox's state file")
+	}
+	// kube-apiserver (v1.35+) deletes its identity lease when it shuts
+	// down cleanly: the stop gave it the time to.
+	eventually(t, 30*time.Second, func() string {
+		if got := hostSet(identityLeases(t, 0)); slices.Contains(got, stray.Name) {
+			return fmt.Sprintf("the stopped stray's lease is still there: %q", got)
+		}
+		return ""
+	})
+}
+
+func strayDo(t *testing.T, s *sandbox.StrayAPIServer, path string) (int, []byte) {
+	t.Helper()
+	c, err := sb.AdminClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(ctx(t), http.MethodGet, s.APIServerURL+path, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s on %s: %v", path, s.Name, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, data
+}
+
+func base64Std(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
