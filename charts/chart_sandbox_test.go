@@ -275,7 +275,10 @@ func TestTemplateRefusesBadValues(t *testing.T) {
 
 // TestTemplate renders the chart's variants: which objects each has.
 func TestTemplate(t *testing.T) {
-	base := []string{"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "PersistentVolumeClaim", "Role", "RoleBinding", "Service", "ServiceAccount"}
+	// Three Roles, each with its binding: the canary, and the leases and
+	// endpointslices that show which kube-apiservers serve.
+	roles := []string{"Role", "Role", "Role", "RoleBinding", "RoleBinding", "RoleBinding"}
+	base := append([]string{"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "PersistentVolumeClaim", "Service", "ServiceAccount"}, roles...)
 	for _, tt := range []struct {
 		name  string
 		files []string
@@ -311,7 +314,7 @@ func TestTemplate(t *testing.T) {
 				}
 			}},
 		{name: "existing claim, image digest", files: []string{minimalValues}, sets: []string{"snapshots.persistence.existingClaim=snaps", "image.digest=sha256:" + strings.Repeat("ab", 32)},
-			kinds: []string{"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"}, check: func(t *testing.T, objs []*unstructured.Unstructured) {
+			kinds: append([]string{"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "ServiceAccount"}, roles...), check: func(t *testing.T, objs []*unstructured.Unstructured) {
 				d := typed[appsv1.Deployment](t, find(t, objs, "Deployment", ""))
 				for _, v := range d.Spec.Template.Spec.Volumes {
 					if v.Name == "snapshots" && v.PersistentVolumeClaim.ClaimName != "snaps" {
@@ -586,11 +589,14 @@ func createServiceMonitorCRD(t *testing.T, ctx context.Context, k *kube) {
 var (
 	rewriteVerbs = []string{"get", "list", "update"}
 	canaryRule   = rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"atrest-canary"}, Verbs: []string{"create", "patch", "delete"}}
+	leasesRule   = rbacv1.PolicyRule{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"list"}}
+	slicesRule   = rbacv1.PolicyRule{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list"}}
 )
 
-// TestRBACRules: the ClusterRole and the canary Role grant exactly the
-// rules atrest needs, bound to the chart's service account only, and the
-// chart renders no other RBAC.
+// TestRBACRules: the ClusterRole, the canary Role and the Roles to see
+// which kube-apiservers serve grant exactly the rules atrest needs, each in
+// its namespace, bound to the chart's service account only, and the chart
+// renders no other RBAC.
 func TestRBACRules(t *testing.T) {
 	for _, tt := range []struct {
 		name    string
@@ -619,18 +625,27 @@ func TestRBACRules(t *testing.T) {
 			if cr.AggregationRule != nil {
 				t.Errorf("ClusterRole %s aggregates other roles: %+v", cr.Name, cr.AggregationRule)
 			}
-			role := typed[rbacv1.Role](t, find(t, objs, "Role", ""))
-			if role.Namespace != "kube-system" || !equalRules(role.Rules, []rbacv1.PolicyRule{canaryRule}) {
-				t.Errorf("Role %s/%s grants %v, want exactly %v in kube-system", role.Namespace, role.Name, role.Rules, canaryRule)
-			}
 			sa := rbacv1.Subject{Kind: "ServiceAccount", Name: "t-atrest", Namespace: "atrest"}
+			for _, want := range []struct {
+				name, namespace string
+				rule            rbacv1.PolicyRule
+			}{
+				{"t-atrest-canary", "kube-system", canaryRule},
+				{"t-atrest-apiserver-leases", "kube-system", leasesRule},
+				{"t-atrest-apiserver-endpoints", "default", slicesRule},
+			} {
+				role := typed[rbacv1.Role](t, find(t, objs, "Role", want.name))
+				if role.Namespace != want.namespace || !equalRules(role.Rules, []rbacv1.PolicyRule{want.rule}) {
+					t.Errorf("Role %s/%s grants %v, want exactly %v in %s", role.Namespace, role.Name, role.Rules, want.rule, want.namespace)
+				}
+				rb := typed[rbacv1.RoleBinding](t, find(t, objs, "RoleBinding", want.name))
+				if rb.Namespace != want.namespace || rb.RoleRef != (rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: role.Name}) || !slices.Equal(rb.Subjects, []rbacv1.Subject{sa}) {
+					t.Errorf("RoleBinding %s/%s binds %+v to %+v, want %s to %+v in %s", rb.Namespace, rb.Name, rb.RoleRef, rb.Subjects, role.Name, sa, want.namespace)
+				}
+			}
 			crb := typed[rbacv1.ClusterRoleBinding](t, find(t, objs, "ClusterRoleBinding", ""))
 			if crb.RoleRef != (rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: cr.Name}) || !slices.Equal(crb.Subjects, []rbacv1.Subject{sa}) {
 				t.Errorf("ClusterRoleBinding binds %+v to %+v, want %s to %+v", crb.RoleRef, crb.Subjects, cr.Name, sa)
-			}
-			rb := typed[rbacv1.RoleBinding](t, find(t, objs, "RoleBinding", ""))
-			if rb.Namespace != "kube-system" || rb.RoleRef != (rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: role.Name}) || !slices.Equal(rb.Subjects, []rbacv1.Subject{sa}) {
-				t.Errorf("RoleBinding %s/%s binds %+v to %+v, want %s to %+v", rb.Namespace, rb.Name, rb.RoleRef, rb.Subjects, role.Name, sa)
 			}
 			for _, kind := range kinds(objs) {
 				if strings.HasSuffix(kind, "Role") || strings.HasSuffix(kind, "RoleBinding") {
@@ -640,8 +655,8 @@ func TestRBACRules(t *testing.T) {
 					t.Errorf("unexpected RBAC object %s", kind)
 				}
 			}
-			if n := strings.Count(strings.Join(kinds(objs), " "), "Role"); n != 4 {
-				t.Errorf("%d RBAC objects, want the ClusterRole, the Role and their two bindings", n)
+			if n := strings.Count(strings.Join(kinds(objs), " "), "Role"); n != 8 {
+				t.Errorf("%d RBAC objects, want the ClusterRole, the three Roles and their bindings", n)
 			}
 		})
 	}

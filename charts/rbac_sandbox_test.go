@@ -10,6 +10,7 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -117,6 +118,25 @@ func TestRBACIsEnoughAndNoMore(t *testing.T) {
 		}
 	})
 
+	t.Run("which kube-apiservers serve", func(t *testing.T) {
+		cfg, err := cluster.Load(sb.ClusterYML)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes, err := controlplane.Connect(ctx, cfg, controlplane.Options{KnownHostsFile: sb.KnownHostsFile, KeyFile: sb.SSHKeyFile, APIServer: as})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nodes.Close()
+		s, err := nodes.Serving(ctx)
+		if err != nil {
+			t.Fatalf("which kube-apiservers serve, as the chart's service account: %v", err)
+		}
+		if err := s.Err(); err != nil || len(s.Managed) != len(sb.Nodes) {
+			t.Errorf("as the chart's service account: %s: %v", s, err)
+		}
+	})
+
 	t.Run("nothing more", func(t *testing.T) {
 		secret := func(ns, name string) *corev1.Secret {
 			return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
@@ -161,6 +181,29 @@ func TestRBACIsEnoughAndNoMore(t *testing.T) {
 			}},
 			{"list configmaps (not named in rbac.extraResources)", func() error {
 				_, err := client.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{})
+				return err
+			}},
+			{"read a lease by name", func() error {
+				_, err := client.CoordinationV1().Leases("kube-system").Get(ctx, "kube-controller-manager", metav1.GetOptions{})
+				return err
+			}},
+			{"watch leases", func() error {
+				w, err := client.CoordinationV1().Leases("kube-system").Watch(ctx, metav1.ListOptions{})
+				if err == nil {
+					w.Stop()
+				}
+				return err
+			}},
+			{"list leases elsewhere", func() error {
+				_, err := client.CoordinationV1().Leases("kube-node-lease").List(ctx, metav1.ListOptions{})
+				return err
+			}},
+			{"update a lease", func() error {
+				_, err := client.CoordinationV1().Leases("kube-system").Update(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "atrest-rbac", Namespace: "kube-system"}}, metav1.UpdateOptions{})
+				return err
+			}},
+			{"list endpointslices elsewhere", func() error {
+				_, err := client.DiscoveryV1().EndpointSlices("kube-system").List(ctx, metav1.ListOptions{})
 				return err
 			}},
 			{"list pods", func() error {

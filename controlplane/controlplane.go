@@ -109,7 +109,8 @@ type Node struct {
 	opts      *Options
 	log       *slog.Logger
 	ssh       *ssh.Client
-	root      bool // the SSH user is root: no sudo needed
+	root      bool   // the SSH user is root: no sudo needed
+	hostname  string // uname -n: what its kube-apiserver's identity Lease names
 	docker    *docker
 	api       *http.Client // authenticated to this node's kube-apiserver
 	apiURL    string       // https://ADDRESS:6443
@@ -192,6 +193,9 @@ func (c *Cluster) connectNode(ctx context.Context, d *dialer, cn cluster.Node, f
 	if n.root, err = n.isRoot(ctx); err != nil {
 		return nil, nodeErr(n.name, "connect over SSH", ErrUnreachable, err)
 	}
+	if n.hostname, err = n.uname(ctx); err != nil {
+		return nil, nodeErr(n.name, "learn its host name", nil, err)
+	}
 	n.docker = newDocker(n.ssh, cn.DockerSocket, c.opts.Timeout)
 	if err := n.docker.negotiate(ctx); err != nil {
 		return nil, nodeErr(n.name, "reach Docker at docker_socket "+cn.DockerSocket+" through SSH", ErrDocker,
@@ -207,7 +211,7 @@ func (c *Cluster) connectNode(ctx context.Context, d *dialer, cn cluster.Node, f
 	if n.kube, err = kubernetes.NewForConfigAndClient(rc, n.api); err != nil {
 		return nil, nodeErr(n.name, "prepare kube-apiserver client", nil, err)
 	}
-	n.log.Debug("connected", "ssh", nodeLogin(cn).addr, "docker_api", n.docker.version, "root", n.root)
+	n.log.Debug("connected", "ssh", nodeLogin(cn).addr, "host", n.hostname, "docker_api", n.docker.version, "root", n.root)
 	go keepalive(n.ssh, n.done)
 	ok = true
 	return n, nil

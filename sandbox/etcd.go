@@ -26,6 +26,11 @@ func (sb *Sandbox) writePKI(context.Context) error {
 	for i := range sb.opts.Nodes {
 		nodeIPs = append(nodeIPs, net.ParseIP(sb.ip(11+i)))
 	}
+	// A stray kube-apiserver serves with the nodes' certificate, as one
+	// that RKE once set up and Git no longer lists would.
+	for i := range maxStrays {
+		nodeIPs = append(nodeIPs, net.ParseIP(sb.ip(strayHost+i)))
+	}
 	infra := net.ParseIP(sb.infraIP())
 	loopback := net.ParseIP("127.0.0.1")
 	certs := []struct {

@@ -32,12 +32,15 @@ const KubeAPIServerVersion = "v1.37.2"
 // with `docker import` of a rootfs holding the binary.
 const KubeAPIServerImage = "atrest-sandbox/kube-apiserver:" + KubeAPIServerVersion
 
-// nodeInit runs as PID 1 of a node's PID namespace, in its own mount
-// namespace: it gives the node its own /etc/kubernetes and /run (so its
-// Docker socket is /var/run/docker.sock, as on a real host), then runs sshd
-// and dockerd until it is told to stop. When it exits, the kernel ends
-// everything left in the namespace, containers included.
+// nodeInit runs as PID 1 of a node's PID namespace, in its own mount and
+// UTS namespace: it gives the node its own host name (kube-apiserver names
+// its identity Lease after it, so nodes sharing the machine's name would
+// share one Lease), its own /etc/kubernetes and /run (so its Docker socket
+// is /var/run/docker.sock, as on a real host), then runs sshd and dockerd
+// until it is told to stop. When it exits, the kernel ends everything left
+// in the namespace, containers included.
 const nodeInit = `set -eu
+printf %s "$HOST" >/proc/sys/kernel/hostname
 mkdir -p /etc/kubernetes
 mount --bind "$NODE/etc-kubernetes" /etc/kubernetes
 mount --bind "$NODE/run" /run
@@ -99,12 +102,14 @@ func (sb *Sandbox) startNodes(ctx context.Context) error {
 		if err := writeFile(filepath.Join(n.Dir, "ssh", "sshd_config"), fmt.Appendf(nil, sshdConfig, n.Address, n.Dir)); err != nil {
 			return err
 		}
-		if err := sb.installNodeCerts(n); err != nil {
+		if err := sb.installNodeCerts(filepath.Join(n.Dir, "etc-kubernetes")); err != nil {
 			return err
 		}
-		cmd := exec.Command("unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-			"--propagation", "private", "sh", "-c", nodeInit)
-		cmd.Env = append(os.Environ(), "NODE="+n.Dir)
+		cmd := exec.Command("unshare", namespaceArgs("sh", "-c", nodeInit)...)
+		// dockerd gives each container with host networking the host
+		// name it has itself, as on an RKE node: kube-apiserver sees
+		// the node's name.
+		cmd.Env = append(os.Environ(), "NODE="+n.Dir, "HOST="+n.Name)
 		p, err := startProc(n.Name, cmd, filepath.Join(n.Dir, "init.log"))
 		if err != nil {
 			return err
@@ -141,6 +146,15 @@ func (sb *Sandbox) startNodes(ctx context.Context) error {
 	return nil
 }
 
+// namespaceArgs are unshare's arguments to run command as PID 1 of new PID,
+// mount and UTS namespaces (the mount namespace with a /proc of its own),
+// ended by the kernel with everything in them when unshare dies. unshare
+// ignores SIGTERM while it waits for its child, so a stop signal sent to
+// the process group reaches the command, which shuts down in its own time.
+func namespaceArgs(command ...string) []string {
+	return append([]string{"--uts", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private"}, command...)
+}
+
 // writeHostKeys writes an ed25519 and an ECDSA host key for sshd and returns
 // their known_hosts lines.
 func writeHostKeys(dir, addr string) (string, error) {
@@ -170,8 +184,9 @@ func writeHostKeys(dir, addr string) (string, error) {
 	return lines.String(), nil
 }
 
-// installNodeCerts puts RKE's files into the node's /etc/kubernetes/ssl.
-func (sb *Sandbox) installNodeCerts(n Node) error {
+// installNodeCerts puts RKE's files into ssl/ of etcKubernetes, the host
+// directory that is /etc/kubernetes on a node.
+func (sb *Sandbox) installNodeCerts(etcKubernetes string) error {
 	copies := map[string]string{
 		"ca.pem":                             "kube-ca.pem",
 		"kube-apiserver.pem":                 "kube-apiserver.pem",
@@ -185,7 +200,7 @@ func (sb *Sandbox) installNodeCerts(n Node) error {
 		if err != nil {
 			return err
 		}
-		if err := writeFile(filepath.Join(n.Dir, "etc-kubernetes", "ssl", to), data); err != nil {
+		if err := writeFile(filepath.Join(etcKubernetes, "ssl", to), data); err != nil {
 			return err
 		}
 	}
@@ -253,7 +268,7 @@ func (sb *Sandbox) APIServerArgs(n Node) []string {
 		"--etcd-certfile=" + ssl + "kube-node.pem",
 		"--etcd-keyfile=" + ssl + "kube-node-key.pem",
 		"--etcd-servers=" + sb.EtcdEndpoint,
-		"--etcd-prefix=/registry",
+		"--etcd-prefix=" + sb.EtcdPrefix,
 		"--storage-backend=etcd3",
 		"--service-account-issuer=rke",
 		"--api-audiences=unknown,rke",
@@ -296,12 +311,24 @@ func (sb *Sandbox) startAPIServers(ctx context.Context) error {
 // /readyz; on timeout the error holds the tail of the container's log.
 func (sb *Sandbox) WaitReady(ctx context.Context, i int, timeout time.Duration) error {
 	n := sb.Nodes[i]
+	err := sb.waitAPIServer(ctx, n.Name, n.APIServerURL, timeout, nil)
+	if err != nil {
+		logs, _ := sb.Docker(context.WithoutCancel(ctx), i, "logs", "--tail=30", "kube-apiserver")
+		return fmt.Errorf("%w\n--- kube-apiserver container log ---\n%s", err, logs)
+	}
+	return nil
+}
+
+// waitAPIServer waits until the kube-apiserver at url answers an
+// authenticated /readyz; p, when given, is its process (see waitFor).
+func (sb *Sandbox) waitAPIServer(ctx context.Context, name, url string, timeout time.Duration, p *proc) error {
 	client, err := sb.AdminClient()
 	if err != nil {
 		return err
 	}
-	err = waitFor(ctx, n.Name+" kube-apiserver /readyz", timeout, nil, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.APIServerURL+"/readyz", nil)
+	defer client.CloseIdleConnections()
+	return waitFor(ctx, name+" kube-apiserver /readyz", timeout, p, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/readyz", nil)
 		if err != nil {
 			return err
 		}
@@ -316,11 +343,6 @@ func (sb *Sandbox) WaitReady(ctx context.Context, i int, timeout time.Duration) 
 		}
 		return nil
 	})
-	if err != nil {
-		logs, _ := sb.Docker(context.WithoutCancel(ctx), i, "logs", "--tail=30", "kube-apiserver")
-		return fmt.Errorf("%w\n--- kube-apiserver container log ---\n%s", err, logs)
-	}
-	return nil
 }
 
 // AdminClient is an HTTP client authenticated as a cluster admin

@@ -1,9 +1,11 @@
 // Package sandbox brings up a real RKE-style control plane on one machine,
 // on loopback, for atrest's tests and demo: etcd with TLS and client-cert
-// auth; N controlplane nodes, each with its own mount and PID namespace (its
-// own /etc/kubernetes and /run), its own sshd and dockerd, and kube-apiserver
-// running as RKE runs it, in a Docker container named kube-apiserver; Vault;
-// and a Git server over SSH and smart HTTP. It writes what atrest needs to
+// auth; N controlplane nodes, each with its own mount, PID and UTS namespace
+// (its own /etc/kubernetes and /run, and its name as host name), its own
+// sshd and dockerd, and kube-apiserver running as RKE runs it, in a Docker
+// container named kube-apiserver; Vault; and a Git server over SSH and smart
+// HTTP. A test may also start a stray kube-apiserver that serves the
+// cluster from no node of cluster.yml (StartStrayAPIServer). It writes what atrest needs to
 // reach all of it (cluster.yml, known_hosts, kubeconfig, certs, settings.yaml)
 // into its state directory, and stops exactly the processes it started.
 //
@@ -26,6 +28,9 @@ import (
 	"time"
 )
 
+// DefaultEtcdPrefix is kube-apiserver's --etcd-prefix default.
+const DefaultEtcdPrefix = "/registry"
+
 // Options configures Start.
 type Options struct {
 	// Dir is the state directory; it is created, and removed by Stop.
@@ -35,6 +40,9 @@ type Options struct {
 	// PersistentVault runs Vault with file storage, initialised and unsealed,
 	// so that it can be restarted; otherwise a dev server.
 	PersistentVault bool
+	// EtcdPrefix is every kube-apiserver's --etcd-prefix (default
+	// "/registry", kube-apiserver's own default).
+	EtcdPrefix string
 	// KubeAPIServer and Vault are the binaries to run (see tools/build.sh).
 	// Empty: $ATREST_KUBE_APISERVER and $ATREST_VAULT.
 	KubeAPIServer, Vault string
@@ -49,6 +57,7 @@ type Sandbox struct {
 	Nodes []Node // the controlplane nodes
 
 	EtcdEndpoint string // https://127.0.S.2:2379
+	EtcdPrefix   string // kube-apiserver's --etcd-prefix: keys are PREFIX/secrets/NS/NAME
 	CAFile       string // the CA that signed every certificate
 	EtcdCertFile string // an etcd client certificate for atrest and tests
 	EtcdKeyFile  string
@@ -69,6 +78,7 @@ type Sandbox struct {
 	opts   Options
 	mu     sync.Mutex
 	state  state
+	strays [maxStrays]bool // the stray addresses in use
 	timing []phase
 }
 
@@ -129,6 +139,9 @@ func Start(ctx context.Context, opts Options) (sb *Sandbox, err error) {
 	if opts.Log == nil {
 		opts.Log = io.Discard
 	}
+	if opts.EtcdPrefix == "" {
+		opts.EtcdPrefix = DefaultEtcdPrefix
+	}
 	if opts.KubeAPIServer == "" {
 		opts.KubeAPIServer = os.Getenv("ATREST_KUBE_APISERVER")
 	}
@@ -157,7 +170,7 @@ func Start(ctx context.Context, opts Options) (sb *Sandbox, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	sb = &Sandbox{Dir: dir, opts: opts}
+	sb = &Sandbox{Dir: dir, EtcdPrefix: opts.EtcdPrefix, opts: opts}
 	if sb.Slot, err = claimSlot(dir); err != nil {
 		return nil, err
 	}

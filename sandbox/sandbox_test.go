@@ -5,6 +5,7 @@ package sandbox_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -271,7 +273,7 @@ resources:
 	})
 
 	createSecret(t, 0, "encrypted-by-node1", "top-secret")
-	resp, err := etcdClient(t).Get(ctx(t), "/registry/secrets/default/encrypted-by-node1")
+	resp, err := etcdClient(t).Get(ctx(t), sb.EtcdPrefix+"/secrets/default/encrypted-by-node1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,3 +368,164 @@ func TestVaultAnswers(t *testing.T) {
 		t.Fatalf("kubernetes auth is not enabled: %v", auths)
 	}
 }
+
+// identityLeases returns the host name label of every kube-apiserver
+// identity Lease, read through node i, by lease name.
+func identityLeases(t *testing.T, i int) map[string]string {
+	t.Helper()
+	code, body := kubeDo(t, i, http.MethodGet, "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases?labelSelector=apiserver.kubernetes.io%2Fidentity%3Dkube-apiserver", nil)
+	if code != http.StatusOK {
+		t.Fatalf("list leases: %d %s", code, body)
+	}
+	var list struct {
+		Items []struct {
+			Metadata struct {
+				Name   string            `json:"name"`
+				Labels map[string]string `json:"labels"`
+			} `json:"metadata"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, l := range list.Items {
+		out[l.Metadata.Name] = l.Metadata.Labels["kubernetes.io/hostname"]
+	}
+	return out
+}
+
+// eventually retries check every half second until it returns "" or
+// timeout passes, then fails with what it last returned.
+func eventually(t *testing.T, timeout time.Duration, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, msg)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func hostSet(leases map[string]string) []string {
+	var hosts []string
+	for _, h := range leases {
+		hosts = append(hosts, h)
+	}
+	slices.Sort(hosts)
+	return hosts
+}
+
+func TestEachNodeHasItsOwnHostName(t *testing.T) {
+	var want []string
+	for i, n := range sb.Nodes {
+		want = append(want, n.Name)
+		if got := strings.TrimSpace(run(t, sshClient(t, i), "uname -n")); got != n.Name {
+			t.Errorf("%s: uname -n over SSH says %q", n.Name, got)
+		}
+		// As on an RKE node, Docker gives the host-network container
+		// the host's name.
+		out, err := sb.Docker(ctx(t), i, "inspect", "--format", "{{.Config.Hostname}} {{.HostConfig.UTSMode}}", "kube-apiserver")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(out); got != n.Name {
+			t.Errorf("%s: the kube-apiserver container's host name and UTS mode: %q", n.Name, got)
+		}
+	}
+	if h, _ := os.Hostname(); slices.Contains(want, h) {
+		t.Fatalf("the machine itself is called %s: the test proves nothing", h)
+	}
+	// What kube-apiserver itself sees: the host name on its identity Lease.
+	eventually(t, time.Minute, func() string {
+		if got := hostSet(identityLeases(t, 0)); !slices.Equal(got, want) {
+			return fmt.Sprintf("identity leases name the hosts %q, want %q", got, want)
+		}
+		return ""
+	})
+}
+
+func TestStrayAPIServer(t *testing.T) {
+	stray, err := sb.StartStrayAPIServer(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := stray.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	for _, n := range sb.Nodes {
+		if stray.Name == n.Name || stray.Address == n.Address {
+			t.Fatalf("the stray %s at %s is also node %s at %s", stray.Name, stray.Address, n.Name, n.Address)
+		}
+	}
+	state := func() string {
+		data, err := os.ReadFile(filepath.Join(sb.Dir, "sandbox.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
+	}
+	if !strings.Contains(state(), stray.Name+" kube-apiserver") {
+		t.Error("the stray is not in the sandbox's state file: a crash would leave it running")
+	}
+	// It serves the same cluster: it reads what a node wrote.
+	createSecret(t, 0, "seen-by-stray", "written-by-node1")
+	t.Cleanup(func() { kubeDo(t, 0, http.MethodDelete, "/api/v1/namespaces/default/secrets/seen-by-stray", nil) })
+	code, body := strayDo(t, stray, "/api/v1/namespaces/default/secrets/seen-by-stray")
+	if code != http.StatusOK || !strings.Contains(string(body), base64Std("written-by-node1")) {
+		t.Errorf("read through the stray: %d %s", code, body)
+	}
+	eventually(t, time.Minute, func() string {
+		if got := hostSet(identityLeases(t, 0)); !slices.Contains(got, stray.Name) {
+			return fmt.Sprintf("no identity lease names the stray's host %s: %q", stray.Name, got)
+		}
+		return ""
+	})
+
+	if err := stray.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stray.Stop(); err != nil {
+		t.Errorf("second stop: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", stray.Address+":6443", time.Second); err == nil {
+		c.Close()
+		t.Error("the stray still listens after Stop")
+	}
+	if strings.Contains(state(), stray.Name+" kube-apiserver") {
+		t.Error("the stopped stray is still in the sandbox's state file")
+	}
+	// kube-apiserver (v1.35+) deletes its identity lease when it shuts
+	// down cleanly: the stop gave it the time to.
+	eventually(t, 30*time.Second, func() string {
+		if got := hostSet(identityLeases(t, 0)); slices.Contains(got, stray.Name) {
+			return fmt.Sprintf("the stopped stray's lease is still there: %q", got)
+		}
+		return ""
+	})
+}
+
+func strayDo(t *testing.T, s *sandbox.StrayAPIServer, path string) (int, []byte) {
+	t.Helper()
+	c, err := sb.AdminClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(ctx(t), http.MethodGet, s.APIServerURL+path, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s on %s: %v", path, s.Name, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, data
+}
+
+func base64Std(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
