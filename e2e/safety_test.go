@@ -312,3 +312,46 @@ func mustBase64(t *testing.T, s string) []byte {
 	}
 	return b
 }
+
+// TestUnmanagedAPIServer: a kube-apiserver that serves the cluster from a
+// host cluster.yml does not list stops every change, named; once it is
+// gone, atrest acts again.
+func TestUnmanagedAPIServer(t *testing.T) {
+	ctx := context.Background()
+	disabled := clusterFile(t, "disabled.yml", disabledBlock)
+	managed := clusterFile(t, "managed.yml", managedBlock)
+	if code, out := run(t, "apply", "--config", disabled); code != 0 {
+		t.Fatalf("disable first: exit %d:\n%s", code, out)
+	}
+	stray, err := sb.StartStrayAPIServer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stray.Stop() })
+	before := nodeFiles(t)
+	for _, cmd := range []string{"plan", "apply"} {
+		code, out := run(t, cmd, "--config", managed)
+		if code != 2 || !strings.Contains(out, "host "+stray.Name) || !strings.Contains(out, "no controlplane node of cluster.yml") {
+			t.Fatalf("%s with a stray apiserver serving: exit %d:\n%s", cmd, code, out)
+		}
+	}
+	if nodeFiles(t) != before {
+		t.Fatal("atrest changed a node while an apiserver it does not manage serves")
+	}
+	if err := stray.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Since v1.35 a clean shutdown deletes the identity lease: the plan is
+	// made again (exit 1: there is something to do).
+	deadline := time.Now().Add(time.Minute)
+	for {
+		code, out := run(t, "plan", "--config", managed)
+		if code == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("plan after the stray apiserver stopped: exit %d:\n%s", code, out)
+		}
+		time.Sleep(2 * time.Second)
+	}
+}

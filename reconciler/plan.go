@@ -52,6 +52,9 @@ type Live struct {
 	// none of the controlplane nodes atrest manages; Silent the managed
 	// nodes whose kube-apiserver does not show as serving.
 	Unmanaged, Silent []string
+	// ServingUnproven: no kube-apiserver holds an identity lease
+	// (APIServerIdentity off), so only the endpoints say which serve.
+	ServingUnproven bool
 }
 
 // NodeLive is one controlplane node as observed.
@@ -250,6 +253,7 @@ func MakePlan(in Input) (*Plan, error) {
 	}
 	live := mergedLive(in.Live.Nodes)
 	p.Drift = drift(in.Live.Nodes)
+	p.Warnings = append(p.Warnings, servingWarnings(in.Live)...)
 
 	// Every key a node reads with must be in Vault before anything changes,
 	// so no later step can drop one it never knew.

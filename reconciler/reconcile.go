@@ -20,6 +20,7 @@ type Nodes interface {
 	RollingApply(ctx context.Context, file []byte, want string) error
 	RollingRemove(ctx context.Context) error
 	Reload(ctx context.Context, node, want string) error
+	Serving(ctx context.Context) (controlplane.Serving, error)
 }
 
 // Keys is the key custody (keystore.Store).
@@ -662,6 +663,14 @@ func (r *Reconciler) Observe(ctx context.Context, d Desired) (Live, *keystore.Ke
 	}
 	slices.Sort(resources)
 	resources = slices.Compact(resources)
+	// Which apiservers serve, by what the cluster itself says: the ones
+	// atrest keeps readers-first for must be all of them.
+	serving, err := r.Nodes.Serving(ctx)
+	if err != nil {
+		return Live{}, nil, fmt.Errorf("observe which kube-apiservers serve: %w", err)
+	}
+	live.Unmanaged, live.Silent = serving.Unmanaged, serving.Silent
+	live.ServingUnproven = serving.Leases == 0
 	// The census counts where the apiservers store: at their own
 	// --etcd-prefix, proven to hold the cluster. Nodes that disagree get
 	// no census; the planner refuses them.

@@ -126,6 +126,20 @@ func ruleServing(in Input) error {
 	return nil
 }
 
+// servingWarnings says what the check of serving apiservers could not
+// prove: managed nodes that do not show as serving, or no identity lease
+// at all.
+func servingWarnings(l Live) []string {
+	var out []string
+	for _, n := range l.Silent {
+		out = append(out, "node "+n+": its kube-apiserver holds no fresh identity lease, so it does not show as serving (down, or another host name than the node's?)")
+	}
+	if l.ServingUnproven {
+		out = append(out, "no kube-apiserver holds an identity lease (is the APIServerIdentity feature gate off?): which apiservers serve is proven by the kubernetes Service's endpoints alone")
+	}
+	return out
+}
+
 // sighting is one keyed entry as one source holds it.
 type sighting struct {
 	source string // "Vault", "node cp-1's provider file", "cluster.yml's custom_config"
