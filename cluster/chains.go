@@ -159,7 +159,9 @@ func (cs Chains) KeyNames() []string {
 	return names
 }
 
-// Chains returns the config's chain per resource.
+// Chains returns the config's chain per resource. ParseEncryptionConfig
+// refuses wildcards and a resource in two lists, so each resource a config
+// names has exactly the chain kube-apiserver gives it.
 func (c *EncryptionConfig) Chains() Chains {
 	out := Chains{}
 	for _, r := range c.internal.Resources {

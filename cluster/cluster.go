@@ -97,10 +97,12 @@ type Bastion struct {
 }
 
 // KubeAPI is the part of services.kube-api that shapes the kube-apiserver
-// container atrest changes.
+// container atrest changes. Values are strings as RKE reads them: a number
+// or boolean in cluster.yml is its text ("v: 4" is "4").
 type KubeAPI struct {
-	ExtraArgs  map[string]string
-	ExtraBinds []string
+	ExtraArgs      map[string]string
+	ExtraArgsArray map[string][]string
+	ExtraBinds     []string
 }
 
 // ControlPlaneNodes returns the nodes with the controlplane role, in file order.
@@ -166,55 +168,62 @@ var (
 	encryptionKeys = []string{"enabled", "custom_config"}
 )
 
-// rawConfig mirrors the modelled part of cluster.yml for decoding.
+// rawConfig mirrors the modelled part of cluster.yml for decoding, with
+// RKE's types: see rkeyaml.go for why it is decoded twice.
 type rawConfig struct {
-	ClusterName         string      `json:"cluster_name"`
-	Nodes               []rawNode   `json:"nodes"`
-	SSHKeyPath          string      `json:"ssh_key_path"`
-	SSHCertPath         string      `json:"ssh_cert_path"`
-	SSHAgentAuth        bool        `json:"ssh_agent_auth"`
-	BastionHost         *rawBastion `json:"bastion_host"`
-	PrefixPath          string      `json:"prefix_path"`
-	RotateEncryptionKey bool        `json:"rotate_encryption_key"`
+	ClusterName         rkeString   `json:"cluster_name" yaml:"cluster_name"`
+	Nodes               []rawNode   `json:"nodes" yaml:"nodes"`
+	SSHKeyPath          rkeString   `json:"ssh_key_path" yaml:"ssh_key_path"`
+	SSHCertPath         rkeString   `json:"ssh_cert_path" yaml:"ssh_cert_path"`
+	SSHAgentAuth        bool        `json:"ssh_agent_auth" yaml:"ssh_agent_auth"`
+	BastionHost         *rawBastion `json:"bastion_host" yaml:"bastion_host"`
+	PrefixPath          rkeString   `json:"prefix_path" yaml:"prefix_path"`
+	RotateEncryptionKey bool        `json:"rotate_encryption_key" yaml:"rotate_encryption_key"`
 	Services            struct {
 		Etcd struct {
-			Path string `json:"path"`
-		} `json:"etcd"`
+			rkeService `yaml:",inline"`
+			Path       rkeString `json:"path" yaml:"path"`
+		} `json:"etcd" yaml:"etcd"`
 		KubeAPI struct {
-			ExtraArgs               map[string]string `json:"extra_args"`
-			ExtraBinds              []string          `json:"extra_binds"`
+			rkeService `yaml:",inline"`
+			// custom_config is decoded on its own, as kube-apiserver
+			// decodes it (RKE does the same).
 			SecretsEncryptionConfig *struct {
-				Enabled      bool            `json:"enabled"`
-				CustomConfig json.RawMessage `json:"custom_config"`
-			} `json:"secrets_encryption_config"`
-		} `json:"kube-api"`
-	} `json:"services"`
+				Enabled      bool            `json:"enabled" yaml:"enabled"`
+				CustomConfig json.RawMessage `json:"custom_config" yaml:"-"`
+			} `json:"secrets_encryption_config" yaml:"secrets_encryption_config"`
+		} `json:"kube-api" yaml:"kube-api"`
+		KubeController rkeService `json:"kube-controller" yaml:"kube-controller"`
+		Scheduler      rkeService `json:"scheduler" yaml:"scheduler"`
+		Kubelet        rkeService `json:"kubelet" yaml:"kubelet"`
+		Kubeproxy      rkeService `json:"kubeproxy" yaml:"kubeproxy"`
+	} `json:"services" yaml:"services"`
 }
 
 type rawNode struct {
-	Address          string    `json:"address"`
-	Port             port      `json:"port"`
-	InternalAddress  string    `json:"internal_address"`
-	Role             []string  `json:"role"`
-	HostnameOverride string    `json:"hostname_override"`
-	User             string    `json:"user"`
-	DockerSocket     string    `json:"docker_socket"`
-	SSHAgentAuth     bool      `json:"ssh_agent_auth"`
-	SSHKey           Sensitive `json:"ssh_key"`
-	SSHKeyPath       string    `json:"ssh_key_path"`
-	SSHCert          Sensitive `json:"ssh_cert"`
-	SSHCertPath      string    `json:"ssh_cert_path"`
+	Address          rkeString `json:"address" yaml:"address"`
+	Port             port      `json:"port" yaml:"port"`
+	InternalAddress  rkeString `json:"internal_address" yaml:"internal_address"`
+	Role             rkeList   `json:"role" yaml:"role"`
+	HostnameOverride rkeString `json:"hostname_override" yaml:"hostname_override"`
+	User             rkeString `json:"user" yaml:"user"`
+	DockerSocket     rkeString `json:"docker_socket" yaml:"docker_socket"`
+	SSHAgentAuth     bool      `json:"ssh_agent_auth" yaml:"ssh_agent_auth"`
+	SSHKey           rkeSecret `json:"ssh_key" yaml:"ssh_key"`
+	SSHKeyPath       rkeString `json:"ssh_key_path" yaml:"ssh_key_path"`
+	SSHCert          rkeSecret `json:"ssh_cert" yaml:"ssh_cert"`
+	SSHCertPath      rkeString `json:"ssh_cert_path" yaml:"ssh_cert_path"`
 }
 
 type rawBastion struct {
-	Address      string    `json:"address"`
-	Port         port      `json:"port"`
-	User         string    `json:"user"`
-	SSHAgentAuth bool      `json:"ssh_agent_auth"`
-	SSHKey       Sensitive `json:"ssh_key"`
-	SSHKeyPath   string    `json:"ssh_key_path"`
-	SSHCert      Sensitive `json:"ssh_cert"`
-	SSHCertPath  string    `json:"ssh_cert_path"`
+	Address      rkeString `json:"address" yaml:"address"`
+	Port         port      `json:"port" yaml:"port"`
+	User         rkeString `json:"user" yaml:"user"`
+	SSHAgentAuth bool      `json:"ssh_agent_auth" yaml:"ssh_agent_auth"`
+	SSHKey       rkeSecret `json:"ssh_key" yaml:"ssh_key"`
+	SSHKeyPath   rkeString `json:"ssh_key_path" yaml:"ssh_key_path"`
+	SSHCert      rkeSecret `json:"ssh_cert" yaml:"ssh_cert"`
+	SSHCertPath  rkeString `json:"ssh_cert_path" yaml:"ssh_cert_path"`
 }
 
 // port accepts RKE's port as a YAML number or string ("22" and 22 both
@@ -233,6 +242,20 @@ func (p *port) UnmarshalJSON(b []byte) error {
 	}
 	*p = port(n)
 	return nil
+}
+
+// UnmarshalYAML reads the port as UnmarshalJSON does, so that both decodes
+// agree on it.
+func (p *port) UnmarshalYAML(unmarshal func(any) error) error {
+	var v any
+	if err := unmarshal(&v); err != nil {
+		return err
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("a port must be a whole number")
+	}
+	return p.UnmarshalJSON(b)
 }
 
 var portType = reflect.TypeFor[int]()
@@ -294,28 +317,32 @@ func Parse(file string, data []byte) (*Config, error) {
 	}
 	checkKeys(top["bastion_host"], "bastion_host", bastionKeys, l)
 
-	var raw rawConfig
-	if !decodeJSON(j, &raw, "", l) {
+	// The JSON decode reports wrong types by their YAML path; the values are
+	// RKE's (decodeAsRKE), but for custom_config, which only the JSON
+	// decode keeps.
+	var checked, raw rawConfig
+	if !decodeJSON(j, &checked, "", l) || !decodeAsRKE(data, &raw, l) {
 		return nil, l.errs
 	}
 	cfg := &Config{
-		ClusterName:         raw.ClusterName,
-		PrefixPath:          raw.PrefixPath,
+		ClusterName:         string(raw.ClusterName),
+		PrefixPath:          string(raw.PrefixPath),
 		RotateEncryptionKey: raw.RotateEncryptionKey,
-		EtcdPath:            raw.Services.Etcd.Path,
+		EtcdPath:            string(raw.Services.Etcd.Path),
 		KubeAPI: KubeAPI{
-			ExtraArgs:  raw.Services.KubeAPI.ExtraArgs,
-			ExtraBinds: raw.Services.KubeAPI.ExtraBinds,
+			ExtraArgs:      raw.Services.KubeAPI.ExtraArgs,
+			ExtraArgsArray: raw.Services.KubeAPI.ExtraArgsArray,
+			ExtraBinds:     raw.Services.KubeAPI.ExtraBinds,
 		},
 	}
 	cfg.Nodes = resolveNodes(&raw, l)
 	cfg.BastionHost = resolveBastion(raw.BastionHost, l)
-	if raw.PrefixPath != "" && !path.IsAbs(raw.PrefixPath) {
+	if cfg.PrefixPath != "" && !path.IsAbs(cfg.PrefixPath) {
 		l.add("prefix_path", "must be an absolute path (for example /opt/rke)")
 	}
 	checkKubeAPI(cfg.KubeAPI, l)
 
-	enc := raw.Services.KubeAPI.SecretsEncryptionConfig
+	enc := checked.Services.KubeAPI.SecretsEncryptionConfig
 	switch {
 	case enc == nil || !enc.Enabled:
 		// RKE ignores custom_config while encryption is disabled.
@@ -342,17 +369,17 @@ func resolveNodes(raw *rawConfig, l *errorList) []Node {
 	for i, rn := range raw.Nodes {
 		p := fmt.Sprintf("nodes[%d]", i)
 		n := Node{
-			Address:          rn.Address,
+			Address:          string(rn.Address),
 			Port:             int(rn.Port),
-			InternalAddress:  rn.InternalAddress,
-			HostnameOverride: rn.HostnameOverride,
+			InternalAddress:  string(rn.InternalAddress),
+			HostnameOverride: string(rn.HostnameOverride),
 			Roles:            rn.Role,
-			User:             rn.User,
+			User:             string(rn.User),
 			DockerSocket:     firstNonEmpty(rn.DockerSocket, DefaultDockerSocket),
 			SSHAgentAuth:     rn.SSHAgentAuth || raw.SSHAgentAuth,
-			SSHKey:           rn.SSHKey,
+			SSHKey:           Sensitive(rn.SSHKey),
 			SSHKeyPath:       firstNonEmpty(rn.SSHKeyPath, raw.SSHKeyPath, DefaultSSHKeyPath),
-			SSHCert:          rn.SSHCert,
+			SSHCert:          Sensitive(rn.SSHCert),
 			SSHCertPath:      firstNonEmpty(rn.SSHCertPath, raw.SSHCertPath),
 		}
 		if n.Port == 0 {
@@ -401,14 +428,14 @@ func resolveBastion(rb *rawBastion, l *errorList) *Bastion {
 		return nil
 	}
 	b := &Bastion{
-		Address:      rb.Address,
+		Address:      string(rb.Address),
 		Port:         int(rb.Port),
-		User:         rb.User,
+		User:         string(rb.User),
 		SSHAgentAuth: rb.SSHAgentAuth,
-		SSHKey:       rb.SSHKey,
+		SSHKey:       Sensitive(rb.SSHKey),
 		SSHKeyPath:   firstNonEmpty(rb.SSHKeyPath, DefaultSSHKeyPath),
-		SSHCert:      rb.SSHCert,
-		SSHCertPath:  rb.SSHCertPath,
+		SSHCert:      Sensitive(rb.SSHCert),
+		SSHCertPath:  string(rb.SSHCertPath),
 	}
 	if b.Port == 0 {
 		b.Port = DefaultSSHPort
@@ -431,13 +458,17 @@ func checkKubeAPI(k KubeAPI, l *errorList) {
 		if _, ok := k.ExtraArgs[f]; ok {
 			l.add("services.kube-api.extra_args."+f, "is managed by atrest from secrets_encryption_config; remove it from extra_args")
 		}
+		// RKE adds every extra_args_array value as one more flag.
+		if _, ok := k.ExtraArgsArray[f]; ok {
+			l.add("services.kube-api.extra_args_array."+f, "is managed by atrest from secrets_encryption_config; remove it from extra_args_array")
+		}
 	}
 }
 
-func firstNonEmpty(s ...string) string {
+func firstNonEmpty[S ~string](s ...S) string {
 	for _, v := range s {
 		if v != "" {
-			return v
+			return string(v)
 		}
 	}
 	return ""

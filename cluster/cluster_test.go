@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,6 +22,8 @@ func TestLoadExamples(t *testing.T) {
 		{file: "custom-kms.yml", mode: Custom, controlplanes: []string{"10.0.0.1"},
 			providers: []string{"secrets: kms:v2:aws-encryption-provider, identity"}},
 		{file: "full.yml", mode: Managed, controlplanes: []string{"cp-1", "cp-2", "cp-3"}},
+		{file: "rke-example.yml", mode: Custom, controlplanes: []string{"1.1.1.1"},
+			providers: []string{"secrets: aescbc:v1:k-fw5hn, identity"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -48,6 +51,18 @@ func TestLoadExamples(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// RKE's own example writes extra_args as numbers; RKE reads them as text.
+func TestRKEExampleExtraArgs(t *testing.T) {
+	cfg, err := Load("testdata/rke-example.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"audit-log-path": "-", "delete-collection-workers": "3", "v": "4"}
+	if !maps.Equal(cfg.KubeAPI.ExtraArgs, want) {
+		t.Errorf("kube-api extra_args = %q, want %q", cfg.KubeAPI.ExtraArgs, want)
 	}
 }
 
@@ -179,7 +194,7 @@ func TestParseInvalid(t *testing.T) {
 			[]string{enc + ".provider: not a field RKE knows"}},
 		{"typo in services", nodesYAML + "service:\n  kube-api: {}\n", []string{"cluster.yml: service: not a field RKE knows; did you mean \"services\"?"}},
 		{"enabled not bool", nodesYAML + "services:\n  kube-api:\n    secrets_encryption_config:\n      enabled: maybe\n",
-			[]string{enc + ".enabled: must be true or false, not string"}},
+			[]string{enc + ".enabled: must be true or false, not a string"}},
 		{"no nodes", "services: {}\n", []string{"nodes: no node has the controlplane role"}},
 		{"node without address and user", "nodes:\n  - role: [controlplane]\n", []string{"nodes[0].address: required", "nodes[0].user: required"}},
 		{"bad role and port", "nodes:\n  - address: a\n    user: u\n    port: 70000\n    role: [controlplane, master]\n",
@@ -189,6 +204,18 @@ func TestParseInvalid(t *testing.T) {
 		{"relative prefix_path", nodesYAML + "prefix_path: opt/rke\n", []string{"prefix_path: must be an absolute path"}},
 		{"flag atrest owns", nodesYAML + "services:\n  kube-api:\n    extra_args:\n      encryption-provider-config: /x\n", []string{"services.kube-api.extra_args.encryption-provider-config: is managed by atrest"}},
 		{"bastion without user", nodesYAML + "bastion_host:\n  address: b\n", []string{"bastion_host.user: required"}},
+		{"flag atrest owns in extra_args_array", nodesYAML + "services:\n  kube-api:\n    extra_args_array:\n      encryption-provider-config: [/x]\n", []string{"services.kube-api.extra_args_array.encryption-provider-config: is managed by atrest"}},
+		// Where RKE takes a string, it takes any scalar, and refuses a list
+		// or a mapping ("cannot unmarshal !!seq into string"): so does atrest.
+		{"extra_args value a list", nodesYAML + "services:\n  kubelet:\n    extra_args:\n      max-pods: [250]\n", []string{"services.kubelet.extra_args.max-pods: must be a string, number or true/false, not a list"}},
+		{"extra_args a list", nodesYAML + "services:\n  etcd:\n    extra_args: [v]\n", []string{"services.etcd.extra_args: must be a mapping, not a list"}},
+		{"extra_binds a string", nodesYAML + "services:\n  kube-api:\n    extra_binds: /a:/b\n", []string{"services.kube-api.extra_binds: must be a list, not a string"}},
+		{"extra_env entry a mapping", nodesYAML + "services:\n  scheduler:\n    extra_env:\n      - A=1\n      - {B: 2}\n", []string{"services.scheduler.extra_env[1]: must be a string, number or true/false, not a mapping"}},
+		{"extra_args_array entry a list", nodesYAML + "services:\n  kubeproxy:\n    extra_args_array:\n      v: [1, [2]]\n", []string{"services.kubeproxy.extra_args_array.v[1]: must be a string, number or true/false, not a list"}},
+		{"win_extra_args value a mapping", nodesYAML + "services:\n  kube-controller:\n    win_extra_args:\n      v: {x: 1}\n", []string{"services.kube-controller.win_extra_args.v: must be a string, number or true/false, not a mapping"}},
+		{"infinity, which RKE's JSON step cannot encode either", nodesYAML + "services:\n  kubelet:\n    extra_args:\n      v: .inf\n", []string{"cluster.yml: not valid YAML: json: unsupported value"}},
+		{"user a list", "nodes:\n  - address: a\n    user: [u]\n    role: [controlplane]\n", []string{"nodes.user: must be a string, number or true/false, not a list"}},
+		{"role entry a mapping", "nodes:\n  - address: a\n    user: u\n    role: [{controlplane: true}]\n", []string{"nodes.role[0]: must be a string, number or true/false, not a mapping"}},
 
 		{"empty resources", withConfig("        resources: []\n"), []string{cc + ".resources: required"}},
 		{"no providers", withConfig("        resources:\n          - resources: [secrets]\n"), []string{cc + ".resources[0].providers: required"}},
@@ -223,7 +250,13 @@ func TestParseInvalid(t *testing.T) {
 		{"kms tcp endpoint", withConfig("        resources:\n          - resources: [secrets]\n            providers:\n              - kms:\n                  apiVersion: v2\n                  name: a\n                  endpoint: tcp://1.2.3.4:80\n"),
 			[]string{cc + ".resources[0].providers[0].kms.endpoint: unsupported scheme \"tcp\""}},
 		{"overlapping resources", withConfig("        resources:\n          - resources: [secrets, '*.']\n            providers:\n              - identity: {}\n"),
-			[]string{cc + ".resources[0].resources: using overlapping resources"}},
+			[]string{cc + ".resources[0].resources: using overlapping resources", cc + ".resources[0].resources[1]: \"*.\" is a wildcard"}},
+		{"wildcard", withConfig("        resources:\n          - resources: ['*.*']\n            providers:\n              - identity: {}\n"),
+			[]string{cc + ".resources[0].resources[0]: \"*.*\" is a wildcard, and atrest cannot census or rewrite a wildcard: list the resources (for example secrets, configmaps) instead"}},
+		{"resource in two lists", withConfig("        resources:\n          - resources: [secrets]\n            providers:\n              - identity: {}\n          - resources: [secrets]\n            providers:\n              - identity: {}\n"),
+			[]string{cc + ".resources[1].resources[0]: resource \"secrets\" is also listed at resources[0].resources[0]; kube-apiserver gives it the providers of every list, in order; atrest models one list per resource: merge them into one list"}},
+		{"duplicate in one list", withConfig("        resources:\n          - resources: [secrets, secrets]\n            providers:\n              - identity: {}\n"),
+			[]string{cc + ".resources[0].resources: the same resource cannot be specified multiple times"}},
 		{"capital resource", withConfig("        resources:\n          - resources: [Secrets]\n            providers:\n              - identity: {}\n"),
 			[]string{"resource name should not contain capital letters"}},
 		{"wrong kind", nodesYAML + "services:\n  kube-api:\n    secrets_encryption_config:\n      enabled: true\n      custom_config:\n        apiVersion: v1\n        kind: Secret\n",

@@ -11,6 +11,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/apiserver/pkg/apis/apiserver"
@@ -137,9 +138,10 @@ var configCodecs = func() serializer.CodecFactory {
 // EncryptionConfiguration (YAML or JSON) the way kube-apiserver does, without
 // dialling KMS plugins, plus the checks kube-apiserver only makes when it
 // starts (a KMS v1 provider without the KMSv1 feature gate) or not at all
-// (the same key name twice in one provider list). file and base locate the
-// config in errors; featureGates is kube-apiserver's --feature-gates value.
-// Errors never contain key material.
+// (the same key name twice in one provider list), and refuses what atrest
+// cannot carry out: a wildcard resource, or a resource in two resource
+// lists. file and base locate the config in errors; featureGates is
+// kube-apiserver's --feature-gates value. Errors never contain key material.
 func ParseEncryptionConfig(file, base string, data []byte, featureGates string) (*EncryptionConfig, error) {
 	c, errs := parseEncryption(data, file, base, featureGates)
 	if len(errs) > 0 {
@@ -195,6 +197,7 @@ func parseEncryption(data []byte, file, base, featureGates string) (*EncryptionC
 	for _, fe := range validation.ValidateEncryptionConfiguration(cfg, false) {
 		l.errs = append(l.errs, fieldError(file, base, fe))
 	}
+	checkResources(cfg, base, l)
 	checkKeyNames(cfg, base, l)
 	checkKMSv1(cfg, base, featureGates, l)
 	if len(l.errs) > 0 {
@@ -244,6 +247,40 @@ func orList(items []string) string {
 		return strings.Join(items, "")
 	}
 	return strings.Join(items[:len(items)-1], ", ") + " or " + items[len(items)-1]
+}
+
+// checkResources refuses the resources kube-apiserver accepts but atrest
+// cannot carry out. kube-apiserver finds a resource's providers by its exact
+// name, then its group's wildcard ("*.apps", "*." for the core group), then
+// "*.*"; atrest counts and rewrites resources by name, under each one's
+// storage prefix, and a wildcard names no prefix it could count (or, for
+// "*.*", all of etcd). A resource in several lists gets the providers of
+// every list, in order, where atrest's model (Chains) has one chain per
+// resource. Repeats within one list are kube-apiserver's own error.
+func checkResources(cfg *apiserver.EncryptionConfiguration, base string, l *errorList) {
+	type seen struct {
+		list int
+		at   string
+	}
+	first := map[schema.GroupResource]seen{}
+	for i, r := range cfg.Resources {
+		for j, res := range r.Resources {
+			here := fmt.Sprintf("resources[%d].resources[%d]", i, j)
+			// Compared as kube-apiserver does: "secrets." is "secrets".
+			gr := schema.ParseGroupResource(res)
+			if gr.Resource == "*" || gr.Group == "*" {
+				l.add(joinPath(base, here), "%q is a wildcard, and atrest cannot census or rewrite a wildcard: list the resources (for example secrets, configmaps) instead", res)
+				continue
+			}
+			s, dup := first[gr]
+			switch {
+			case !dup:
+				first[gr] = seen{list: i, at: here}
+			case s.list != i:
+				l.add(joinPath(base, here), "resource %q is also listed at %s; kube-apiserver gives it the providers of every list, in order; atrest models one list per resource: merge them into one list", res, s.at)
+			}
+		}
+	}
 }
 
 // checkKeyNames rejects a key name used twice by the same provider type in

@@ -61,7 +61,7 @@ func TestParsePolicyInvalid(t *testing.T) {
 		{"too often", "rotation:\n  schedule: \"@every 1ms\"\n", []string{"rotation.schedule:"}},
 		{"kms provider", "provider: kms\n", []string{"provider: \"kms\" is not a provider atrest can manage"}},
 		{"retention zero", "snapshots:\n  retention: 0\n", []string{"snapshots.retention: must be between 1 and 1000, not 0"}},
-		{"retention text", "snapshots:\n  retention: ten\n", []string{"snapshots.retention: must be a whole number, not string"}},
+		{"retention text", "snapshots:\n  retention: ten\n", []string{"snapshots.retention: must be a whole number, not a string"}},
 		{"unknown field", "rotaton:\n  schedule: \"@daily\"\n", []string{"atrest.yaml: rotaton: not an atrest.yaml field; did you mean \"rotation\"?"}},
 		{"unknown nested", "rotation:\n  every: 1h\n", []string{"rotation.every: not an atrest.yaml field"}},
 		{"list", "- a\n", []string{"not a list"}},

@@ -80,9 +80,12 @@ func decodeJSON(j []byte, v any, base string, l *errorList) bool {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
 		// encoding/json names the field by its JSON (here: YAML) keys, but
-		// drops list indexes.
-		field := joinPath(base, te.Field)
-		l.add(field, "must be %s, not %s", typeName(te.Type), te.Value)
+		// drops list indexes (the rke types give their own key or index),
+		// and names an embedded struct's fields through its Go name.
+		field := strings.ReplaceAll(te.Field, ".[", "[")
+		field = strings.ReplaceAll(field, "rkeService.", "")
+		field = joinPath(base, field)
+		l.add(field, "must be %s, not %s", typeName(te.Type), valueName(te.Value))
 		return false
 	}
 	var se *json.SyntaxError
@@ -94,7 +97,28 @@ func decodeJSON(j []byte, v any, base string, l *errorList) bool {
 	return false
 }
 
+// valueName names the kind encoding/json reports (also "string \"x\"" for
+// a port) as YAML users know it.
+func valueName(v string) string {
+	switch v {
+	case "array":
+		return "a list"
+	case "object":
+		return "a mapping"
+	case "string":
+		return "a string"
+	case "number":
+		return "a number"
+	case "bool":
+		return "true or false"
+	}
+	return v
+}
+
 func typeName(t reflect.Type) string {
+	if t == textType {
+		return "a string, number or true/false"
+	}
 	switch t.Kind() {
 	case reflect.Bool:
 		return "true or false"

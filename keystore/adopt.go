@@ -361,7 +361,9 @@ func walkConfig(c *cluster.EncryptionConfig) (keys []cluster.Key, writer string,
 	}
 	writerSet := false
 	for _, r := range v1.Resources {
-		coversSecrets := slices.ContainsFunc(r.Resources, func(s string) bool { return s == "secrets" || s == "*." || s == "*.*" })
+		// ParseEncryptionConfig refuses wildcards ("*.", "*.*") and a
+		// resource in two lists: one list names secrets, by name.
+		coversSecrets := slices.Contains(r.Resources, "secrets")
 		for i, p := range r.Providers {
 			prov, list := v1Keys(p)
 			if p.KMS != nil {

@@ -253,6 +253,9 @@ func TestPlanAdoption(t *testing.T) {
 			"cluster.rkestate has no currentState.encryptionConfig or desiredState.encryptionConfig"},
 		{"rkestate with a broken config", []Source{{"cluster.rkestate", []byte(`{"currentState":{"encryptionConfig":"apiVersion: v1\nkind: EncryptionConfig\n"}}`)}}, want{},
 			"currentState.encryptionConfig is not a valid EncryptionConfiguration"},
+		// A config atrest cannot model is refused at adoption as everywhere.
+		{"wildcard", []Source{{"node1", []byte(strings.Replace(rkeProviderFile([2]string{"k-aaaaa", s1}), "  - secrets\n", "  - '*.*'\n", 1))}}, want{},
+			`node1: resources[0].resources[0]: "*.*" is a wildcard, and atrest cannot census or rewrite a wildcard`},
 		{"sources disagree on material", []Source{{"node1", []byte(node1)}, {"node2", []byte(rkeProviderFile([2]string{"k-aaaaa", s2}))}}, want{},
 			"key k-aaaaa differs between node1"},
 		{"same name, two providers", []Source{{"node1", []byte(node1)}, {"node2", []byte(strings.Replace(rkeProviderFile([2]string{"k-aaaaa", s1}), "aescbc", "secretbox", 1))}}, want{},

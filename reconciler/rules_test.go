@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/controlplane"
 )
 
 // node is a ready node running chains with the default etcd prefix.
@@ -135,6 +136,32 @@ func TestRefusalRules(t *testing.T) {
 				if r.Preserve[i] != tt.preserve[i] {
 					t.Errorf("preserve[%d] = %+v, want %+v", i, r.Preserve[i], tt.preserve[i])
 				}
+			}
+		})
+	}
+}
+
+// A node running a file atrest cannot model (a wildcard, a resource in two
+// lists) is observed as unreadable, and the plan refuses, naming the field
+// and the fix; nothing is planned from what atrest cannot read.
+func TestNodeRunningUnmodelledFileIsRefused(t *testing.T) {
+	const head = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
+	for _, tt := range []struct{ name, file, want string }{
+		{"wildcard", head + "- resources: ['*.*']\n  providers:\n  - identity: {}\n",
+			`resources[0].resources[0]: "*.*" is a wildcard, and atrest cannot census or rewrite a wildcard: list the resources`},
+		{"resource in two lists", head + "- resources: [secrets]\n  providers:\n  - identity: {}\n- resources: [secrets]\n  providers:\n  - identity: {}\n",
+			`resources[1].resources[0]: resource "secrets" is also listed at resources[0].resources[0]`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := controlplane.NodeState{Node: "cp1", Ready: true, File: controlplane.ProviderFile{Present: true, Data: []byte(tt.file)}}
+			_, err := (&Reconciler{}).parseNodeFile(s)
+			if err == nil {
+				t.Fatal("parseNodeFile read it")
+			}
+			n := NodeLive{Name: "cp1", Ready: true, Flag: true, File: true, EtcdPrefix: "/registry", FileError: err.Error()}
+			_, err = MakePlan(Input{Desired: Desired{Mode: cluster.Disabled}, Live: Live{Nodes: []NodeLive{n}, EtcdPrefix: "/registry"}})
+			if ReasonOf(err) != ReasonUnreadableFile || !strings.Contains(err.Error(), "node cp1 provider file: "+tt.want) {
+				t.Fatalf("MakePlan: %v (%s)\nwant %s naming %q", err, ReasonOf(err), ReasonUnreadableFile, tt.want)
 			}
 		})
 	}
