@@ -14,6 +14,7 @@ import (
 	vault "github.com/hashicorp/vault/api"
 
 	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/sandbox"
 )
 
 // The tests of this file remove assumptions atrest made without checking
@@ -203,36 +204,49 @@ func TestUnloadedProviderFile(t *testing.T) {
 	checkReadable(t)
 }
 
-// TestEtcdPrefix runs enable, a rotation and disable on apiservers that
-// store under a non-default --etcd-prefix: the census, the verify and
-// every key drop count there, not under /registry.
+// TestEtcdPrefix runs a change of config, a rotation and disable on
+// apiservers that store under a non-default --etcd-prefix: the census, the
+// verify and every key drop count there, not under /registry.
 func TestEtcdPrefix(t *testing.T) {
 	ctx := context.Background()
-	createSecrets(t, clients(t)[0])
-	disabled := clusterFile(t, "disabled.yml", disabledBlock)
-	if code, out := run(t, "apply", "--config", disabled); code != 0 {
-		t.Fatalf("disable first: exit %d:\n%s", code, out)
+	// The nodes keep the config they run, under a prefix that starts
+	// empty; the data under /registry, and the config that reads it, are
+	// put back at the end.
+	saved := make([][]byte, len(sb.Nodes))
+	for i := range sb.Nodes {
+		data, err := os.ReadFile(providerFile(i))
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		saved[i] = data
 	}
-	const prefix = "/atrest-e2e"
 	recreate := func(extra ...string) {
 		for i := range sb.Nodes {
-			if err := sb.RecreateAPIServer(ctx, i, extra...); err != nil {
+			args := extra
+			if saved[i] != nil {
+				args = append([]string{sandbox.ProviderConfigFlag}, extra...)
+			}
+			if err := sb.RecreateAPIServer(ctx, i, args...); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
+	const prefix = "/atrest-e2e"
 	recreate("--etcd-prefix=" + prefix)
 	t.Cleanup(func() {
-		// Back to the default prefix, where the other tests' plain
-		// secrets are; the config under the other prefix is gone with it.
 		for i := range sb.Nodes {
-			_ = os.Remove(providerFile(i))
+			if saved[i] == nil {
+				_ = os.Remove(providerFile(i))
+			} else if err := os.WriteFile(providerFile(i), saved[i], 0o600); err != nil {
+				t.Error(err)
+			}
 		}
 		recreate()
 	})
 	createSecrets(t, clients(t)[0]) // under the new prefix
 
 	managed := clusterFile(t, "managed.yml", managedBlock)
+	disabled := clusterFile(t, "disabled.yml", disabledBlock)
 	step := func(name, want string, args ...string) string {
 		t.Helper()
 		tr := startTraffic(t)
@@ -248,7 +262,7 @@ func TestEtcdPrefix(t *testing.T) {
 		}
 		return got
 	}
-	k1 := step("enable", "aescbc:v1:", "apply", "--config", managed)
+	k1 := step("managed", "aescbc:v1:", "apply", "--config", managed)
 	k2 := step("rotate", "aescbc:v1:", "rotate-key", "--config", managed)
 	if k1 == k2 {
 		t.Fatalf("rotate-key kept %s", k1)
@@ -261,6 +275,45 @@ func TestEtcdPrefix(t *testing.T) {
 	code, out := run(t, "plan", "--config", wrong)
 	if code != 2 || !strings.Contains(out, "cluster.yml gives kube-apiserver --etcd-prefix /elsewhere") {
 		t.Fatalf("plan with another prefix in cluster.yml: exit %d:\n%s", code, out)
+	}
+}
+
+// TestUnmanagedAPIServer: a kube-apiserver that serves the cluster from a
+// host cluster.yml does not list stops every change, named; once it is
+// gone, atrest plans again.
+func TestUnmanagedAPIServer(t *testing.T) {
+	ctx := context.Background()
+	managed := clusterFile(t, "managed.yml", managedBlock)
+	stray, err := sb.StartStrayAPIServer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stray.Stop() })
+	before := nodeFiles(t)
+	for _, cmd := range []string{"plan", "apply"} {
+		code, out := run(t, cmd, "--config", managed)
+		if code != 2 || !strings.Contains(out, "host "+stray.Name) || !strings.Contains(out, "no controlplane node of cluster.yml") {
+			t.Fatalf("%s with a stray apiserver serving: exit %d:\n%s", cmd, code, out)
+		}
+	}
+	if nodeFiles(t) != before {
+		t.Fatal("atrest changed a node while an apiserver it does not manage serves")
+	}
+	if err := stray.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Since v1.35 a clean shutdown deletes the identity lease: atrest
+	// plans again (0 or 1, not a refusal).
+	deadline := time.Now().Add(time.Minute)
+	for {
+		code, out := run(t, "plan", "--config", managed)
+		if code != 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("plan after the stray apiserver stopped: exit %d:\n%s", code, out)
+		}
+		time.Sleep(2 * time.Second)
 	}
 }
 
@@ -311,47 +364,4 @@ func mustBase64(t *testing.T, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// TestUnmanagedAPIServer: a kube-apiserver that serves the cluster from a
-// host cluster.yml does not list stops every change, named; once it is
-// gone, atrest acts again.
-func TestUnmanagedAPIServer(t *testing.T) {
-	ctx := context.Background()
-	disabled := clusterFile(t, "disabled.yml", disabledBlock)
-	managed := clusterFile(t, "managed.yml", managedBlock)
-	if code, out := run(t, "apply", "--config", disabled); code != 0 {
-		t.Fatalf("disable first: exit %d:\n%s", code, out)
-	}
-	stray, err := sb.StartStrayAPIServer(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stray.Stop() })
-	before := nodeFiles(t)
-	for _, cmd := range []string{"plan", "apply"} {
-		code, out := run(t, cmd, "--config", managed)
-		if code != 2 || !strings.Contains(out, "host "+stray.Name) || !strings.Contains(out, "no controlplane node of cluster.yml") {
-			t.Fatalf("%s with a stray apiserver serving: exit %d:\n%s", cmd, code, out)
-		}
-	}
-	if nodeFiles(t) != before {
-		t.Fatal("atrest changed a node while an apiserver it does not manage serves")
-	}
-	if err := stray.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	// Since v1.35 a clean shutdown deletes the identity lease: the plan is
-	// made again (exit 1: there is something to do).
-	deadline := time.Now().Add(time.Minute)
-	for {
-		code, out := run(t, "plan", "--config", managed)
-		if code == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("plan after the stray apiserver stopped: exit %d:\n%s", code, out)
-		}
-		time.Sleep(2 * time.Second)
-	}
 }
