@@ -70,6 +70,16 @@ func noMaterial(t *testing.T, out string, secrets ...string) {
 	}
 }
 
+// setUp brings the cluster to config (without traffic: the other tests
+// prove the transitions; these start from their end), stored as want.
+func setUp(t *testing.T, want, config string) {
+	t.Helper()
+	if code, out := run(t, "apply", "--config", config); code != 0 {
+		t.Fatalf("set up %s: exit %d:\n%s", config, code, out)
+	}
+	checkStored(t, want)
+}
+
 // TestKeyIsItsMaterial: the same key name with other material, inside one
 // config, from Git and from a node, is refused before anything changes,
 // naming the key and the two sources; material found on a node is kept
@@ -93,7 +103,7 @@ func TestKeyIsItsMaterial(t *testing.T) {
 	}
 	noMaterial(t, out, fw5hnSecret, otherSecret)
 
-	transition(t, "custom", "aescbc:v1:k-fw5hn", "apply", "--config", custom)
+	setUp(t, "aescbc:v1:k-fw5hn", custom)
 
 	// From Git: the classic hand rotation, a new secret under the old name.
 	rotatedByHand := clusterFile(t, "rotated-by-hand.yml", strings.Replace(customBlock, fw5hnSecret, otherSecret, 1))
@@ -150,7 +160,7 @@ func TestKeyIsItsMaterial(t *testing.T) {
 func TestUnloadedProviderFile(t *testing.T) {
 	createSecrets(t, clients(t)[0])
 	custom := clusterFile(t, "custom.yml", customBlock)
-	transition(t, "custom", "aescbc:v1:k-fw5hn", "apply", "--config", custom)
+	setUp(t, "aescbc:v1:k-fw5hn", custom)
 
 	// A key only node 2 has, as a writer: restarting node 2 on that file
 	// would write secrets the others cannot read.
