@@ -80,7 +80,23 @@ func (sb *Sandbox) StartStrayAPIServer(ctx context.Context, extra ...string) (_ 
 	if err := sb.installNodeCerts(etc); err != nil {
 		return nil, err
 	}
-	args := append(sb.APIServerArgs(Node{Name: name, Address: s.Address}), extra...)
+	args := sb.APIServerArgs(Node{Name: name, Address: s.Address})
+	// A stray runs the config a node runs, as a controlplane that left
+	// cluster.yml would: without it, it could not read encrypted values,
+	// and would never become ready.
+	if len(sb.Nodes) > 0 {
+		data, err := os.ReadFile(filepath.Join(sb.Nodes[0].Dir, "etc-kubernetes", "ssl", "encryption.yaml"))
+		switch {
+		case err == nil:
+			if err := os.WriteFile(filepath.Join(etc, "ssl", "encryption.yaml"), data, 0o600); err != nil {
+				return nil, err
+			}
+			args = append(args, ProviderConfigFlag)
+		case !os.IsNotExist(err):
+			return nil, err
+		}
+	}
+	args = append(args, extra...)
 	cmd := exec.Command("unshare", namespaceArgs(append([]string{"sh", "-c", strayInit, "sh"}, args...)...)...)
 	cmd.Env = append(os.Environ(), "STRAY="+s.Dir, "HOST="+name, "KUBE_APISERVER="+sb.opts.KubeAPIServer)
 	p, err := startProc(name+" kube-apiserver", cmd, s.Log)
