@@ -65,6 +65,10 @@ type Options struct {
 	Storage StorageReader
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
+	// Failpoint, when set, is called at each of the named points of
+	// Failpoints, for fault-injection tests: the atrest binary can kill
+	// itself there to leave a node as a crash would. nil in production.
+	Failpoint func(name string)
 }
 
 // StorageReader reads a raw value from etcd: the bytes kube-apiserver

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -22,7 +23,7 @@ type result struct {
 // run runs a POSIX sh script on the node as root (through `sudo -n` when the
 // SSH user is not root), with stdin, within the per-call timeout. Only
 // failures to run it at all are errors; a non-zero exit is in the result.
-func (n *Node) run(ctx context.Context, script string, stdin []byte, maxStdout int) (*result, error) {
+func (n *Node) run(ctx context.Context, script string, stdin io.Reader, maxStdout int) (*result, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.opts.Timeout)
 	defer cancel()
 	sess, err := n.ssh.NewSession()
@@ -34,7 +35,7 @@ func (n *Node) run(ctx context.Context, script string, stdin []byte, maxStdout i
 	errOut := &capped{max: 4096}
 	sess.Stdout, sess.Stderr = out, errOut
 	if stdin != nil {
-		sess.Stdin = bytes.NewReader(stdin)
+		sess.Stdin = stdin
 	}
 	cmd := "sh -c " + shellQuote(script)
 	if !n.root {

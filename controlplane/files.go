@@ -143,7 +143,7 @@ chmod 0600 "$tmp"
 sync -- "$tmp" 2>/dev/null || sync
 mv -f -- "$tmp" "$f"
 trap - EXIT
-sync -- "$d" 2>/dev/null || sync`, shellQuote(n.file), shellQuote(path.Clean(dir)), exitNoDir, base), data, 4096)
+sync -- "$d" 2>/dev/null || sync`, shellQuote(n.file), shellQuote(path.Clean(dir)), exitNoDir, base), &midStream{data: data, fail: func() { n.failpoint(FailpointWriteMidStream) }}, 4096)
 	if err != nil {
 		return n.sshErr(op, err)
 	}
