@@ -30,6 +30,11 @@ var (
 	// ErrRolledBack: a change failed on the node and the node was put back
 	// as it was before the change, and is ready.
 	ErrRolledBack = errors.New("rolled back")
+	// ErrFenced: atrest no longer holds the reconciler's lock (its
+	// Fence.Check failed), or the node has seen a greater fence token: a
+	// newer holder works on the cluster, and this one stopped where it
+	// was, leaving any repair to the newer one's Cluster.Recover.
+	ErrFenced = errors.New("fenced: another atrest holds the lock")
 	// ErrRollbackFailed: a change failed on the node and putting it back
 	// failed too: the node needs an operator.
 	ErrRollbackFailed = errors.New("ROLLBACK FAILED: the node needs manual repair")

@@ -118,37 +118,137 @@ func parseEpoch(s string) time.Time {
 	return time.Unix(sec, nsec).UTC()
 }
 
-// WriteProviderFile replaces the provider file on the node atomically: it
-// writes a temporary file in the same directory with mode 0600, fsyncs it,
-// renames it over the file and fsyncs the directory, then reads the file
-// back and compares its sha256 with data's. A crash leaves the old file or
-// the new one, never a mix.
-func (n *Node) WriteProviderFile(ctx context.Context, data []byte) error {
-	op := "write provider file " + n.file
-	if len(data) == 0 || len(data) > MaxProviderFileSize {
-		return nodeErr(n.name, op, nil, fmt.Errorf("refusing to write %d bytes: a provider file has 1 to %d", len(data), MaxProviderFileSize))
-	}
-	dir, base := path.Split(n.file)
-	// mktemp creates the file 0600; umask covers chmod-less systems. A
-	// `sync FILE` that cannot fsync one file falls back to syncing all.
-	r, err := n.run(ctx, fmt.Sprintf(`set -eu
+// Exit codes of the write and remove scripts that refuse.
+const (
+	exitIncomplete = 42 // the bytes received are not those sent
+	exitSuperseded = 43 // a later write removed this one's temporary file
+	exitFenced     = 44 // the node has seen a greater fence token
+	exitBadFence   = 45 // the fence token file holds no number
+)
+
+// Files atrest keeps beside the provider file.
+const (
+	lockFile  = ".atrest-lock"  // flock(1)ed around every commit
+	fenceFile = ".atrest-fence" // the greatest fence token seen
+)
+
+// lockAndFence is the shell that starts a commit in directory $d: it takes
+// the directory's lock (held until the script exits; without flock(1) on
+// the node there is no lock) and, for a token other than 0, refuses when
+// the node has seen a greater token and records a greater one. The lock
+// is not taken before, so a sender that stalls holds no lock.
+const lockAndFence = `if command -v flock >/dev/null 2>&1; then
+	exec 9>>"$d/` + lockFile + `"
+	flock 9
+fi
+if [ "$token" -gt 0 ]; then
+	fence="$d/` + fenceFile + `"
+	held=0
+	if [ -s "$fence" ]; then held=$(cat -- "$fence"); fi
+	case $held in ''|*[!0-9]*) echo "fence token file $fence holds no number" >&2; exit 45;; esac
+	if [ "$held" -gt "$token" ]; then
+		echo "the node has seen fence token $held, greater than this run's $token: a newer atrest holds the lock" >&2
+		exit 44
+	fi
+	if [ "$held" -lt "$token" ]; then
+		printf '%%s\n' "$token" >"$fence.tmp"
+		mv -f -- "$fence.tmp" "$fence"
+	fi
+fi
+`
+
+// writeScript writes stdin to $f through a temporary file in the same
+// directory: only bytes whose count and sha256 are those sent are renamed
+// over the file, under the directory's lock, and only if no later write
+// has removed the temporary file since; every other writer's temporary
+// file is removed then, so an older write still in flight cannot land
+// after this one (or after a rollback).
+const writeScript = `set -eu
 umask 077
 f=%s
 d=%s
+size=%d
+sum=%s
+token=%d
 [ -d "$d" ] || { echo "directory $d does not exist on the node" >&2; exit %d; }
 tmp=$(mktemp "$d/.%s.atrest.XXXXXX")
 trap 'rm -f -- "$tmp"' EXIT
 cat > "$tmp"
 chmod 0600 "$tmp"
 sync -- "$tmp" 2>/dev/null || sync
+` + lockAndFence + `[ -e "$tmp" ] || { echo "a later write removed this one's temporary file: it is superseded" >&2; exit 43; }
+got=$(wc -c <"$tmp")
+got=$((got + 0))
+if [ "$got" -ne "$size" ]; then
+	echo "received $got of the $size bytes sent: the stream was cut short" >&2
+	exit 42
+fi
+got=$(sha256sum <"$tmp")
+got=${got%%%% *}
+if [ "$got" != "$sum" ]; then
+	echo "received bytes with sha256 $got, not those sent" >&2
+	exit 42
+fi
+for o in "$d"/.%s.atrest.*; do
+	if [ "$o" != "$tmp" ]; then rm -f -- "$o"; fi
+done
 mv -f -- "$tmp" "$f"
 trap - EXIT
-sync -- "$d" 2>/dev/null || sync`, shellQuote(n.file), shellQuote(path.Clean(dir)), exitNoDir, base), &midStream{data: data, fail: func() { n.failpoint(FailpointWriteMidStream) }}, 4096)
-	if err != nil {
-		return n.sshErr(op, err)
+sync -- "$d" 2>/dev/null || sync`
+
+// writeAtomic replaces file on the node with data, as writeScript says;
+// op names the operation in errors.
+func (n *Node) writeAtomic(ctx context.Context, op, file string, data []byte) error {
+	if err := checkFence(ctx, "write "+file); err != nil {
+		return nodeErr(n.name, op, nil, err)
 	}
-	if r.code != 0 {
+	token, err := fenceToken(ctx)
+	if err != nil {
+		return nodeErr(n.name, op, ErrFenced, err)
+	}
+	dir, base := path.Split(file)
+	sum := sha256.Sum256(data)
+	script := fmt.Sprintf(writeScript, shellQuote(file), shellQuote(path.Clean(dir)), len(data), hex.EncodeToString(sum[:]), token, exitNoDir, base, base)
+	r, err := n.run(ctx, script, &midStream{data: data, fail: func() { n.failpoint(FailpointWriteMidStream) }}, 4096)
+	if err != nil {
+		return n.sshErr(op, fmt.Errorf("%w (the file is either the old one or the new one, whole)", err))
+	}
+	return n.scriptErr(op, r)
+}
+
+// scriptErr turns the exit status of a write or remove script into an
+// error naming the node and the operation.
+func (n *Node) scriptErr(op string, r *result) error {
+	switch r.code {
+	case 0:
+		return nil
+	case exitIncomplete:
+		return nodeErr(n.name, op, nil, fmt.Errorf("%s; the file was left as it was", r.stderr))
+	case exitSuperseded:
+		return nodeErr(n.name, op, nil, fmt.Errorf("%s; the file was left as the later write made it", r.stderr))
+	case exitFenced:
+		n.log.Error("FENCED: a newer atrest holds the lock; stopping here and leaving the node to it", "op", op, "error", r.stderr)
+		return nodeErr(n.name, op, ErrFenced, fmt.Errorf("%s; the file was left as it was", r.stderr))
+	default:
 		return nodeErr(n.name, op, nil, fmt.Errorf("exit status %d: %s", r.code, r.stderr))
+	}
+}
+
+// WriteProviderFile replaces the provider file on the node atomically: it
+// sends the bytes to a temporary file in the same directory with mode
+// 0600, checks under the directory's lock that the node received exactly
+// those bytes (count and sha256) and that the context's Fence allows it,
+// renames the temporary file over the file and fsyncs the directory, then
+// reads the file back and compares its sha256 with data's. A crash or a
+// cut connection leaves the old file or the new one, never a mix, and a
+// write overtaken by a later one never lands after it.
+func (n *Node) WriteProviderFile(ctx context.Context, data []byte) error {
+	op := "write provider file " + n.file
+	if len(data) == 0 || len(data) > MaxProviderFileSize {
+		return nodeErr(n.name, op, nil, fmt.Errorf("refusing to write %d bytes: a provider file has 1 to %d", len(data), MaxProviderFileSize))
+	}
+	if err := n.writeAtomic(ctx, op, n.file, data); err != nil {
+		return err
 	}
 	got, err := n.ReadProviderFile(ctx)
 	if err != nil {
@@ -166,17 +266,32 @@ sync -- "$d" 2>/dev/null || sync`, shellQuote(n.file), shellQuote(path.Clean(dir
 // file is fine.
 func (n *Node) RemoveProviderFile(ctx context.Context) error {
 	op := "remove provider file " + n.file
-	r, err := n.run(ctx, fmt.Sprintf(`set -eu
-f=%s
-d=%s
-rm -f -- "$f"
-sync -- "$d" 2>/dev/null || sync`, shellQuote(n.file), shellQuote(path.Dir(n.file))), nil, 4096)
-	if err != nil {
-		return n.sshErr(op, err)
-	}
-	if r.code != 0 {
-		return nodeErr(n.name, op, nil, fmt.Errorf("exit status %d: %s", r.code, r.stderr))
+	if err := n.removeFile(ctx, op, n.file); err != nil {
+		return err
 	}
 	n.log.Info("removed provider file", "path", n.file)
 	return nil
+}
+
+// removeFile removes file from the node, under the directory's lock and
+// the context's Fence; a missing file is fine.
+func (n *Node) removeFile(ctx context.Context, op, file string) error {
+	if err := checkFence(ctx, "remove "+file); err != nil {
+		return nodeErr(n.name, op, nil, err)
+	}
+	token, err := fenceToken(ctx)
+	if err != nil {
+		return nodeErr(n.name, op, ErrFenced, err)
+	}
+	r, err := n.run(ctx, fmt.Sprintf(`set -eu
+f=%s
+d=%s
+token=%d
+[ -d "$d" ] || exit 0
+`+lockAndFence+`rm -f -- "$f"
+sync -- "$d" 2>/dev/null || sync`, shellQuote(file), shellQuote(path.Dir(file)), token), nil, 4096)
+	if err != nil {
+		return n.sshErr(op, err)
+	}
+	return n.scriptErr(op, r)
 }

@@ -1,0 +1,98 @@
+package controlplane
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// runWriteScript runs the write script locally, as the node would, for a
+// file in dir: it declares want's size and hash, and sends sent.
+func runWriteScript(t *testing.T, file string, want, sent []byte, token uint64) (int, string) {
+	t.Helper()
+	dir, base := filepath.Split(file)
+	sum := sha256.Sum256(want)
+	script := fmt.Sprintf(writeScript, shellQuote(file), shellQuote(filepath.Clean(dir)), len(want), hex.EncodeToString(sum[:]), token, exitNoDir, base, base)
+	cmd := exec.Command("sh", "-c", script)
+	cmd.Stdin = bytes.NewReader(sent)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatal(err)
+	}
+	return cmd.ProcessState.ExitCode(), stderr.String()
+}
+
+func TestWriteScript(t *testing.T) {
+	if _, err := exec.LookPath("sha256sum"); err != nil {
+		t.Skip("no sha256sum here")
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "encryption.yaml")
+	old, full := []byte("old\n"), bytes.Repeat([]byte("new\n"), 1000)
+	mustFile := func(want []byte) {
+		t.Helper()
+		if got, err := os.ReadFile(file); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("file holds %d bytes (%v), want %d", len(got), err, len(want))
+		}
+	}
+	if code, msg := runWriteScript(t, file, old, old, 0); code != 0 {
+		t.Fatalf("write: %d %s", code, msg)
+	}
+	mustFile(old)
+
+	// Half the bytes, or other bytes of the same size: refused.
+	for _, sent := range [][]byte{full[:len(full)/2], bytes.Repeat([]byte("NEW\n"), 1000)} {
+		if code, msg := runWriteScript(t, file, full, sent, 0); code != exitIncomplete {
+			t.Errorf("cut write: exit %d %s", code, msg)
+		}
+		mustFile(old)
+	}
+
+	// Another writer's leftover is removed by the write that commits.
+	stale := filepath.Join(dir, ".encryption.yaml.atrest.stale1")
+	if err := os.WriteFile(stale, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, msg := runWriteScript(t, file, full, full, 5); code != 0 {
+		t.Fatalf("write: %d %s", code, msg)
+	}
+	mustFile(full)
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("leftover temporary file kept: %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, fenceFile)); string(got) != "5\n" {
+		t.Errorf("fence file holds %q", got)
+	}
+
+	// A smaller token than the node has seen is refused; 0 is not checked.
+	if code, msg := runWriteScript(t, file, old, old, 4); code != exitFenced {
+		t.Errorf("fenced write: exit %d %s", code, msg)
+	}
+	mustFile(full)
+	if code, msg := runWriteScript(t, file, old, old, 0); code != 0 {
+		t.Errorf("unfenced write: exit %d %s", code, msg)
+	}
+	if code, msg := runWriteScript(t, file, full, full, 12345678901); code != 0 {
+		t.Errorf("greater token: exit %d %s", code, msg)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, fenceFile)); string(got) != "12345678901\n" {
+		t.Errorf("fence file holds %q", got)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		switch e.Name() {
+		case "encryption.yaml", fenceFile, lockFile:
+		default:
+			t.Errorf("left behind: %s", e.Name())
+		}
+	}
+}
