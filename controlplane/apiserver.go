@@ -92,7 +92,7 @@ func (n *Node) container(ctx context.Context) (*container, error) {
 	if errors.Is(err, errNotFound) {
 		hint := "is this node a controlplane node that RKE has set up (rke up)?"
 		if prev, _ := n.docker.exists(ctx, prevName); prev != nil {
-			hint = fmt.Sprintf("an interrupted replacement left the previous one as %s (%s); atrest puts it back on its next change to the flag, or rename it by hand", prevName, prev.State.Status)
+			hint = fmt.Sprintf("an interrupted replacement left the previous one as %s (%s); atrest puts it back when it next recovers the node (every reconcile starts so), or rename it by hand", prevName, prev.State.Status)
 		}
 		return nil, nodeErr(n.name, op, ErrContainerMissing, errors.New(hint))
 	}
@@ -184,18 +184,24 @@ func (n *Node) replace(ctx context.Context, old *container, cmd []string, op str
 	n.log.Info("replacing kube-apiserver container", "op", op, "old", short(old.ID), "new", short(newID))
 	// From here on the old container is out of service: any failure puts
 	// it back.
+	// Each failpoint is a state a crash can leave, which recoverLeftovers
+	// repairs.
 	steps := []struct {
-		what string
-		do   func(context.Context) error
+		what      string
+		do        func(context.Context) error
+		failpoint string
 	}{
-		{"stop the old container", func(ctx context.Context) error { return n.docker.stop(ctx, old.ID) }},
-		{"rename the old container to " + prevName, func(ctx context.Context) error { return n.docker.rename(ctx, old.ID, prevName) }},
-		{"rename the replacement to " + containerName, func(ctx context.Context) error { return n.docker.rename(ctx, newID, containerName) }},
-		{"start the replacement", func(ctx context.Context) error { return n.docker.start(ctx, newID) }},
+		{"stop the old container", func(ctx context.Context) error { return n.docker.stop(ctx, old.ID) }, FailpointSwapAfterStop},
+		{"rename the old container to " + prevName, func(ctx context.Context) error { return n.docker.rename(ctx, old.ID, prevName) }, FailpointSwapAfterRename},
+		{"rename the replacement to " + containerName, func(ctx context.Context) error { return n.docker.rename(ctx, newID, containerName) }, ""},
+		{"start the replacement", func(ctx context.Context) error { return n.docker.start(ctx, newID) }, FailpointSwapAfterStart},
 	}
 	for _, s := range steps {
 		if err := s.do(ctx); err != nil {
 			return n.putBack(ctx, old, newID, nodeErr(n.name, op, ErrDocker, fmt.Errorf("%s: %w", s.what, err)))
+		}
+		if s.failpoint != "" {
+			n.failpoint(s.failpoint)
 		}
 	}
 	if err := n.WaitReady(ctx); err != nil {
@@ -233,6 +239,9 @@ func (n *Node) sameImage(ctx context.Context, old *container) (string, error) {
 // container takes its name back and starts, and must become ready.
 func (n *Node) putBack(ctx context.Context, old *container, newID string, cause error) error {
 	ctx = context.WithoutCancel(ctx) // a cancelled operation must still not leave the node down
+	if err := n.lostLock(ctx, "put the previous kube-apiserver container back", cause); err != nil {
+		return err
+	}
 	n.log.Warn("replacement kube-apiserver failed: putting the previous container back", "error", cause)
 	var errs []error
 	if err := n.docker.remove(ctx, newID); err != nil && !errors.Is(err, errNotFound) {
@@ -261,37 +270,76 @@ func (n *Node) putBack(ctx context.Context, old *container, newID string, cause 
 	return rb
 }
 
-// recoverLeftovers cleans up after a replacement that an earlier run left
-// half done: a replacement that never took over is removed, and a replaced
-// container is put back when nothing runs in its place, or removed when
-// its replacement runs.
+// lostLock returns an error wrapping ErrFenced when cause says, or the
+// context's Fence now says, that the lock is lost: then nothing more may be
+// done on the node, not even undoing the change, which the new holder's
+// Recover repairs. nil when the lock is held.
+func (n *Node) lostLock(ctx context.Context, what string, cause error) error {
+	if !errors.Is(cause, ErrFenced) {
+		err := checkFence(ctx, what)
+		if err == nil {
+			return nil
+		}
+		cause = errors.Join(cause, err)
+	}
+	n.log.Error("LOCK LOST: stopping here without undoing the change; the new lock holder's recovery repairs this node", "not done", what, "error", cause)
+	return nodeErr(n.name, what, nil, cause)
+}
+
+// recoverLeftovers repairs what an interrupted replacement left (see the
+// Failpoint* states): a replacement that never took over is removed (and
+// the old container, when it was stopped for it, started again); a
+// replaced container is removed once its replacement is ready, and put
+// back when nothing runs in its place or the replacement does not become
+// ready. A node with no leftover costs one call.
 func (n *Node) recoverLeftovers(ctx context.Context) error {
-	next, err := n.docker.exists(ctx, nextName)
-	if err != nil {
+	names, err := n.docker.namesLike(ctx, containerName+"-atrest-")
+	if err != nil || len(names) == 0 {
 		return err
 	}
+	var found [3]*container
+	for i, name := range []string{nextName, prevName, containerName} {
+		if found[i], err = n.docker.exists(ctx, name); err != nil {
+			return err
+		}
+	}
+	next, prev, cur := found[0], found[1], found[2]
 	if next != nil {
 		n.log.Warn("removing a replacement kube-apiserver container left by an interrupted run", "container", nextName)
 		if err := n.docker.remove(ctx, next.ID); err != nil {
 			return fmt.Errorf("remove leftover %s: %w", nextName, err)
 		}
+		if prev == nil && cur != nil && !cur.State.Running {
+			// The replacement is the evidence that atrest stopped this
+			// one, and was killed before renaming it.
+			n.log.Warn("starting the kube-apiserver container an interrupted run stopped", "container", short(cur.ID))
+			if err := n.docker.start(ctx, cur.ID); err != nil {
+				return fmt.Errorf("start %s: %w", containerName, err)
+			}
+			return n.WaitReady(ctx)
+		}
 	}
-	prev, err := n.docker.exists(ctx, prevName)
-	if err != nil || prev == nil {
-		return err
-	}
-	cur, err := n.docker.exists(ctx, containerName)
-	if err != nil {
-		return err
+	if prev == nil {
+		return nil
 	}
 	if cur != nil && cur.State.Running {
-		n.log.Warn("removing the replaced kube-apiserver container left by an interrupted run", "container", prevName)
-		return n.docker.remove(ctx, prev.ID)
+		err := n.WaitReady(ctx)
+		if err == nil {
+			n.log.Warn("removing the replaced kube-apiserver container left by an interrupted run: its replacement is ready", "container", prevName)
+			return n.docker.remove(ctx, prev.ID)
+		}
+		n.log.Warn("the replacement kube-apiserver an interrupted run started is not ready: putting the previous one back", "error", err)
 	}
+	return n.restorePrev(ctx, prev, cur)
+}
+
+// restorePrev puts the replaced container prev back in place of cur (nil
+// when there is none), and waits until it is ready.
+func (n *Node) restorePrev(ctx context.Context, prev, cur *container) error {
 	n.log.Warn("putting back the kube-apiserver container left by an interrupted run", "container", prevName)
 	if cur != nil {
 		if err := n.docker.remove(ctx, cur.ID); err != nil {
-			return fmt.Errorf("remove the stopped replacement %s: %w", containerName, err)
+			return fmt.Errorf("remove the replacement %s: %w", containerName, err)
 		}
 	}
 	if err := n.docker.rename(ctx, prev.ID, containerName); err != nil {

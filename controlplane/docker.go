@@ -310,6 +310,26 @@ func createBody(old *container, image string, cmd []string) (map[string]json.Raw
 	return body, nil
 }
 
+// namesLike returns the names (without the leading slash) of the
+// containers, running or not, whose name contains part: one call.
+func (d *docker) namesLike(ctx context.Context, part string) ([]string, error) {
+	filters, err := json.Marshal(map[string]map[string]bool{"name": {part: true}})
+	if err != nil {
+		return nil, err
+	}
+	var list []struct{ Names []string }
+	if err := d.call(ctx, http.MethodGet, "/containers/json", url.Values{"all": {"1"}, "filters": {string(filters)}}, nil, 0, &list); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, c := range list {
+		for _, name := range c.Names {
+			out = append(out, strings.TrimPrefix(name, "/"))
+		}
+	}
+	return out, nil
+}
+
 func (d *docker) create(ctx context.Context, name string, body map[string]json.RawMessage) (string, error) {
 	var out struct {
 		ID       string `json:"Id"`
@@ -322,25 +342,44 @@ func (d *docker) create(ctx context.Context, name string, body map[string]json.R
 // stopGrace is how long kube-apiserver gets to shut down before SIGKILL.
 const stopGrace = 15 * time.Second
 
+// The destructive calls below first ask the context's Fence: a holder
+// that lost the lock must not touch a container the new holder may be
+// working on.
+
 func (d *docker) start(ctx context.Context, id string) error {
+	if err := checkFence(ctx, "start container "+short(id)); err != nil {
+		return err
+	}
 	return d.call(ctx, http.MethodPost, "/containers/"+url.PathEscape(id)+"/start", nil, nil, 0, nil)
 }
 
 func (d *docker) stop(ctx context.Context, id string) error {
+	if err := checkFence(ctx, "stop container "+short(id)); err != nil {
+		return err
+	}
 	q := url.Values{"t": {strconv.Itoa(int(stopGrace.Seconds()))}}
 	return d.call(ctx, http.MethodPost, "/containers/"+url.PathEscape(id)+"/stop", q, nil, stopGrace, nil)
 }
 
 func (d *docker) restart(ctx context.Context, id string) error {
+	if err := checkFence(ctx, "restart container "+short(id)); err != nil {
+		return err
+	}
 	q := url.Values{"t": {strconv.Itoa(int(stopGrace.Seconds()))}}
 	return d.call(ctx, http.MethodPost, "/containers/"+url.PathEscape(id)+"/restart", q, nil, stopGrace, nil)
 }
 
 func (d *docker) rename(ctx context.Context, id, name string) error {
+	if err := checkFence(ctx, "rename container "+short(id)+" to "+name); err != nil {
+		return err
+	}
 	return d.call(ctx, http.MethodPost, "/containers/"+url.PathEscape(id)+"/rename", url.Values{"name": {name}}, nil, 0, nil)
 }
 
 func (d *docker) remove(ctx context.Context, id string) error {
+	if err := checkFence(ctx, "remove container "+short(id)); err != nil {
+		return err
+	}
 	return d.call(ctx, http.MethodDelete, "/containers/"+url.PathEscape(id), url.Values{"force": {"1"}}, nil, stopGrace, nil)
 }
 

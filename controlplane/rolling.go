@@ -86,6 +86,8 @@ func (e *RolloutError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s stopped at %s (node %d of %d): ", e.What, e.Node, e.Index+1, e.Total)
 	switch {
+	case errors.Is(e.Err, ErrFenced):
+		fmt.Fprintf(&b, "%s was left as it was when atrest lost its lock: the new lock holder's recovery repairs it", e.Node)
 	case errors.Is(e.Err, ErrRollbackFailed):
 		fmt.Fprintf(&b, "%s could NOT be rolled back and needs manual repair", e.Node)
 	case errors.Is(e.Err, ErrRolledBack):
@@ -262,6 +264,11 @@ func (n *Node) apply(ctx context.Context, file []byte, want string) (changed boo
 		}
 	}
 
+	// The previous file stays on the node until the step is over, for
+	// Recover after a crash; the rollback below uses what it read.
+	if err := n.saveBackup(ctx, prev); err != nil {
+		return false, err
+	}
 	canaryWritten := false
 	fail := func(cause error) (bool, error) {
 		return true, n.rollbackApply(ctx, prev, a, cause, canaryWritten)
@@ -288,6 +295,7 @@ func (n *Node) apply(ctx context.Context, file []byte, want string) (changed boo
 		return fail(nodeErr(n.name, "canary", ErrCanary, fmt.Errorf("the canary written through %s is stored as %q, not %q", n.name, got, want)))
 	}
 	n.log.Info("provider file in effect", "sha256", newSum, "canary", got)
+	n.dropBackup(ctx)
 	return true, nil
 }
 
@@ -295,6 +303,9 @@ func (n *Node) apply(ctx context.Context, file []byte, want string) (changed boo
 // provider file (or none) and its previous kube-apiserver command, ready.
 func (n *Node) rollbackApply(ctx context.Context, prev ProviderFile, before APIServer, cause error, canaryWritten bool) error {
 	ctx = context.WithoutCancel(ctx) // the node must not be left half changed
+	if err := n.lostLock(ctx, "roll the node back", cause); err != nil {
+		return err
+	}
 	var inner *RollbackError
 	if errors.As(cause, &inner) {
 		// A replacement container that did not become ready was already
@@ -343,6 +354,7 @@ func (n *Node) rollbackApply(ctx context.Context, prev ProviderFile, before APIS
 	rb := &RollbackError{Node: n.name, Cause: cause, Rollback: errors.Join(errs...)}
 	if rb.Rollback == nil {
 		n.log.Warn("node rolled back and ready")
+		n.dropBackup(ctx)
 	} else {
 		n.log.Error("ROLLBACK FAILED: the node needs manual repair", "error", rb.Rollback)
 	}
