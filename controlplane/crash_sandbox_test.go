@@ -4,10 +4,14 @@ package controlplane_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,4 +119,142 @@ func TestFencedWriteIsRefused(t *testing.T) {
 	if _, err := os.Stat(hostFile(i)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A run killed at each point of a container swap leaves the leftovers a
+// real crash would (the goroutine ends there, deferring nothing), and
+// Recover leaves kube-apiserver ready under its name, and nothing else.
+func TestRecoverAfterInterruptedSwap(t *testing.T) {
+	const i = 2
+	opts, _ := options(t)
+	var crashAt atomic.Value
+	crashAt.Store("")
+	opts.Failpoint = func(name string) {
+		if name == crashAt.Load() {
+			runtime.Goexit()
+		}
+	}
+	c := connect(t, loadCluster(t), opts)
+	ctx := testCtx(t)
+	n := c.Nodes()[i]
+	if err := n.WriteProviderFile(ctx, []byte(identityOnly)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if err := n.SetProviderConfigFlag(ctx, false); err != nil {
+			t.Error(err)
+		}
+		_ = n.RemoveProviderFile(ctx)
+		checkPristine(t, c)
+	})
+	for _, tc := range []struct {
+		failpoint string
+		leftover  []string // the containers the crash leaves
+		flagOn    bool     // whether the replacement survives recovery
+	}{
+		{controlplane.FailpointSwapAfterStop, []string{"kube-apiserver", "kube-apiserver-atrest-next"}, false},
+		{controlplane.FailpointSwapAfterRename, []string{"kube-apiserver-atrest-next", "kube-apiserver-atrest-prev"}, false},
+		{controlplane.FailpointSwapAfterStart, []string{"kube-apiserver", "kube-apiserver-atrest-prev"}, true},
+	} {
+		crashAt.Store(tc.failpoint)
+		done := make(chan struct{})
+		returned := false
+		go func() {
+			defer close(done)
+			_ = n.SetProviderConfigFlag(ctx, true)
+			returned = true
+		}()
+		<-done
+		crashAt.Store("")
+		if returned {
+			t.Fatalf("%s: the swap did not stop at the failpoint", tc.failpoint)
+		}
+		names := containerNames(t, i)
+		slices.Sort(names)
+		if !slices.Equal(names, tc.leftover) {
+			t.Fatalf("%s: the crash left containers %v, want %v", tc.failpoint, names, tc.leftover)
+		}
+		if err := c.Recover(ctx); err != nil {
+			t.Fatalf("%s: recover: %v", tc.failpoint, err)
+		}
+		if names := containerNames(t, i); !slices.Equal(names, []string{"kube-apiserver"}) {
+			t.Errorf("%s: after recovery the node has containers %v", tc.failpoint, names)
+		}
+		s := observe(t, c)[i]
+		if !s.Ready || !s.APIServer.Running || s.APIServer.ProviderConfigSet() != tc.flagOn {
+			t.Errorf("%s: after recovery: ready %v (%s), running %v, flag %q", tc.failpoint, s.Ready, s.NotReady, s.APIServer.Running, s.APIServer.EncryptionProviderConfig)
+		}
+	}
+	// With nothing left over, recovery changes nothing.
+	id := dockerInspect(t, i).ID
+	if err := c.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if dockerInspect(t, i).ID != id {
+		t.Error("a recovery with nothing to do replaced the container")
+	}
+}
+
+// A step killed after it replaced the provider file leaves the previous
+// one as a backup: Recover keeps the new file when kube-apiserver is ready
+// (the planner reloads it), and puts the previous one back when it is not.
+func TestRecoverProviderFileFromBackup(t *testing.T) {
+	const i = 0
+	opts, _ := options(t)
+	opts.ReadyTimeout = 45 * time.Second
+	c := connect(t, loadCluster(t), opts)
+	ctx := testCtx(t)
+	n := c.Nodes()[i]
+	backup := filepath.Join(filepath.Dir(hostFile(i)), ".encryption.yaml.atrest-prev")
+	if err := n.WriteProviderFile(ctx, []byte(identityOnly)); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SetProviderConfigFlag(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if err := n.SetProviderConfigFlag(ctx, false); err != nil {
+			t.Error(err)
+		}
+		_ = n.RemoveProviderFile(ctx)
+		_ = os.Remove(backup)
+		checkPristine(t, c)
+	})
+	recoverTo := func(want string) {
+		t.Helper()
+		if err := c.Recover(ctx); err != nil {
+			t.Fatalf("recover: %v", err)
+		}
+		if got, err := os.ReadFile(hostFile(i)); err != nil || string(got) != want {
+			t.Errorf("after recovery the file holds %q (%v), want %q", got, err, want)
+		}
+		if _, err := os.Stat(backup); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the backup is still there: %v", err)
+		}
+		if s := observe(t, c)[i]; !s.Ready {
+			t.Errorf("not ready after recovery: %s", s.NotReady)
+		}
+	}
+
+	second := identityOnly + "# second\n"
+	if err := os.WriteFile(backup, []byte(identityOnly), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WriteProviderFile(ctx, []byte(second)); err != nil {
+		t.Fatal(err)
+	}
+	recoverTo(second)
+
+	if err := os.WriteFile(backup, []byte(second), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WriteProviderFile(ctx, []byte(kmsMissingSocket)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Docker(ctx, i, "restart", "kube-apiserver"); err != nil {
+		t.Fatal(err)
+	}
+	recoverTo(second)
 }
