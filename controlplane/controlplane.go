@@ -7,7 +7,9 @@
 // ready, and proves which key a node writes with by a canary secret whose
 // raw value it reads back from etcd. Across nodes it rolls a provider file
 // out one node at a time and puts a node back as it was when anything goes
-// wrong on it.
+// wrong on it. Cluster.Recover repairs what a run killed part way left, and
+// a Fence (WithFence) keeps a run that lost the reconciler's lock from
+// touching the nodes again.
 //
 // Host keys are always checked against known_hosts, unless the caller asks,
 // by a loudly named option, not to. Key material (the provider file's

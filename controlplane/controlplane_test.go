@@ -151,6 +151,13 @@ func TestErrorMessages(t *testing.T) {
 			says: []string{"nothing was changed on node3", "node1, node2 already had the change"},
 			is:   []error{ErrNotReady},
 		},
+		{
+			name:    "lock lost",
+			err:     &RolloutError{What: "rolling apply", Node: "node2", Index: 1, Total: 3, Done: []string{"node1"}, Untouched: []string{"node3"}, Changed: true, Err: nodeErr("node2", "roll the node back", nil, fmt.Errorf("%w: not going to restart container abc: lock lost", ErrFenced))},
+			says:    []string{"node2 was left as it was when atrest lost its lock", "recovery repairs it", "cause: node2: roll the node back"},
+			notSays: []string{"manual repair", "rolled back"},
+			is:      []error{ErrFenced},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			msg := tc.err.Error()
