@@ -198,7 +198,11 @@ func (n *Node) replace(ctx context.Context, old *container, cmd []string, op str
 	}
 	for _, s := range steps {
 		if err := s.do(ctx); err != nil {
-			return n.putBack(ctx, old, newID, nodeErr(n.name, op, ErrDocker, fmt.Errorf("%s: %w", s.what, err)))
+			kind := ErrDocker
+			if errors.Is(err, ErrFenced) {
+				kind = nil // Docker was not even asked
+			}
+			return n.putBack(ctx, old, newID, nodeErr(n.name, op, kind, fmt.Errorf("%s: %w", s.what, err)))
 		}
 		if s.failpoint != "" {
 			n.failpoint(s.failpoint)

@@ -258,3 +258,46 @@ func TestRecoverProviderFileFromBackup(t *testing.T) {
 	}
 	recoverTo(second)
 }
+
+// A holder that loses its lock in the middle of a swap stops there, and
+// does not put the old container back: that is the new holder's Recover.
+func TestLockLostMidSwapStops(t *testing.T) {
+	const i = 1
+	opts, _ := options(t)
+	var lost atomic.Bool
+	opts.Failpoint = func(name string) {
+		if name == controlplane.FailpointSwapAfterStop {
+			lost.Store(true)
+		}
+	}
+	c := connect(t, loadCluster(t), opts)
+	ctx := testCtx(t)
+	n := c.Nodes()[i]
+	if err := n.WriteProviderFile(ctx, []byte(identityOnly)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if err := c.Recover(ctx); err != nil {
+			t.Error(err)
+		}
+		_ = n.RemoveProviderFile(ctx)
+		checkPristine(t, c)
+	})
+	fence := controlplane.Fence{Token: 1, Check: func() error {
+		if lost.Load() {
+			return errors.New("lock lost")
+		}
+		return nil
+	}}
+	err := n.SetProviderConfigFlag(controlplane.WithFence(ctx, fence), true)
+	t.Log(err)
+	if !errors.Is(err, controlplane.ErrFenced) || errors.Is(err, controlplane.ErrRolledBack) {
+		t.Fatalf("a swap whose lock was lost: %v", err)
+	}
+	names := containerNames(t, i)
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"kube-apiserver", "kube-apiserver-atrest-next"}) {
+		t.Errorf("the fenced swap went on: containers %v", names)
+	}
+}
