@@ -89,6 +89,7 @@ const (
 	resultInSync    = "in-sync"
 	resultChanged   = "changed"
 	resultFailed    = "failed"
+	resultStalled   = "stalled"
 	resultLocked    = "locked"
 	resultSuspended = "suspended"
 )
@@ -153,10 +154,16 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		d.mu.Lock()
-		why := d.ready
+		why, stalled := d.ready, d.state.Stalled
 		d.mu.Unlock()
 		if why != "" {
 			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+			return
+		}
+		// A stalled daemon stays ready: it must keep receiving the
+		// webhook of the commit that fixes the cause.
+		if stalled != "" {
+			_, _ = fmt.Fprintf(w, "ok (stalled: %s; see atrest status)\n", stalled)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
@@ -271,14 +278,24 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 	if err != nil {
 		return d.fail(ctx, start, fmt.Errorf("observe the cluster: %w", err))
 	}
-	if st.PlanError != "" && (st.PlanReason != reconciler.ReasonKeyMaterialConflict || d.cfg.Suspend || desired.Policy.Suspend) {
-		return d.fail(ctx, start, fmt.Errorf("plan: %s%s", reasonTag(st.PlanReason), st.PlanError))
+	if st.Stall != nil {
+		// A stall changes nothing until the desired state changes or
+		// `atrest resume`; observing again each interval sees either.
+		return d.stalled(ctx, start, st.Stall.Reason, fmt.Errorf("stalled since %s: %s", st.Stall.Since.UTC().Format(time.RFC3339), st.Stall.Message))
+	}
+	if st.PlanError != "" && st.PlanReason == "" {
+		return d.fail(ctx, start, fmt.Errorf("plan: %s", st.PlanError))
 	}
 	if st.PlanError != "" {
-		// Refused, but the refusal keeps material only a node holds:
-		// the reconcile preserves it in Vault, then refuses the same way.
-		_, err := d.cluster.ReconcileUntil(ctx, stop, want)
-		return d.fail(ctx, start, err)
+		err := fmt.Errorf("plan: %s%s", reasonTag(st.PlanReason), st.PlanError)
+		if st.PlanReason == reconciler.ReasonKeyMaterialConflict && !d.cfg.Suspend && !desired.Policy.Suspend {
+			// Refused, but the refusal keeps material only a node holds:
+			// the reconcile preserves it in Vault, then refuses the same way.
+			_, err = d.cluster.ReconcileUntil(ctx, stop, want)
+		}
+		// A refusal is read-only and lifts itself when the world
+		// changes: it needs a person, not a backoff.
+		return d.stalled(ctx, start, st.PlanReason, err)
 	}
 	rot := RotationAt(desired.Policy, desired.Config.Desired.Mode, st.Keys, st.LastRotation, time.Now())
 	d.schedule(desired.Policy, log)
@@ -318,6 +335,9 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 		log.Info("stopped between steps for shutdown; the next start resumes", "done", len(res.Steps))
 		d.record(ctx, start, resultChanged, "", rot)
 		return d.cfg.Interval
+	case reconciler.StallReason(err) != "":
+		d.reopen = true
+		return d.stalled(ctx, start, reconciler.StallReason(err), err)
 	case errors.Is(err, keystore.ErrLocked):
 		log.Info("another transition holds the lock; trying again next interval", "err", err)
 		d.record(ctx, start, resultLocked, err.Error(), rot)
@@ -463,12 +483,35 @@ func (d *Daemon) setSuspended(s bool) {
 // succeed records a cycle that did what it had to.
 func (d *Daemon) succeed(ctx context.Context, start time.Time, result string, rot Rotation) {
 	d.failures = 0
+	d.setStalled("")
 	d.record(ctx, start, result, "", rot)
+}
+
+// stalled records a cycle that changed nothing because a person must act
+// (reason is stable, CamelCase): the next cycle comes after the interval,
+// not a backoff, since it only observes whether the cause went away.
+func (d *Daemon) stalled(ctx context.Context, start time.Time, reason string, err error) time.Duration {
+	d.failures = 0
+	d.setStalled(reason)
+	d.log.Error("stalled: a person must act; nothing is changed until the desired state changes or `atrest resume`", "reason", reason, "err", err)
+	d.record(ctx, start, resultStalled, err.Error(), Rotation{Next: d.State().NextRotation})
+	return d.cfg.Interval
+}
+
+func (d *Daemon) setStalled(reason string) {
+	d.metrics.stalled.Reset()
+	if reason != "" {
+		d.metrics.stalled.WithLabelValues(reason).Set(1)
+	}
+	d.mu.Lock()
+	d.state.Stalled = reason
+	d.mu.Unlock()
 }
 
 // fail records a failed cycle and returns the backoff before the next.
 func (d *Daemon) fail(ctx context.Context, start time.Time, err error) time.Duration {
 	d.failures++
+	d.setStalled("")
 	wait := Backoff(d.cfg.Interval, d.cfg.MaxBackoff, d.failures)
 	d.log.Error("reconcile failed", "err", err, "failures", d.failures, "retry_in", wait.Round(time.Second).String())
 	d.mu.Lock()

@@ -20,6 +20,7 @@ type metrics struct {
 	reconcileDuration *prometheus.HistogramVec
 	failures          prometheus.Gauge
 	suspended         prometheus.Gauge
+	stalled           *prometheus.GaugeVec
 	revision          *prometheus.GaugeVec
 	refused           prometheus.Gauge
 	nodeReady         *prometheus.GaugeVec
@@ -51,11 +52,12 @@ type times struct {
 func newMetrics() *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.reconciles = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_reconcile_total",
-		Help: "Reconcile cycles by result: in-sync (nothing to do), changed, failed, locked (another transition held the lock), suspended (changes pending but suspended)."}, []string{"result"})
+		Help: "Reconcile cycles by result: in-sync (nothing to do), changed, failed, stalled (a person must act), locked (another transition held the lock), suspended (changes pending but suspended)."}, []string{"result"})
 	m.reconcileDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "atrest_reconcile_duration_seconds",
 		Help: "Duration of reconcile cycles by result.", Buckets: []float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}}, []string{"result"})
 	m.failures = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_consecutive_failures", Help: "Reconcile cycles failed in a row (0 after a success)."})
 	m.suspended = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_suspended", Help: "1 while changes are suspended (daemon.suspend or suspend: true in atrest.yaml)."})
+	m.stalled = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_stalled", Help: "1 while the daemon changes nothing because a person must act, by stable reason (a refusal's, RollbackFailed, StepFailedRepeatedly); see atrest status."}, []string{"reason"})
 	m.revision = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_revision_info", Help: "The Git revision in force (value 1)."}, []string{"revision", "ref"})
 	m.refused = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_revision_refused", Help: "1 while the newest Git revision is refused (invalid cluster.yml or atrest.yaml, bad signature); the previous one stays in force."})
 	m.nodeReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_node_ready", Help: "1 when the node's kube-apiserver is ready."}, []string{"node"})
@@ -74,7 +76,7 @@ func newMetrics() *metrics {
 	m.webhook = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_webhook_requests_total", Help: "Webhook requests by result: accepted, bad_signature, no_signature, bad_request."}, []string{"result"})
 	m.rotations = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_scheduled_rotations_total", Help: "Scheduled rotations requested (each served once)."})
 
-	m.reg.MustRegister(m.reconciles, m.reconcileDuration, m.failures, m.suspended, m.revision, m.refused,
+	m.reg.MustRegister(m.reconciles, m.reconcileDuration, m.failures, m.suspended, m.stalled, m.revision, m.refused,
 		m.nodeReady, m.nodeDeployed, m.nodesAgree, m.census, m.keys, m.step, m.rewriteListed, m.rewriteUpdated,
 		m.gitPolls, m.gitPollDuration, m.gitFetches, m.gitFetchDuration, m.gitFetchedBytes, m.webhook, m.rotations,
 		&ageCollector{m: m},
@@ -82,7 +84,7 @@ func newMetrics() *metrics {
 	for _, r := range []string{"accepted", "bad_signature", "no_signature", "bad_request"} {
 		m.webhook.WithLabelValues(r)
 	}
-	for _, r := range []string{resultInSync, resultChanged, resultFailed, resultLocked, resultSuspended} {
+	for _, r := range []string{resultInSync, resultChanged, resultFailed, resultStalled, resultLocked, resultSuspended} {
 		m.reconciles.WithLabelValues(r)
 	}
 	return m

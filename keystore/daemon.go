@@ -34,7 +34,8 @@ type DaemonState struct {
 	// Suspended is true when changes are suspended (setting or policy).
 	Suspended bool `json:"suspended,omitempty"`
 	// LastReconcile is when the last reconcile ended, with its result
-	// ("in-sync", "changed", "failed", "locked", "suspended") and error.
+	// ("in-sync", "changed", "failed", "stalled", "locked", "suspended")
+	// and error.
 	LastReconcile time.Time `json:"lastReconcile,omitzero"`
 	Result        string    `json:"result,omitempty"`
 	Error         string    `json:"error,omitempty"`
@@ -46,6 +47,10 @@ type DaemonState struct {
 	// next rotation it asks for.
 	Schedule     string    `json:"schedule,omitempty"`
 	NextRotation time.Time `json:"nextRotation,omitzero"`
+	// Stalled is the stable reason (a refusal's, RollbackFailed,
+	// StepFailedRepeatedly) when the daemon changes nothing until a
+	// person acts; Error then says what and why.
+	Stalled string `json:"stalled,omitempty"`
 	// Step is the step in flight, "" when idle.
 	Step string `json:"step,omitempty"`
 }

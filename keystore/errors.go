@@ -60,9 +60,16 @@ type LockedError struct {
 	Path    string
 	Holder  string
 	Expires time.Time
+	// Grace is how long past Expires the lock is still not taken over
+	// (LockGrace): the holder's last call may be in flight.
+	Grace time.Duration
 }
 
 func (e *LockedError) Error() string {
+	if now := time.Now(); e.Grace > 0 && !e.Expires.After(now) {
+		return fmt.Sprintf("acquire lock %s: held by %q, expired at %s; it is taken over %s after that (in %s), in case the holder's last call is in flight; `atrest unlock` shows it",
+			e.Path, e.Holder, e.Expires.UTC().Format(time.RFC3339), e.Grace, e.Expires.Add(e.Grace).Sub(now).Round(time.Second))
+	}
 	return fmt.Sprintf("acquire lock %s: held by %q until %s (%s from now); wait for it to be released or to expire",
 		e.Path, e.Holder, e.Expires.UTC().Format(time.RFC3339), time.Until(e.Expires).Round(time.Second))
 }

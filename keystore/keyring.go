@@ -61,6 +61,19 @@ type Journal struct {
 	Snapshot   string        `json:"snapshot"`   // the verified snapshot taken before it
 	Started    time.Time     `json:"started"`
 	Steps      []JournalStep `json:"steps"`
+	// Checkpoint is how far the rewrite in flight got, so that it resumes
+	// there rather than from the first object.
+	Checkpoint *RewriteCheckpoint `json:"checkpoint,omitempty"`
+}
+
+// RewriteCheckpoint is where an interrupted rewrite resumes: the
+// resources of Step before Resource are done, and Resource's objects up
+// to the list continue token Continue.
+type RewriteCheckpoint struct {
+	Step     string    `json:"step"` // the rewrite step, as the journal details it
+	Resource string    `json:"resource"`
+	Continue string    `json:"continue,omitempty"` // "" for its first object
+	At       time.Time `json:"at"`
 }
 
 // JournalStep is one step of a transition.
@@ -70,7 +83,9 @@ type JournalStep struct {
 	State    StepState `json:"state"`
 	Started  time.Time `json:"started,omitzero"`
 	Finished time.Time `json:"finished,omitzero"`
-	Error    string    `json:"error,omitempty"`
+	Error    string    `json:"error,omitempty"` // capped: CapText
+	// Attempts counts the runs of a step that failed and was run again.
+	Attempts int `json:"attempts,omitempty"`
 }
 
 // NewJournal starts a journal with a fresh random ID and the given steps,
@@ -108,6 +123,12 @@ type Keyring struct {
 	RotationRequests []string `json:"rotationRequests,omitempty"`
 	// Journal is the transition in flight, nil when none.
 	Journal *Journal `json:"journal,omitempty"`
+	// Failure counts the last step's consecutive failures; nil after a
+	// step succeeds.
+	Failure *Failure `json:"failure,omitempty"`
+	// Stall, when set, stops every change until the desired state changes
+	// or `atrest resume`.
+	Stall *Stall `json:"stall,omitempty"`
 }
 
 // MaxRotationRequests bounds Keyring.RotationRequests.

@@ -356,10 +356,22 @@ func TestLock(t *testing.T) {
 	<-crashed.done
 	_, err = b.AcquireLock(ctx, "too early", ttl)
 	wantErr(t, w, err, ErrLocked, "crashed")
+	// Expired, it is still not taken over within the grace: the holder's
+	// last call may be in flight. The holder's own Check fails at expiry.
 	time.Sleep(ttl + 500*time.Millisecond)
+	wantErr(t, w, crashed.Check(), ErrLockLost, "expired")
+	_, err = b.AcquireLock(ctx, "in the grace", ttl)
+	wantErr(t, w, err, ErrLocked, "taken over")
+	time.Sleep(LockGrace(ttl))
 	taker, err := b.AcquireLock(ctx, "taker", ttl)
 	if err != nil {
 		t.Fatalf("take over an expired lock: %v", w.Err(err))
+	}
+	if taker.Token() <= crashed.Token() {
+		t.Errorf("fencing token %d of the new holder is not greater than %d of the old", taker.Token(), crashed.Token())
+	}
+	if err := taker.Check(); err != nil {
+		t.Errorf("Check of a held lock: %v", err)
 	}
 	if !strings.Contains(w.Logs(), "took over an expired lock") {
 		t.Error("takeover not logged")
@@ -386,6 +398,36 @@ func TestLock(t *testing.T) {
 	wantErr(t, w, taker.Release(ctx), ErrLockLost)
 	_, err = a.AcquireLock(ctx, "check", ttl)
 	wantErr(t, w, err, ErrLocked, "intruder")
+
+	// A killed CLI's lock: unlock reads it and breaks it by its id only.
+	if err := b.BreakLock(ctx, "x"); err != nil {
+		t.Fatalf("break the intruder's lock: %v", w.Err(err))
+	}
+	killed, err := a.AcquireLock(ctx, "killed apply", time.Minute)
+	if err != nil {
+		t.Fatal(w.Err(err))
+	}
+	killed.stopOnce.Do(func() { close(killed.stop) })
+	<-killed.done
+	info, err := b.LockState(ctx)
+	if err != nil || !info.Held || info.Holder != "killed apply" || info.PID != os.Getpid() || info.Grace != LockGrace(time.Minute) || info.Expired(time.Now()) {
+		t.Fatalf("lock state: %+v, %v", info, err)
+	}
+	wantErr(t, w, b.BreakLock(ctx, "another id"), ErrConflict, "now held by")
+	if err := b.BreakLock(ctx, info.ID); err != nil {
+		t.Fatal(w.Err(err))
+	}
+	if info, err := b.LockState(ctx); err != nil || info.Held {
+		t.Fatalf("after break: %+v, %v", info, err)
+	}
+	after, err := b.AcquireLock(ctx, "after break", ttl)
+	if err != nil {
+		t.Fatalf("acquire after break: %v", w.Err(err))
+	}
+	if after.Token() <= killed.Token() {
+		t.Errorf("token %d after a break is not greater than %d", after.Token(), killed.Token())
+	}
+	_ = after.Release(ctx)
 
 	_, err = a.AcquireLock(ctx, "", ttl)
 	wantErr(t, w, err, ErrInvalid, "holder name is required")

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 )
@@ -20,7 +21,23 @@ type lockDoc struct {
 	ID       string    `json:"id,omitempty"` // random per acquisition: the same holder name twice is still two holders
 	Acquired time.Time `json:"acquired,omitzero"`
 	Expires  time.Time `json:"expires,omitzero"`
+	// Token is the fencing token of this acquisition (its time in
+	// nanoseconds): a later holder always has a greater one, so a node can
+	// refuse a write from an earlier holder that kept going.
+	Token uint64 `json:"token,omitempty"`
+	// Host and PID name the holder's process, so `atrest unlock` on the
+	// same host can tell whether it is gone.
+	Host string `json:"host,omitempty"`
+	PID  int    `json:"pid,omitempty"`
+	// TTL is the holder's: the grace a contender waits follows from it.
+	TTL time.Duration `json:"ttl,omitempty"`
 }
+
+// LockGrace is how long after a lock's expiry a contender still waits
+// before taking it over: a holder checks its own expiry before each
+// destructive call (Check), and the grace covers one such call in flight
+// and clocks that disagree by less than it.
+func LockGrace(ttl time.Duration) time.Duration { return max(ttl/2, MinLockTTL) }
 
 // MinLockTTL is the shortest lock TTL: renewal runs at a third of it and
 // each renewal is one Vault round trip.
@@ -34,6 +51,8 @@ type Lock struct {
 	holder string
 	id     string
 	ttl    time.Duration
+
+	token uint64
 
 	mu       sync.Mutex
 	version  int       // the lock document's version we last wrote
@@ -65,14 +84,19 @@ func (s *Store) AcquireLock(ctx context.Context, holder string, ttl time.Duratio
 		return nil, err
 	}
 	now := time.Now()
-	if cur.ID != "" && cur.Expires.After(now) {
-		return nil, &LockedError{Path: p, Holder: cur.Holder, Expires: cur.Expires}
+	// The grace follows the holder's TTL: its calls are bounded by it.
+	if grace := LockGrace(max(ttl, cur.TTL)); cur.ID != "" && cur.Expires.Add(grace).After(now) {
+		return nil, &LockedError{Path: p, Holder: cur.Holder, Expires: cur.Expires, Grace: grace}
 	}
 	var b [16]byte
 	_, _ = rand.Read(b[:])
-	l := &Lock{s: s, holder: holder, id: hex.EncodeToString(b[:]), ttl: ttl,
+	token := uint64(now.UnixNano())
+	if token <= cur.Token {
+		token = cur.Token + 1 // a clock behind the previous holder's must not reuse its token
+	}
+	l := &Lock{s: s, holder: holder, id: hex.EncodeToString(b[:]), ttl: ttl, token: token,
 		lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
-	doc := lockDoc{Holder: holder, ID: l.id, Acquired: now.UTC(), Expires: now.Add(ttl).UTC()}
+	doc := l.doc(now)
 	nv, err := s.kvPut(ctx, op, lockRel, v, lockMaxVersions, doc)
 	if errors.Is(err, ErrConflict) {
 		// Someone else acquired (or renewed) it between our read and write.
@@ -103,6 +127,40 @@ func (s *Store) readLock(ctx context.Context, op string) (lockDoc, int, error) {
 		return lockDoc{}, 0, err
 	}
 	return d, e.version, nil
+}
+
+// doc is the lock document that holds l until now+ttl.
+func (l *Lock) doc(now time.Time) lockDoc {
+	host, _ := os.Hostname()
+	return lockDoc{Holder: l.holder, ID: l.id, Acquired: time.Unix(0, int64(l.token)).UTC(), Expires: now.Add(l.ttl).UTC(),
+		Token: l.token, Host: host, PID: os.Getpid(), TTL: l.ttl}
+}
+
+// Token is the fencing token of this acquisition: greater than that of
+// every earlier holder.
+func (l *Lock) Token() uint64 { return l.token }
+
+// Check reports whether the lock is still held, by this process's own
+// clock and without a Vault round trip: call it before each destructive
+// call. It fails once the lock is lost or its last written expiry is
+// near; a contender waits LockGrace past the expiry, so work that checks
+// first never overlaps a new holder's.
+func (l *Lock) Check() error {
+	select {
+	case <-l.lost:
+		if err := l.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: released", ErrLockLost)
+	default:
+	}
+	l.mu.Lock()
+	expires := l.expires
+	l.mu.Unlock()
+	if time.Now().After(expires) {
+		return fmt.Errorf("%w: it expired at %s without a renewal", ErrLockLost, expires.Format(time.RFC3339))
+	}
+	return nil
 }
 
 // Lost is closed when the lock is no longer held: taken over, or not
@@ -169,8 +227,7 @@ func (l *Lock) renew() error {
 	l.mu.Lock()
 	v := l.version
 	l.mu.Unlock()
-	now := time.Now()
-	doc := lockDoc{Holder: l.holder, ID: l.id, Acquired: now.UTC(), Expires: now.Add(l.ttl).UTC()}
+	doc := l.doc(time.Now())
 	nv, err := l.s.kvWrite(ctx, "renew lock", lockRel, v, doc)
 	if err != nil {
 		return err
@@ -207,5 +264,60 @@ func (l *Lock) Release(ctx context.Context) error {
 	}
 	l.markLost(nil)
 	l.s.log.Info("lock released", "holder", l.holder)
+	return nil
+}
+
+// LockInfo is the transition lock as stored, for `atrest unlock` and
+// `atrest status`: who holds it, since when and until when.
+type LockInfo struct {
+	Held     bool      `json:"held"`
+	Holder   string    `json:"holder,omitempty"`
+	ID       string    `json:"id,omitempty"`
+	Acquired time.Time `json:"acquired,omitzero"`
+	Expires  time.Time `json:"expires,omitzero"`
+	Host     string    `json:"host,omitempty"`
+	PID      int       `json:"pid,omitempty"`
+	// Grace is how long past Expires a contender waits (LockGrace).
+	Grace time.Duration `json:"grace,omitempty"`
+}
+
+// Expired reports whether the lock may be taken over at now.
+func (i LockInfo) Expired(now time.Time) bool {
+	return !i.Held || !i.Expires.Add(i.Grace).After(now)
+}
+
+// LockState reads the transition lock.
+func (s *Store) LockState(ctx context.Context) (LockInfo, error) {
+	cur, _, err := s.readLock(ctx, "read lock")
+	if err != nil || cur.ID == "" {
+		return LockInfo{}, err
+	}
+	ttl := cur.TTL
+	if ttl <= 0 {
+		ttl = 2 * time.Minute // written by an atrest before TTLs were stored
+	}
+	return LockInfo{Held: true, Holder: cur.Holder, ID: cur.ID, Acquired: cur.Acquired, Expires: cur.Expires,
+		Host: cur.Host, PID: cur.PID, Grace: LockGrace(ttl)}, nil
+}
+
+// BreakLock frees the lock held under id (LockInfo.ID), whoever holds it:
+// for a holder that is gone. A lock since taken or renewed by anyone is
+// left alone (ErrConflict): look again.
+func (s *Store) BreakLock(ctx context.Context, id string) error {
+	const op = "break lock"
+	cur, v, err := s.readLock(ctx, op)
+	if err != nil {
+		return err
+	}
+	if cur.ID == "" {
+		return nil
+	}
+	if cur.ID != id {
+		return &OpError{Op: op, Path: s.path("data", lockRel), Err: fmt.Errorf("%w: the lock is now held by %q (id %s), not id %s", ErrConflict, cur.Holder, cur.ID, id)}
+	}
+	if _, err := s.kvWrite(ctx, op, lockRel, v, lockDoc{Token: cur.Token}); err != nil {
+		return err
+	}
+	s.log.Warn("lock broken", "holder", cur.Holder, "id", cur.ID, "expires", cur.Expires)
 	return nil
 }

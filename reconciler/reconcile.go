@@ -21,6 +21,9 @@ type Nodes interface {
 	RollingRemove(ctx context.Context) error
 	Reload(ctx context.Context, node, want string) error
 	Serving(ctx context.Context) (controlplane.Serving, error)
+	// Recover finishes or undoes what an interrupted run left on the nodes
+	// (a half-swapped container, a provider file mid-change).
+	Recover(ctx context.Context) error
 }
 
 // Keys is the key custody (keystore.Store).
@@ -31,7 +34,6 @@ type Keys interface {
 	PutKey(ctx context.Context, k cluster.Key) error
 	NewKey(ctx context.Context, p cluster.Provider) (cluster.Key, error)
 	PreserveKey(ctx context.Context, k cluster.Key, source string) (string, error)
-	AcquireLock(ctx context.Context, holder string, ttl time.Duration) (*keystore.Lock, error)
 	etcdsnap.KeyRefs
 }
 
@@ -55,6 +57,8 @@ type Reconciler struct {
 	Etcd      Etcd
 	Snapshots etcdsnap.Store
 	Rewriter  Rewrites
+	// Locks hands out the transition lock (StoreLocker).
+	Locks Locker
 	// Holder names this process in the lock ("atrest-7f9c on host x").
 	Holder  string
 	LockTTL time.Duration
@@ -104,7 +108,10 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 	if ttl == 0 {
 		ttl = 2 * time.Minute
 	}
-	lock, err := r.Keys.AcquireLock(ctx, r.Holder, ttl)
+	if r.Locks == nil {
+		return nil, errors.New("reconcile: no transition lock (Reconciler.Locks)")
+	}
+	lock, err := r.Locks.AcquireLock(ctx, r.Holder, ttl)
 	if err != nil {
 		return nil, fmt.Errorf("take the transition lock: %w", err)
 	}
@@ -125,6 +132,21 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 	}()
 
 	res := &Result{}
+	// A stall stands until the desired state changes or `atrest resume`:
+	// not even a repair of the nodes runs while it does.
+	kr, err := r.Keys.Keyring(ctx)
+	if err != nil {
+		return res, err
+	}
+	if stall := standingStall(kr, d); stall != nil {
+		return res, &StallError{Stall: *stall}
+	}
+	// What an interrupted run left half done is finished or undone first,
+	// under the lock, before anything is planned from it.
+	if err := r.Nodes.Recover(ctx); err != nil {
+		return res, fmt.Errorf("recover what an interrupted run left on the nodes: %w", err)
+	}
+	inputs := inputsOf(d)
 	for range maxSteps {
 		live, kr, err := r.Observe(ctx, d)
 		if err != nil {
@@ -164,15 +186,23 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 		}
 		r.onStep(res.Transition, step, false, nil)
 		err = r.run(ctx, step, d, live)
-		if jerr := r.journalAgain(ctx, step, err); jerr != nil {
-			err = errors.Join(err, jerr)
-		}
-		r.onStep(res.Transition, step, true, err)
 		if err != nil {
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 				err = errors.Join(err, cause)
 			}
-			return res, fmt.Errorf("%s: %s: %w", res.Transition, step, err)
+		}
+		stall, jerr := r.journalAgain(ctx, step, inputs, d.Revision, err)
+		if jerr != nil {
+			err = errors.Join(err, jerr)
+		}
+		r.onStep(res.Transition, step, true, err)
+		if err != nil {
+			err = fmt.Errorf("%s: %s: %w", res.Transition, step, err)
+			if stall != nil {
+				log.Error("transition stalled: it needs a person", "reason", stall.Reason, "step", step.String())
+				err = &StallError{Stall: *stall, Err: err}
+			}
+			return res, err
 		}
 		res.Steps = append(res.Steps, step)
 		if step.Kind == StepSnapshot {
@@ -193,12 +223,17 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 			}
 			r.onStep(res.Transition, verify, false, nil)
 			err = r.run(ctx, verify, d, live)
-			if jerr := r.journalAgain(ctx, verify, err); jerr != nil {
+			stall, jerr := r.journalAgain(ctx, verify, inputs, d.Revision, err)
+			if jerr != nil {
 				err = errors.Join(err, jerr)
 			}
 			r.onStep(res.Transition, verify, true, err)
 			if err != nil {
-				return res, fmt.Errorf("%s: %s: %w", res.Transition, verify, err)
+				err = fmt.Errorf("%s: %s: %w", res.Transition, verify, err)
+				if stall != nil {
+					err = &StallError{Stall: *stall, Err: err}
+				}
+				return res, err
 			}
 			res.Steps = append(res.Steps, verify)
 		}
@@ -236,37 +271,41 @@ func (r *Reconciler) journal(ctx context.Context, kr *keystore.Keyring, transiti
 	if kr.Journal == nil {
 		kr.Journal = keystore.NewJournal(transition, revision, "")
 	}
+	if kr.Stall != nil {
+		// Not standing (ReconcileUntil checked): the desired state changed.
+		r.logger().Info("the desired state changed: the stall is lifted", "reason", kr.Stall.Reason, "since", kr.Stall.Since)
+		kr.Stall = nil
+	}
 	now := time.Now().UTC()
-	js := keystore.JournalStep{Name: string(step.Kind), Detail: step.String(), State: state, Started: now}
-	kr.Journal.Steps = append(kr.Journal.Steps, js)
+	kr.Journal.Append(keystore.JournalStep{Name: string(step.Kind), Detail: step.String(), State: state, Started: now})
 	if err := r.Keys.UpdateKeyring(ctx, kr); err != nil {
 		return fmt.Errorf("journal step %s: %w", step.Kind, err)
 	}
 	return nil
 }
 
-// journalAgain marks the last journal step done or failed. It reads the
-// keyring again, since the step may have changed it.
-func (r *Reconciler) journalAgain(ctx context.Context, step Step, stepErr error) error {
+// journalAgain marks the last journal step done or failed, and counts
+// the failure towards a stall (countFailure): the stall it returns, when
+// the step must not run again, is recorded with it. It reads the keyring
+// again, since the step may have changed it.
+func (r *Reconciler) journalAgain(ctx context.Context, step Step, inputs, revision string, stepErr error) (*keystore.Stall, error) {
 	ctx = context.WithoutCancel(ctx) // record the outcome even when stopping
 	kr, err := r.Keys.Keyring(ctx)
 	if err != nil {
-		return fmt.Errorf("journal step %s: %w", step.Kind, err)
+		return nil, fmt.Errorf("journal step %s: %w", step.Kind, err)
 	}
-	if kr.Journal == nil || len(kr.Journal.Steps) == 0 {
-		return fmt.Errorf("journal step %s: the journal is gone", step.Kind)
+	if kr.Journal == nil || !kr.Journal.Finish(stepErr) {
+		return nil, fmt.Errorf("journal step %s: the journal is gone", step.Kind)
 	}
-	last := &kr.Journal.Steps[len(kr.Journal.Steps)-1]
-	last.Finished = time.Now().UTC()
-	last.State = keystore.StepDone
-	if stepErr != nil {
-		last.State = keystore.StepFailed
-		last.Error = stepErr.Error()
+	var stall *keystore.Stall
+	kr.Failure, stall = countFailure(kr.Failure, step.String(), inputs, revision, stepErr, time.Now().UTC())
+	if stall != nil {
+		kr.Stall = stall
 	}
 	if err := r.Keys.UpdateKeyring(ctx, kr); err != nil {
-		return fmt.Errorf("journal step %s: %w", step.Kind, err)
+		return stall, fmt.Errorf("journal step %s: %w", step.Kind, err)
 	}
-	return nil
+	return stall, nil
 }
 
 // finish closes the journal of a completed transition and prunes snapshots.

@@ -32,6 +32,10 @@ type Status struct {
 	// PlanReason is the refusal's stable reason (KeyMaterialConflict,
 	// EtcdPrefixMismatch, ...) when the planner refused; "" otherwise.
 	PlanReason string `json:"planReason,omitempty"`
+	// Stall is the stall that stops every change for this desired state,
+	// nil when none stands; Failure the last step's consecutive failures.
+	Stall   *keystore.Stall   `json:"stall,omitempty"`
+	Failure *keystore.Failure `json:"failure,omitempty"`
 	// RotationPending is true when the desired state's rotation request has
 	// not been served yet.
 	RotationPending bool `json:"rotationPending,omitempty"`
@@ -82,6 +86,7 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 	st.Journal = kr.Journal
 	st.LastRotation = kr.LastRotation
 	st.DeployedHash = kr.DeployedHash
+	st.Stall, st.Failure = standingStall(kr, d), kr.Failure
 	in := Input{Desired: d, Live: live, Keyring: KeyringState(kr)}
 	in.Desired.RotateRequested = d.RotateRequest != "" && !rotationServed(kr, d)
 	st.RotationPending = in.Desired.RotateRequested
@@ -186,6 +191,9 @@ func (st *Status) Text() string {
 		if d.Suspended {
 			b.WriteString(", SUSPENDED")
 		}
+		if d.Stalled != "" {
+			fmt.Fprintf(&b, ", STALLED (%s)", d.Stalled)
+		}
 		if d.Result != "" {
 			fmt.Fprintf(&b, ", last reconcile %s at %s", d.Result, d.LastReconcile.UTC().Format(time.RFC3339))
 		}
@@ -193,7 +201,10 @@ func (st *Status) Text() string {
 		if d.Step != "" {
 			fmt.Fprintf(&b, "  running: %s\n", d.Step)
 		}
-		if d.Error != "" {
+		switch {
+		case d.Error != "" && d.Stalled != "":
+			fmt.Fprintf(&b, "  stalled: %s\n", d.Error)
+		case d.Error != "":
 			fmt.Fprintf(&b, "  error (%d in a row, next try %s): %s\n", d.Failures, d.NextRetry.UTC().Format(time.RFC3339), d.Error)
 		}
 		if d.Refused != "" {
@@ -206,7 +217,13 @@ func (st *Status) Text() string {
 			fmt.Fprintf(&b, "  rotation schedule %q (no managed key to rotate)\n", d.Schedule)
 		}
 	}
+	if f := st.Failure; f != nil && st.Stall == nil {
+		fmt.Fprintf(&b, "last step failed %d time(s) in a row (stalls at %d): %s\n", f.Count, MaxStepFailures, f.Step)
+	}
 	switch {
+	case st.Stall != nil:
+		fmt.Fprintf(&b, "STALLED (%s) since %s: %s\n  no node is changed until the desired state changes or `atrest resume` after the cause is fixed\n",
+			st.Stall.Reason, st.Stall.Since.UTC().Format(time.RFC3339), st.Stall.Message)
 	case st.PlanError != "":
 		fmt.Fprintf(&b, "cannot plan: %s\n", st.PlanError)
 	case len(st.Plan) == 0:

@@ -75,6 +75,7 @@ transition (enable, disable, rotate, custom config) safely and resumably.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newStatusCommand(),
-		newRotateKeyCommand(), newSnapshotCommand(), newAdoptCommand(), newRunCommand(), newVersionCommand())
+		newRotateKeyCommand(), newSnapshotCommand(), newAdoptCommand(), newRunCommand(), newVersionCommand(),
+		newResumeCommand(), newUnlockCommand())
 	return root
 }

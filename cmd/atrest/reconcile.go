@@ -165,6 +165,9 @@ func reconcileOnce(cmd *cobra.Command, loader *settings.Loader, src *source, rot
 			fmt.Fprintf(out, "done %d. %s\n", i+1, step)
 		}
 	}
+	if reason := reconciler.StallReason(err); reason != "" && err != nil {
+		return errorExit(fmt.Errorf("%w\natrest status shows it; once the cause is fixed, `atrest resume` lifts the stall", err))
+	}
 	if err != nil {
 		return errorExit(fmt.Errorf("%w\nthe journal in Vault says where it stopped (atrest status); run apply again to resume", err))
 	}

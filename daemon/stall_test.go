@@ -1,0 +1,104 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/gitsource"
+	"github.com/atrest-io/atrest/keystore"
+	"github.com/atrest-io/atrest/reconciler"
+)
+
+// stallCluster is a cluster whose status and reconcile the test sets.
+type stallCluster struct {
+	status     reconciler.Status
+	err        error // what ReconcileUntil returns
+	reconciles int
+}
+
+func (c *stallCluster) Status(context.Context, reconciler.Desired) (*reconciler.Status, error) {
+	st := c.status
+	return &st, nil
+}
+func (c *stallCluster) ReconcileUntil(context.Context, <-chan struct{}, reconciler.Desired) (*reconciler.Result, error) {
+	c.reconciles++
+	return &reconciler.Result{}, c.err
+}
+func (c *stallCluster) PutDaemonState(context.Context, keystore.DaemonState) error { return nil }
+func (c *stallCluster) DaemonStates(context.Context) ([]keystore.DaemonState, error) {
+	return nil, nil
+}
+func (c *stallCluster) ForgetDaemon(context.Context, string) error { return nil }
+func (c *stallCluster) Close()                                     {}
+
+func TestStalls(t *testing.T) {
+	cfg, err := cluster.Parse("cluster.yml", []byte("nodes:\n- address: 127.0.0.1\n  user: root\n  role: [controlplane, etcd, worker]\nservices:\n  kube-api:\n    secrets_encryption_config:\n      enabled: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := policy(t, "")
+	stall := &keystore.Stall{Reason: reconciler.ReasonStepFailedRepeatedly, Message: "deploy failed 3 times", Since: time.Now()}
+	tests := []struct {
+		name       string
+		status     reconciler.Status
+		err        error
+		reason     string
+		reconciles int
+	}{
+		{name: "standing stall: nothing runs", status: reconciler.Status{Stall: stall, Plan: []string{"deploy"}}, reason: reconciler.ReasonStepFailedRepeatedly},
+		{name: "refusal", status: reconciler.Status{PlanError: "two prefixes", PlanReason: reconciler.ReasonEtcdPrefix}, reason: reconciler.ReasonEtcdPrefix},
+		{name: "a step stalls", status: reconciler.Status{Plan: []string{"deploy"}},
+			err: &reconciler.StallError{Stall: *stall, Err: errors.New("deploy: rolled back")}, reason: reconciler.ReasonStepFailedRepeatedly, reconciles: 1},
+		{name: "transient failure backs off", status: reconciler.Status{Plan: []string{"deploy"}}, err: errors.New("ssh: unreachable"), reconciles: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl := &stallCluster{status: tt.status, err: tt.err}
+			d, err := New(Config{
+				Source:   nopSource{},
+				Parse:    func(*gitsource.Revision) (*Desired, error) { return nil, errors.New("unused") },
+				Open:     func(context.Context, *Desired, Hooks) (Cluster, error) { return cl, nil },
+				Interval: time.Minute, MaxBackoff: 10 * time.Minute,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.desired = &Desired{Config: cfg, Policy: pol, Revision: "r1"}
+			var wait time.Duration
+			for range 3 {
+				wait = d.cycle(context.Background(), nil, "test")
+			}
+			st := d.State()
+			if cl.reconciles != 3*tt.reconciles {
+				t.Errorf("%d reconciles in 3 cycles, want %d", cl.reconciles, 3*tt.reconciles)
+			}
+			metrics := scrape(t, d)
+			rec := httptest.NewRecorder()
+			d.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+			if rec.Code != http.StatusOK {
+				t.Errorf("/readyz %d: a stalled daemon must stay ready for the webhook", rec.Code)
+			}
+			if tt.reason == "" {
+				if st.Stalled != "" || st.Result != resultFailed || st.Failures != 3 || wait != Backoff(time.Minute, 10*time.Minute, 3) || strings.Contains(metrics, "atrest_stalled{") {
+					t.Errorf("transient: stalled %q, result %s, failures %d, wait %s; want none, failed, 3, the backoff", st.Stalled, st.Result, st.Failures, wait)
+				}
+				return
+			}
+			if st.Stalled != tt.reason || st.Result != resultStalled || st.Failures != 0 || wait != time.Minute {
+				t.Errorf("state stalled %q result %s failures %d wait %s; want %s, stalled, 0, the interval", st.Stalled, st.Result, st.Failures, wait, tt.reason)
+			}
+			if want := `atrest_stalled{reason="` + tt.reason + `"} 1`; !strings.Contains(metrics, want) {
+				t.Errorf("metrics lack %s", want)
+			}
+			if !strings.Contains(rec.Body.String(), "stalled: "+tt.reason) {
+				t.Errorf("/readyz says %q", rec.Body)
+			}
+		})
+	}
+}
