@@ -95,7 +95,7 @@ func transient(err error) bool {
 	var netErr net.Error
 	switch {
 	case errors.Is(err, keystore.ErrLocked), errors.Is(err, keystore.ErrLockLost),
-		errors.Is(err, controlplane.ErrUnreachable),
+		errors.Is(err, controlplane.ErrUnreachable), errors.Is(err, controlplane.ErrFenced),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, keystore.ErrSealed), errors.As(err, &netErr):
 		return true

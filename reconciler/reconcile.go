@@ -44,9 +44,10 @@ type Etcd interface {
 	Save(ctx context.Context, store etcdsnap.Store, refs etcdsnap.KeyRefs, req etcdsnap.Manifest) (*etcdsnap.Manifest, error)
 }
 
-// Rewrites re-encrypts every object of a resource (Rewriter).
+// Rewrites re-encrypts every object of a resource (Rewriter): from a list
+// continue token, reporting the token before which all is done.
 type Rewrites interface {
-	Rewrite(ctx context.Context, resource string) (RewriteResult, error)
+	RewriteFrom(ctx context.Context, resource, from string, checkpoint func(cont string)) (RewriteResult, error)
 }
 
 // Reconciler carries out plans: it observes, plans, runs the first step,
@@ -120,6 +121,10 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 			log.Warn("release the transition lock", "err", err)
 		}
 	}()
+	// Every node write carries the lock's fencing token, and every
+	// destructive call checks the lock first: work that goes on after a
+	// lost lock (a rollback) stops before it can overlap a new holder's.
+	ctx = controlplane.WithFence(ctx, controlplane.Fence{Token: lock.Token(), Check: lock.Check})
 	// Steps stop when the lock is lost: another writer may be acting.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -297,6 +302,9 @@ func (r *Reconciler) journalAgain(ctx context.Context, step Step, inputs, revisi
 	if kr.Journal == nil || !kr.Journal.Finish(stepErr) {
 		return nil, fmt.Errorf("journal step %s: the journal is gone", step.Kind)
 	}
+	if cp := kr.Journal.Checkpoint; stepErr == nil && cp != nil && cp.Step == step.String() {
+		kr.Journal.Checkpoint = nil // done: nothing to resume
+	}
 	var stall *keystore.Stall
 	kr.Failure, stall = countFailure(kr.Failure, step.String(), inputs, revision, stepErr, time.Now().UTC())
 	if stall != nil {
@@ -348,12 +356,7 @@ func (r *Reconciler) run(ctx context.Context, step Step, d Desired, live Live) e
 	case StepDeploy:
 		return r.deploy(ctx, step, d)
 	case StepRewrite:
-		for _, res := range step.Resources {
-			if _, err := r.Rewriter.Rewrite(ctx, res); err != nil {
-				return err
-			}
-		}
-		return nil
+		return r.rewrite(ctx, step)
 	case StepVerify:
 		return r.verify(ctx, step, live.EtcdPrefix)
 	case StepReload:

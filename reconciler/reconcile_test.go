@@ -186,10 +186,27 @@ func (f *fakeEtcd) Save(_ context.Context, _ etcdsnap.Store, _ etcdsnap.KeyRefs,
 	return &req, nil
 }
 
-// fakeRewriter stores every secret as the nodes' file writes.
-type fakeRewriter struct{ etcd *fakeEtcd }
+// fakeRewriter stores every secret as the nodes' file writes. It
+// rewrites in pages of one secret, each checkpointed with its index as
+// the token; failAt, when positive, fails the rewrite at that page.
+type fakeRewriter struct {
+	etcd   *fakeEtcd
+	failAt int
+	froms  []string // the token each rewrite started from
+}
 
-func (f *fakeRewriter) Rewrite(context.Context, string) (RewriteResult, error) {
+func (f *fakeRewriter) RewriteFrom(_ context.Context, _, from string, checkpoint func(string)) (RewriteResult, error) {
+	f.froms = append(f.froms, from)
+	first := 0
+	if from != "" {
+		fmt.Sscan(from, &first)
+	}
+	for page := first; page < int(f.etcd.secrets); page++ {
+		if f.failAt > 0 && page == f.failAt {
+			return RewriteResult{}, errors.New("the apiserver went away")
+		}
+		checkpoint(fmt.Sprint(page + 1))
+	}
 	f.etcd.stored = cluster.PrefixIdentity
 	if file := f.etcd.nodes.file; file != nil {
 		cfg, err := cluster.ParseEncryptionConfig("fake", "", file, "")
@@ -241,6 +258,7 @@ type executor struct {
 	nodes  *fakeNodes
 	keys   *fakeKeys
 	etcd   *fakeEtcd
+	rw     *fakeRewriter
 	locker *fakeLocker
 }
 
@@ -249,7 +267,8 @@ func newExecutor() *executor {
 	nodes := &fakeNodes{nodes: []string{"cp1", "cp2"}}
 	etcd := &fakeEtcd{nodes: nodes, secrets: 5, stored: cluster.PrefixIdentity}
 	e := &executor{nodes: nodes, keys: newFakeKeys(), etcd: etcd, locker: &fakeLocker{}}
-	e.r = &Reconciler{Nodes: nodes, Keys: e.keys, Etcd: etcd, Snapshots: fakeStore{}, Rewriter: &fakeRewriter{etcd},
+	e.rw = &fakeRewriter{etcd: etcd}
+	e.r = &Reconciler{Nodes: nodes, Keys: e.keys, Etcd: etcd, Snapshots: fakeStore{}, Rewriter: e.rw,
 		Locks: e.locker, Holder: "test"}
 	return e
 }
@@ -444,5 +463,33 @@ func TestStopAndLockLoss(t *testing.T) {
 	e.nodes.applyErr = nil
 	if _, err := e.r.Reconcile(ctx, enable("r1")); err != nil {
 		t.Fatalf("resume after lost locks: %v", err)
+	}
+}
+
+// An interrupted rewrite resumes from its checkpoint in the journal, and
+// a completed one leaves none behind.
+func TestRewriteResumes(t *testing.T) {
+	ctx := context.Background()
+	e := newExecutor()
+	e.rw.failAt = 3
+	if _, err := e.r.Reconcile(ctx, enable("r1")); err == nil {
+		t.Fatal("the rewrite did not fail")
+	}
+	kr, _ := e.keys.Keyring(ctx)
+	if cp := kr.Journal.Checkpoint; cp == nil || cp.Resource != "secrets" || cp.Continue != "1" {
+		// The first checkpoint is written at once; later ones at most
+		// every checkpointEvery.
+		t.Fatalf("checkpoint after a failed rewrite: %+v", cp)
+	}
+	e.rw.failAt = 0
+	if _, err := e.r.Reconcile(ctx, enable("r1")); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.rw.froms; len(got) != 2 || got[0] != "" || got[1] != "1" {
+		t.Fatalf("rewrites started from %q, want the start, then the checkpoint", got)
+	}
+	kr, _ = e.keys.Keyring(ctx)
+	if kr.Journal != nil {
+		t.Fatalf("journal left after the transition: %+v", kr.Journal)
 	}
 }
