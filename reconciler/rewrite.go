@@ -104,6 +104,74 @@ type resourceClient interface {
 type object struct {
 	ns, name string
 	obj      any
+	page     pageID // where the list found it, for the checkpoint
+}
+
+// pageID names a listed page: the list's generation (it starts over when
+// a continue token expires) and the page's place in it.
+type pageID struct{ gen, index int }
+
+// pageTracker advances the rewrite's checkpoint: the continue token after
+// the longest run of pages, from the list's start, whose every object is
+// done. A page with an object that failed holds it back for good.
+type pageTracker struct {
+	mu         sync.Mutex
+	checkpoint func(cont string)
+	gen        int
+	pages      []trackedPage
+	next       int // pages before it are done and reported
+}
+
+type trackedPage struct {
+	pending int
+	failed  bool
+	cont    string // the token after this page; "" after the last
+}
+
+func newPageTracker(checkpoint func(string)) *pageTracker {
+	return &pageTracker{checkpoint: checkpoint}
+}
+
+// add records a listed page of n objects followed by cont.
+func (t *pageTracker) add(n int, cont string) pageID {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pages = append(t.pages, trackedPage{pending: n, cont: cont})
+	id := pageID{t.gen, len(t.pages) - 1}
+	t.advance()
+	return id
+}
+
+// done records one object of page as finished, ok or not.
+func (t *pageTracker) done(page pageID, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if page.gen != t.gen {
+		return // listed before the list started over
+	}
+	p := &t.pages[page.index]
+	p.pending--
+	p.failed = p.failed || !ok
+	t.advance()
+}
+
+// restart forgets the pages: the list starts over, with new tokens.
+func (t *pageTracker) restart() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.gen++
+	t.pages, t.next = nil, 0
+}
+
+func (t *pageTracker) advance() {
+	last := ""
+	for t.next < len(t.pages) && t.pages[t.next].pending == 0 && !t.pages[t.next].failed {
+		last = t.pages[t.next].cont
+		t.next++
+	}
+	if last != "" && t.checkpoint != nil {
+		t.checkpoint(last)
+	}
 }
 
 // Rewrite updates every object of resource ("secrets", "configmaps",
@@ -112,6 +180,16 @@ type object struct {
 // list. Objects deleted meanwhile are skipped; other failures are collected
 // and returned together, after every object was tried.
 func (rw *Rewriter) Rewrite(ctx context.Context, resource string) (RewriteResult, error) {
+	return rw.RewriteFrom(ctx, resource, "", nil)
+}
+
+// RewriteFrom is Rewrite that starts at the list continue token from (""
+// for the first object) and calls checkpoint with the token after which
+// nothing is left undone, as it advances: every object of the pages
+// before it was updated (or was gone). A rewrite interrupted there resumes
+// from that token; one that etcd has compacted past starts over, as an
+// expired token does.
+func (rw *Rewriter) RewriteFrom(ctx context.Context, resource, from string, checkpoint func(cont string)) (RewriteResult, error) {
 	res := RewriteResult{Resource: resource}
 	start := time.Now()
 	rc, err := rw.client(resource)
@@ -123,12 +201,14 @@ func (rw *Rewriter) Rewrite(ctx context.Context, resource string) (RewriteResult
 	var errsMu sync.Mutex
 	var errs []error
 	work := make(chan object, rw.opts.Workers*4)
+	pages := newPageTracker(checkpoint)
 	var wg sync.WaitGroup
 	for range rw.opts.Workers {
 		wg.Go(func() {
 			for o := range work {
 				n, err := rw.updateOne(ctx, rc, o)
 				conflicts.Add(n)
+				pages.done(o.page, err == nil || apierrors.IsNotFound(err))
 				switch {
 				case err == nil:
 					updated.Add(1)
@@ -150,7 +230,10 @@ func (rw *Rewriter) Rewrite(ctx context.Context, resource string) (RewriteResult
 	stopProgress := rw.progress(resource, &listed, &updated)
 	listErr := func() error {
 		defer close(work)
-		cont := ""
+		cont := from
+		if from != "" {
+			rw.opts.Logger.Info("rewrite: resuming from its checkpoint", "resource", resource)
+		}
 		for {
 			if rw.beforeList != nil {
 				rw.beforeList(cont)
@@ -162,13 +245,16 @@ func (rw *Rewriter) Rewrite(ctx context.Context, resource string) (RewriteResult
 				res.Restarts++
 				rw.opts.Logger.Info("rewrite: list continue token expired, restarting the list", "resource", resource)
 				cont = ""
+				pages.restart()
 				continue
 			}
 			if err != nil {
 				return fmt.Errorf("list %s: %w", resource, err)
 			}
+			page := pages.add(len(items), next)
 			for _, it := range items {
 				listed.Add(1)
+				it.page = page
 				select {
 				case work <- it:
 				case <-ctx.Done():
