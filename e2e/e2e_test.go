@@ -27,6 +27,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -202,6 +203,7 @@ type traffic struct {
 	restarting, keyFails atomic.Int64
 	mu                   sync.Mutex
 	failures             []string
+	created              []types.NamespacedName // secrets written, deleted by finish
 }
 
 func startTraffic(t *testing.T) *traffic {
@@ -229,13 +231,18 @@ func (tr *traffic) loop(node int, kc kubernetes.Interface) {
 		if err == nil && !bytes.Equal(s.Data["v"], value(i)) {
 			tr.fail(fmt.Sprintf("node%d read s-%05d with a changed value", node+1, i))
 		}
-		if n%5 == 0 {
-			_, err := kc.CoreV1().Secrets(nsOf(n)).Create(ctx, &corev1.Secret{
+		if n%20 == 0 {
+			s, err := kc.CoreV1().Secrets(nsOf(n)).Create(ctx, &corev1.Secret{
 				ObjectMeta: metav1.ObjectMeta{GenerateName: fmt.Sprintf("traffic-n%d-", node+1)},
 				Data:       map[string][]byte{"v": []byte("traffic")},
 			}, metav1.CreateOptions{})
 			tr.writes.Add(1)
 			tr.classify(node, "write", err)
+			if err == nil {
+				tr.mu.Lock()
+				tr.created = append(tr.created, types.NamespacedName{Namespace: s.Namespace, Name: s.Name})
+				tr.mu.Unlock()
+			}
 		}
 	}
 }
@@ -273,6 +280,22 @@ func (tr *traffic) finish(t *testing.T, transition string) {
 	if tr.keyFails.Load() > 0 {
 		t.Errorf("%s: requests failed for a reason other than a restart (a missing key?):\n%s", transition, strings.Join(tr.failures, "\n"))
 	}
+	// The secrets written are deleted, or every later rewrite and census
+	// of the run would pay for them.
+	kc := clients(t)[0]
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, n := range tr.created {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			err := kc.CoreV1().Secrets(n.Namespace).Delete(context.Background(), n.Name, metav1.DeleteOptions{})
+			if err != nil && !apierrors.IsNotFound(err) {
+				t.Errorf("delete the traffic's secret %s: %v", n, err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func etcdClient(t *testing.T) *clientv3.Client {

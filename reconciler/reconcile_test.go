@@ -248,10 +248,12 @@ func (f *fakeLocker) AcquireLock(context.Context, string, time.Duration) (Lock, 
 
 type fakeStore struct{}
 
-func (fakeStore) Create(context.Context, string) (etcdsnap.Upload, error) { return nil, errors.New("fake") }
-func (fakeStore) Open(context.Context, string) (io.ReadCloser, error)     { return nil, errors.New("fake") }
-func (fakeStore) List(context.Context) ([]string, error)                   { return nil, nil }
-func (fakeStore) Remove(context.Context, string) error                     { return nil }
+func (fakeStore) Create(context.Context, string) (etcdsnap.Upload, error) {
+	return nil, errors.New("fake")
+}
+func (fakeStore) Open(context.Context, string) (io.ReadCloser, error) { return nil, errors.New("fake") }
+func (fakeStore) List(context.Context) ([]string, error)              { return nil, nil }
+func (fakeStore) Remove(context.Context, string) error                { return nil }
 
 type executor struct {
 	r      *Reconciler

@@ -106,9 +106,12 @@ type Kubernetes struct {
 
 // SSH is how atrest reaches the controlplane nodes of cluster.yml.
 type SSH struct {
-	KeyFile                         string        `json:"keyFile"`
-	KnownHostsFile                  string        `json:"knownHostsFile"`
-	Timeout                         time.Duration `json:"timeout"`
+	KeyFile        string        `json:"keyFile"`
+	KnownHostsFile string        `json:"knownHostsFile"`
+	Timeout        time.Duration `json:"timeout"`
+	// ReadyTimeout bounds the wait for a restarted kube-apiserver's
+	// /readyz before the node is rolled back.
+	ReadyTimeout                    time.Duration `json:"readyTimeout"`
 	InsecureSkipHostKeyVerification bool          `json:"insecureSkipHostKeyVerification"`
 }
 
@@ -149,7 +152,7 @@ func Default() *Settings {
 		Git:        Git{Ref: "main", Path: ".", Interval: time.Minute, Timeout: time.Minute},
 		Vault:      Vault{AuthMethod: AuthToken, AppRoleMount: "approle", KubernetesMount: "kubernetes", KubernetesTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token", KVMount: "secret", Prefix: "atrest"},
 		Kubernetes: Kubernetes{QPS: 200, Burst: 400, RewriteWorkers: 16},
-		SSH:        SSH{Timeout: 30 * time.Second},
+		SSH:        SSH{Timeout: 30 * time.Second, ReadyTimeout: 3 * time.Minute},
 		Listen:     Listen{Metrics: "127.0.0.1:9795"},
 		Daemon:     Daemon{MaxBackoff: 10 * time.Minute},
 		Log:        Log{Format: "text", Level: "info"},
@@ -215,6 +218,7 @@ func (s *Settings) fields() []field {
 		{"ssh.keyFile", "SSH private key for the nodes; overrides cluster.yml's ssh_key_path", &s.SSH.KeyFile},
 		{"ssh.knownHostsFile", "known_hosts file that verifies every node's SSH host key", &s.SSH.KnownHostsFile},
 		{"ssh.timeout", "timeout of each SSH or Docker call to a node", &s.SSH.Timeout},
+		{"ssh.readyTimeout", "how long a restarted kube-apiserver may take to be ready before its node is rolled back", &s.SSH.ReadyTimeout},
 		{"ssh.insecureSkipHostKeyVerification", "DANGEROUS: accept any SSH host key from the nodes", &s.SSH.InsecureSkipHostKeyVerification},
 
 		{"snapshots.dir", "directory for etcd snapshots and their manifests", &s.Snapshots.Dir},

@@ -276,6 +276,9 @@ func (v *validator) ssh() {
 	if s.Timeout <= 0 {
 		v.add("ssh.timeout", "must be positive, not %s", s.Timeout)
 	}
+	if s.ReadyTimeout <= 0 {
+		v.add("ssh.readyTimeout", "must be positive, not %s", s.ReadyTimeout)
+	}
 }
 
 func (v *validator) listen() {

@@ -190,7 +190,8 @@ func open(ctx context.Context, s *settings.Settings, cfg *cluster.Config, policy
 	}
 	if e.nodes, err = controlplane.Connect(ctx, cfg, controlplane.Options{
 		KnownHostsFile: s.SSH.KnownHostsFile, InsecureSkipHostKeyVerification: s.SSH.InsecureSkipHostKeyVerification,
-		KeyFile: s.SSH.KeyFile, Timeout: s.SSH.Timeout, APIServer: e.rest, Storage: e.etcd, Logger: log,
+		KeyFile: s.SSH.KeyFile, Timeout: s.SSH.Timeout, ReadyTimeout: s.SSH.ReadyTimeout, APIServer: e.rest,
+		Failpoint: failpoint(), Storage: e.etcd, Logger: log,
 	}); err != nil {
 		return nil, err
 	}
