@@ -88,7 +88,7 @@ func TestRefusedConfigStalls(t *testing.T) {
 	var st struct {
 		Stall struct{ Reason string } `json:"stall"`
 	}
-	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || st.Stall.Reason != "StepFailedRepeatedly" {
+	if err := json.Unmarshal([]byte(jsonOf(out)), &st); code != 0 || err != nil || st.Stall.Reason != "StepFailedRepeatedly" {
 		t.Fatalf("status -o json: exit %d, %v:\n%s", code, err, out)
 	}
 	noMaterial(t, out, fw5hnSecret)
@@ -101,6 +101,14 @@ func TestRefusedConfigStalls(t *testing.T) {
 		t.Fatalf("apply the working config: exit %d:\n%s", code, out)
 	}
 	checkStored(t, "aescbc:v1:k-fw5hn")
+}
+
+// jsonOf is the JSON document in out, past the log lines before it.
+func jsonOf(out string) string {
+	if i := strings.Index(out, "\n{"); i >= 0 && !strings.HasPrefix(out, "{") {
+		return out[i+1:]
+	}
+	return out
 }
 
 // runEnv runs atrest against the sandbox with env added; a process killed
@@ -201,4 +209,45 @@ func TestCrashes(t *testing.T) {
 	}
 	crash(t, "swap-after-start", managed)
 	recovered(t, managed, "aescbc:v1:")
+}
+
+// TestRefusedConfigSoak measures, over ATREST_SOAK (say 1h) of daemon time
+// at the default interval and backoff, how often a config kube-apiserver
+// refuses at runtime restarts node 1's kube-apiserver: at each of
+// MaxStepFailures attempts, then never. It prints the numbers; it is not
+// part of make test.
+func TestRefusedConfigSoak(t *testing.T) {
+	soak, err := time.ParseDuration(os.Getenv("ATREST_SOAK"))
+	if err != nil {
+		t.Skip("set ATREST_SOAK (a duration) to measure restarts under a refused config")
+	}
+	createSecrets(t, clients(t)[0])
+	base, err := os.ReadFile(sb.ClusterYML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yml := func(block string) string { return strings.Replace(string(base), disabledBlock, block, 1) }
+	secretFile := t.TempDir() + "/webhook-secret"
+	if err := os.WriteFile(secretFile, []byte("soak-webhook-secret-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, "A custom config", map[string]string{"cluster.yml": yml(customBlock), "atrest.yaml": "snapshots:\n  retention: 3\n"})
+	d := startDaemonArgs(t, "1m", secretFile, "--daemon-max-backoff", "10m")
+	converged(t, "the custom config", "aescbc:v1:k-fw5hn", "", 5*time.Minute)
+	commit(t, "A KMS plugin that is not there", map[string]string{"cluster.yml": yml(kmsBlock)})
+	start := time.Now()
+	var restarts []time.Duration
+	last := apiserverStarts(t)
+	for time.Since(start) < soak {
+		time.Sleep(2 * time.Second)
+		if now := apiserverStarts(t); now != last {
+			restarts = append(restarts, time.Since(start).Round(time.Second))
+			last = now
+		}
+	}
+	m := d.metrics(t)
+	t.Logf("over %s of daemon time with a refused config: %d kube-apiserver (re)starts, at %v; %s; %s", soak, len(restarts), restarts,
+		grepLines(m, "atrest_stalled"), grepLines(m, `atrest_reconcile_total{result="stalled"}`))
+	commit(t, "Back to the custom config", map[string]string{"cluster.yml": yml(customBlock)})
+	converged(t, "the custom config again", "aescbc:v1:k-fw5hn", "", 5*time.Minute)
 }

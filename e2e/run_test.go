@@ -48,12 +48,17 @@ type daemonProc struct {
 // startDaemon starts `atrest run` on the sandbox, polling every interval.
 func startDaemon(t *testing.T, interval string, secretFile string) *daemonProc {
 	t.Helper()
+	return startDaemonArgs(t, interval, secretFile, "--daemon-max-backoff", "20s")
+}
+
+// startDaemonArgs is startDaemon with more arguments.
+func startDaemonArgs(t *testing.T, interval string, secretFile string, args ...string) *daemonProc {
+	t.Helper()
 	p := &daemonProc{done: make(chan struct{})}
 	maddr, waddr := freeAddr(t), freeAddr(t)
 	p.metricsURL, p.webhookURL = "http://"+maddr, "http://"+waddr+"/hook"
-	p.cmd = exec.Command(atrest, "run", "--settings", sb.SettingsFile, "--git-interval", interval,
-		"--listen-metrics", maddr, "--listen-webhook", waddr, "--listen-webhook-secret-file", secretFile,
-		"--daemon-max-backoff", "20s")
+	p.cmd = exec.Command(atrest, append([]string{"run", "--settings", sb.SettingsFile, "--git-interval", interval,
+		"--listen-metrics", maddr, "--listen-webhook", waddr, "--listen-webhook-secret-file", secretFile}, args...)...)
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
