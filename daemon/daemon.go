@@ -283,19 +283,36 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 		// `atrest resume`; observing again each interval sees either.
 		return d.stalled(ctx, start, st.Stall.Reason, fmt.Errorf("stalled since %s: %s", st.Stall.Since.UTC().Format(time.RFC3339), st.Stall.Message))
 	}
-	if st.PlanError != "" && st.PlanReason == "" {
-		return d.fail(ctx, start, fmt.Errorf("plan: %s", st.PlanError))
-	}
 	if st.PlanError != "" {
 		err := fmt.Errorf("plan: %s%s", reasonTag(st.PlanReason), st.PlanError)
-		if st.PlanReason == reconciler.ReasonKeyMaterialConflict && !d.cfg.Suspend && !desired.Policy.Suspend {
-			// Refused, but the refusal keeps material only a node holds:
-			// the reconcile preserves it in Vault, then refuses the same way.
-			_, err = d.cluster.ReconcileUntil(ctx, stop, want)
+		if !d.cfg.Suspend && !desired.Policy.Suspend {
+			// A node an interrupted run left half swapped is not ready,
+			// or cannot be observed, until the reconcile's recovery
+			// repairs it; a key material conflict is preserved in Vault
+			// before it refuses. So the reconcile runs: it recovers under
+			// the lock, then plans again and refuses, or acts.
+			res, rerr := d.cluster.ReconcileUntil(ctx, stop, want)
+			if rerr == nil {
+				d.reopen = true
+				if res.Transition != "" {
+					log.Info("transition complete", "transition", res.Transition, "revision", desired.Revision, "steps", len(res.Steps), "snapshot", res.Snapshot)
+				}
+				d.succeed(ctx, start, resultChanged, Rotation{Next: d.State().NextRotation})
+				return d.cfg.Interval
+			}
+			err = rerr
 		}
-		// A refusal is read-only and lifts itself when the world
-		// changes: it needs a person, not a backoff.
-		return d.stalled(ctx, start, st.PlanReason, err)
+		if reason := reconciler.StallReason(err); reason != "" {
+			// A refusal is read-only and lifts itself when the world
+			// changes: it needs a person, not a backoff.
+			return d.stalled(ctx, start, reason, err)
+		}
+		if errors.Is(err, keystore.ErrLocked) {
+			d.record(ctx, start, resultLocked, err.Error(), Rotation{Next: d.State().NextRotation})
+			return d.cfg.Interval
+		}
+		d.reopen = true
+		return d.fail(ctx, start, err)
 	}
 	rot := RotationAt(desired.Policy, desired.Config.Desired.Mode, st.Keys, st.LastRotation, time.Now())
 	d.schedule(desired.Policy, log)

@@ -50,9 +50,14 @@ func TestStalls(t *testing.T) {
 		err        error
 		reason     string
 		reconciles int
+		result     string // for no stall: the result, resultFailed unless set
 	}{
 		{name: "standing stall: nothing runs", status: reconciler.Status{Stall: stall, Plan: []string{"deploy"}}, reason: reconciler.ReasonStepFailedRepeatedly},
-		{name: "refusal", status: reconciler.Status{PlanError: "two prefixes", PlanReason: reconciler.ReasonEtcdPrefix}, reason: reconciler.ReasonEtcdPrefix},
+		{name: "refusal: the reconcile recovers, then refuses", status: reconciler.Status{PlanError: "node1 not ready", PlanReason: reconciler.ReasonNodeNotReady},
+			err: &reconciler.Refusal{Reason: reconciler.ReasonNodeNotReady, Message: "node1 not ready"}, reason: reconciler.ReasonNodeNotReady, reconciles: 1},
+		{name: "refusal lifted by the recovery", status: reconciler.Status{PlanError: "node1 not ready", PlanReason: reconciler.ReasonNodeNotReady}, reconciles: 1, result: resultChanged},
+		{name: "unobservable node: the reconcile recovers", status: reconciler.Status{PlanError: "observe the nodes: no container kube-apiserver"},
+			err: errors.New("recover: ssh: unreachable"), reconciles: 1},
 		{name: "a step stalls", status: reconciler.Status{Plan: []string{"deploy"}},
 			err: &reconciler.StallError{Stall: *stall, Err: errors.New("deploy: rolled back")}, reason: reconciler.ReasonStepFailedRepeatedly, reconciles: 1},
 		{name: "transient failure backs off", status: reconciler.Status{Plan: []string{"deploy"}}, err: errors.New("ssh: unreachable"), reconciles: 1},
@@ -83,6 +88,12 @@ func TestStalls(t *testing.T) {
 			d.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
 			if rec.Code != http.StatusOK {
 				t.Errorf("/readyz %d: a stalled daemon must stay ready for the webhook", rec.Code)
+			}
+			if tt.result != "" {
+				if st.Stalled != "" || st.Result != tt.result || st.Failures != 0 || wait != time.Minute {
+					t.Errorf("state stalled %q result %s failures %d wait %s; want none, %s, 0, the interval", st.Stalled, st.Result, st.Failures, wait, tt.result)
+				}
+				return
 			}
 			if tt.reason == "" {
 				if st.Stalled != "" || st.Result != resultFailed || st.Failures != 3 || wait != Backoff(time.Minute, 10*time.Minute, 3) || strings.Contains(metrics, "atrest_stalled{") {
