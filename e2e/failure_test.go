@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -198,9 +199,31 @@ func TestCrashes(t *testing.T) {
 	crash(t, "swap-after-stop", managed)
 	recovered(t, managed, "aescbc:v1:")
 
-	// Disable clears it: swapped again.
+	// Disable clears it: swapped again. This time the daemon repairs it:
+	// node 1 has no kube-apiserver container to observe, so its cycle
+	// cannot plan, and runs the reconcile for its recovery.
 	crash(t, "swap-after-rename", disabled)
-	recovered(t, disabled, "identity")
+	base, err := os.ReadFile(sb.ClusterYML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit(t, "Disable encryption at rest", map[string]string{"cluster.yml": strings.Replace(string(base), disabledBlock, disabledBlock, 1), "atrest.yaml": "snapshots:\n  retention: 5\n"})
+	secretFile := t.TempDir() + "/webhook-secret"
+	if err := os.WriteFile(secretFile, []byte("crash-webhook-secret-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	d := startDaemon(t, "5s", secretFile)
+	converged(t, "the daemon to repair node1 and finish the disable", "identity", "", 5*time.Minute)
+	eventually(t, "the daemon's plan to be empty", 3*time.Minute, func() (bool, string) {
+		code, out := run(t, "plan", "--config", disabled)
+		return code == 0 && len(leftovers(t)) == 0, out
+	})
+	d.waitLog(t, time.Minute, "putting back the kube-apiserver container left by an interrupted run")
+	t.Logf("the daemon repaired node1 and converged in %s", time.Since(start).Round(time.Second))
+	if err := d.signal(t, syscall.SIGTERM, 2*time.Minute); err != nil {
+		t.Fatalf("daemon exit: %v", err)
+	}
 
 	// A write cut mid-stream installs nothing: node 1 still has no file.
 	crash(t, "write-mid-stream", managed)
