@@ -11,6 +11,7 @@ import (
 
 	"github.com/atrest-io/atrest/keystore"
 	"github.com/atrest-io/atrest/reconciler"
+	"github.com/atrest-io/atrest/settings"
 )
 
 func newUnlockCommand() *cobra.Command {
@@ -31,11 +32,7 @@ change the nodes while the holder may still do so.`,
 	cmd.Flags().BoolVar(&force, "force", false, "free the lock even when its holder may still run")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctx := cmd.Context()
-		ss, err := begin(cmd, loader, &src)
-		if err != nil {
-			return errorExit(err)
-		}
-		keys, err := openKeystore(ctx, ss.s, ss.d.cfg, ss.log)
+		_, keys, err := beginKeys(cmd, loader, &src)
 		if err != nil {
 			return errorExit(err)
 		}
@@ -112,11 +109,7 @@ cluster.yml) or resume lifts it. Fix the cause first: atrest status shows it.`,
 	src.bind(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctx := cmd.Context()
-		ss, err := begin(cmd, loader, &src)
-		if err != nil {
-			return errorExit(err)
-		}
-		keys, err := openKeystore(ctx, ss.s, ss.d.cfg, ss.log)
+		ss, keys, err := beginKeys(cmd, loader, &src)
 		if err != nil {
 			return errorExit(err)
 		}
@@ -135,4 +128,18 @@ cluster.yml) or resume lifts it. Fix the cause first: atrest status shows it.`,
 		return nil
 	}
 	return cmd
+}
+
+// beginKeys begins and opens the keyring only: for the commands that
+// touch no node.
+func beginKeys(cmd *cobra.Command, loader *settings.Loader, src *source) (*session, *keystore.Store, error) {
+	ss, err := begin(cmd, loader, src)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := openKeystore(cmd.Context(), ss.s, ss.d.cfg, ss.log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ss, keys, nil
 }
