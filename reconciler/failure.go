@@ -57,8 +57,9 @@ const (
 )
 
 // MaxStepFailures is how often one step may fail with the same inputs
-// before the transition stalls: a deploy kube-apiserver refuses restarts a
-// node's kube-apiserver at each attempt.
+// before the transition stalls, unless Reconciler.StallAfter says
+// otherwise: a deploy kube-apiserver refuses restarts a node's
+// kube-apiserver at each attempt.
 const MaxStepFailures = 3
 
 // StallError is a failure that needs a person: it is not retried until
@@ -119,8 +120,8 @@ func inputsOf(d Desired) string {
 // the failure count to keep and, when the step must not run again, the
 // stall. A failed rollback stalls at once; a transient failure neither
 // counts nor stalls; the same step failing with the same inputs stalls at
-// MaxStepFailures.
-func countFailure(prev *keystore.Failure, step, inputs, revision string, err error, now time.Time) (*keystore.Failure, *keystore.Stall) {
+// limit.
+func countFailure(prev *keystore.Failure, step, inputs, revision string, err error, limit int, now time.Time) (*keystore.Failure, *keystore.Stall) {
 	if err == nil {
 		return nil, nil
 	}
@@ -135,7 +136,7 @@ func countFailure(prev *keystore.Failure, step, inputs, revision string, err err
 	if prev != nil && prev.Step == step && prev.Inputs == inputs {
 		f.Count = prev.Count + 1
 	}
-	if f.Count < MaxStepFailures {
+	if f.Count < limit {
 		return f, nil
 	}
 	return f, &keystore.Stall{Reason: ReasonStepFailedRepeatedly, Step: step, Inputs: inputs, Revision: revision, Since: now,

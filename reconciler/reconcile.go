@@ -66,6 +66,9 @@ type Reconciler struct {
 	// FeatureGates is kube-apiserver's --feature-gates, for parsing the
 	// nodes' files as kube-apiserver does.
 	FeatureGates string
+	// StallAfter is how often one step may fail with the same inputs
+	// before the transition stalls; 0 is MaxStepFailures.
+	StallAfter int
 	// Retention is how many snapshots to keep (the policy's).
 	Retention int
 	// OnStep, when set, is called as each step starts (done false) and
@@ -306,7 +309,11 @@ func (r *Reconciler) journalAgain(ctx context.Context, step Step, inputs, revisi
 		kr.Journal.Checkpoint = nil // done: nothing to resume
 	}
 	var stall *keystore.Stall
-	kr.Failure, stall = countFailure(kr.Failure, step.String(), inputs, revision, stepErr, time.Now().UTC())
+	limit := r.StallAfter
+	if limit <= 0 {
+		limit = MaxStepFailures
+	}
+	kr.Failure, stall = countFailure(kr.Failure, step.String(), inputs, revision, stepErr, limit, time.Now().UTC())
 	if stall != nil {
 		kr.Stall = stall
 	}

@@ -384,7 +384,7 @@ func TestStallRuleFailures(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f, stall := countFailure(c.prev, "s", "i", "r", c.err, now)
+			f, stall := countFailure(c.prev, "s", "i", "r", c.err, MaxStepFailures, now)
 			count := 0
 			if f != nil {
 				count = f.Count

@@ -218,7 +218,7 @@ func (st *Status) Text() string {
 		}
 	}
 	if f := st.Failure; f != nil && st.Stall == nil {
-		fmt.Fprintf(&b, "last step failed %d time(s) in a row (stalls at %d): %s\n", f.Count, MaxStepFailures, f.Step)
+		fmt.Fprintf(&b, "last step failed %d time(s) in a row (daemon.stallAfter stalls it): %s\n", f.Count, f.Step)
 	}
 	switch {
 	case st.Stall != nil:

@@ -131,6 +131,9 @@ type Listen struct {
 type Daemon struct {
 	Suspend    bool          `json:"suspend"`
 	MaxBackoff time.Duration `json:"maxBackoff"`
+	// StallAfter is how often one step may fail with the same inputs
+	// before the transition stalls (atrest apply too).
+	StallAfter int `json:"stallAfter"`
 }
 
 // Log is the shape of atrest's own logs.
@@ -154,7 +157,7 @@ func Default() *Settings {
 		Kubernetes: Kubernetes{QPS: 200, Burst: 400, RewriteWorkers: 16},
 		SSH:        SSH{Timeout: 30 * time.Second, ReadyTimeout: 3 * time.Minute},
 		Listen:     Listen{Metrics: "127.0.0.1:9795"},
-		Daemon:     Daemon{MaxBackoff: 10 * time.Minute},
+		Daemon:     Daemon{MaxBackoff: 10 * time.Minute, StallAfter: 3},
 		Log:        Log{Format: "text", Level: "info"},
 	}
 }
@@ -229,6 +232,7 @@ func (s *Settings) fields() []field {
 
 		{"daemon.suspend", "observe and report, but change nothing (as suspend: true in atrest.yaml)", &s.Daemon.Suspend},
 		{"daemon.maxBackoff", "longest wait before retrying after failed reconciles (the wait doubles from git.interval / 4)", &s.Daemon.MaxBackoff},
+		{"daemon.stallAfter", "stall a transition once the same step failed this many times with the same inputs (apply too); atrest resume lifts it", &s.Daemon.StallAfter},
 
 		{"log.format", "log format: text or json", &s.Log.Format},
 		{"log.level", "log level: debug, info, warn or error", &s.Log.Level},

@@ -279,6 +279,10 @@ func (v *validator) ssh() {
 	if s.ReadyTimeout <= 0 {
 		v.add("ssh.readyTimeout", "must be positive, not %s", s.ReadyTimeout)
 	}
+	// Where a node is changed, a step that keeps failing must stall.
+	if v.s.Daemon.StallAfter < 1 {
+		v.add("daemon.stallAfter", "must be at least 1, not %d", v.s.Daemon.StallAfter)
+	}
 }
 
 func (v *validator) listen() {
