@@ -150,6 +150,8 @@ func TestValidate(t *testing.T) {
 		{"snapshots", nil, []Need{NeedSnapshots}, []string{"snapshots.dir: required"}},
 		{"webhook needs secret", []string{"--listen-webhook", "127.0.0.1:9796"}, []Need{NeedListen}, []string{"listen.webhookSecretFile: required"}},
 		{"daemon backoff", []string{"--daemon-max-backoff", "0s"}, []Need{NeedListen}, []string{"daemon.maxBackoff: must be positive"}},
+		{"ssh timeout past the lock's grace", []string{"--ssh-timeout", "2m", "--ssh-insecure-skip-host-key-verification"}, []Need{NeedSSH}, []string{"ssh.timeout: must be at most 1m"}},
+		{"stall after none", []string{"--daemon-stall-after", "0", "--ssh-insecure-skip-host-key-verification"}, []Need{NeedSSH}, []string{"daemon.stallAfter: must be at least 1"}},
 		{"git timeout", []string{"--git-url", "/srv/repo", "--git-timeout", "-1s"}, []Need{NeedGit}, []string{"git.timeout: must be positive"}},
 		{"rewrite workers", []string{"--kubernetes-kubeconfig", known, "--kubernetes-rewrite-workers", "0"}, []Need{NeedKubernetes}, []string{"kubernetes.rewriteWorkers: must be between 1 and 256, not 0"}},
 		{"kubernetes ok", []string{"--kubernetes-kubeconfig", known, "--kubernetes-rewrite-workers", "64"}, []Need{NeedKubernetes}, nil},

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Need names a part of the settings a command uses; Validate checks only
@@ -275,6 +276,11 @@ func (v *validator) ssh() {
 	}
 	if s.Timeout <= 0 {
 		v.add("ssh.timeout", "must be positive, not %s", s.Timeout)
+	}
+	// A call to a node in flight when the lock is lost must end within
+	// the grace a contender waits past the lock's expiry (half its 2m TTL).
+	if s.Timeout > time.Minute {
+		v.add("ssh.timeout", "must be at most 1m (the lock's takeover grace), not %s", s.Timeout)
 	}
 	if s.ReadyTimeout <= 0 {
 		v.add("ssh.readyTimeout", "must be positive, not %s", s.ReadyTimeout)
