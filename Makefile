@@ -7,6 +7,7 @@
 #   make sandbox-up     start the local sandbox (NODES=3 for three nodes)
 #   make sandbox-down   stop it and remove its state
 #   make bench-rewrite  atrest's rewrite against kubectl replace, side by side
+#   make soak-refused   restarts a config kube-apiserver refuses causes over SOAK (1h) of daemon time
 #   make demo           the guided tour on a 1-node sandbox in .demo/ (DEMO_FLAGS=--pause=false: no pauses)
 
 GO          ?= go
@@ -18,7 +19,7 @@ SANDBOX_DIR ?= .sandbox
 
 export CGO_ENABLED ?= 0
 
-.PHONY: build test unit lint deps tools sandbox-up sandbox-down bench-rewrite demo clean
+.PHONY: build test unit lint deps tools sandbox-up sandbox-down bench-rewrite soak-refused demo clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/atrest ./cmd/atrest
@@ -52,6 +53,13 @@ bench-rewrite: deps
 	ATREST_VAULT=$$(tools/build.sh vault) \
 	ATREST_KUBECTL=$$(tools/build.sh kubectl) \
 	$(GO) test -count=1 -tags sandbox -run '^$$' -bench Rewrite -benchtime 1x -timeout 30m ./reconciler/rewritebench/
+
+SOAK ?= 1h
+soak-refused: deps
+	ATREST_SOAK=$(SOAK) \
+	ATREST_KUBE_APISERVER=$$(tools/build.sh kube-apiserver) \
+	ATREST_VAULT=$$(tools/build.sh vault) \
+	$(GO) test -count=1 -tags sandbox -run '^TestRefusedConfigSoak$$' -v -timeout 3h ./e2e/
 
 sandbox-up: deps bin/atrest-sandbox
 	ATREST_KUBE_APISERVER=$$(tools/build.sh kube-apiserver) \

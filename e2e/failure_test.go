@@ -244,7 +244,7 @@ func TestCrashes(t *testing.T) {
 func TestRefusedConfigSoak(t *testing.T) {
 	soak, err := time.ParseDuration(os.Getenv("ATREST_SOAK"))
 	if err != nil {
-		t.Skip("set ATREST_SOAK (a duration) to measure restarts under a refused config")
+		t.Skip("a measurement, not a test: make soak-refused runs it (ATREST_SOAK, a duration)")
 	}
 	createSecrets(t, clients(t)[0])
 	base, err := os.ReadFile(sb.ClusterYML)
