@@ -134,20 +134,8 @@ func TestRecoverAfterInterruptedSwap(t *testing.T) {
 			runtime.Goexit()
 		}
 	}
-	c := connect(t, loadCluster(t), opts)
+	c, n := swapNode(t, opts, i)
 	ctx := testCtx(t)
-	n := c.Nodes()[i]
-	if err := n.WriteProviderFile(ctx, []byte(identityOnly)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if err := n.SetProviderConfigFlag(ctx, false); err != nil {
-			t.Error(err)
-		}
-		_ = n.RemoveProviderFile(ctx)
-		checkPristine(t, c)
-	})
 	for _, tc := range []struct {
 		failpoint string
 		leftover  []string // the containers the crash leaves
@@ -270,20 +258,8 @@ func TestLockLostMidSwapStops(t *testing.T) {
 			lost.Store(true)
 		}
 	}
-	c := connect(t, loadCluster(t), opts)
+	_, n := swapNode(t, opts, i)
 	ctx := testCtx(t)
-	n := c.Nodes()[i]
-	if err := n.WriteProviderFile(ctx, []byte(identityOnly)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if err := c.Recover(ctx); err != nil {
-			t.Error(err)
-		}
-		_ = n.RemoveProviderFile(ctx)
-		checkPristine(t, c)
-	})
 	fence := controlplane.Fence{Token: 1, Check: func() error {
 		if lost.Load() {
 			return errors.New("lock lost")
@@ -300,4 +276,28 @@ func TestLockLostMidSwapStops(t *testing.T) {
 	if !slices.Equal(names, []string{"kube-apiserver", "kube-apiserver-atrest-next"}) {
 		t.Errorf("the fenced swap went on: containers %v", names)
 	}
+}
+
+// swapNode connects with opts and gives node i a provider file its
+// kube-apiserver can start with, for a swap to set the flag; cleanup
+// recovers what the test left and takes the flag and the file away.
+func swapNode(t *testing.T, opts controlplane.Options, i int) (*controlplane.Cluster, *controlplane.Node) {
+	t.Helper()
+	c := connect(t, loadCluster(t), opts)
+	n := c.Nodes()[i]
+	if err := n.WriteProviderFile(testCtx(t), []byte(identityOnly)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if err := c.Recover(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := n.SetProviderConfigFlag(ctx, false); err != nil {
+			t.Error(err)
+		}
+		_ = n.RemoveProviderFile(ctx)
+		checkPristine(t, c)
+	})
+	return c, n
 }
