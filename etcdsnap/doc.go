@@ -40,7 +40,7 @@
 //	atrest snapshot save       Dial, then Client.Save(ctx, store, keystore, Manifest{Reason: "manual", ...})
 //	atrest snapshot list       List(ctx, store)
 //	atrest snapshot verify N   Verify(ctx, store, N)
-//	atrest snapshot prune      Prune(ctx, store, keystore, retention, KeepTransitions(journal ids in flight...))
+//	atrest snapshot prune      Prune(ctx, store, keystore, cluster, retention, KeepTransitions(journal ids in flight...))
 //	atrest snapshot restore-config N --out PATH [--force]
 //	                           ReadManifest(ctx, store, N), Verify(ctx, store, N),
 //	                           RestoreConfig(ctx, m, keystore), WriteRestoreConfig(PATH, data, force),

@@ -22,6 +22,11 @@ const ManifestFormat = 1
 type Manifest struct {
 	Format int    `json:"format"`
 	Name   string `json:"name"`
+	// Cluster is the cluster (its keyring) the snapshot belongs to: Prune
+	// and restore-config act on a cluster's own snapshots only, so that
+	// clusters sharing a directory never prune each other's. "" in
+	// manifests written before atrest recorded it.
+	Cluster string `json:"cluster,omitempty"`
 	// Time is when the snapshot stream was opened (UTC).
 	Time time.Time `json:"time"`
 	// Reason says why: "before rotate", "scheduled", "manual", ...
@@ -39,6 +44,15 @@ type Manifest struct {
 	// Resources are the resources the deployed config covered (default
 	// secrets).
 	Resources []string `json:"resources"`
+	// Config is the encryption config the snapshot was taken under, by
+	// resource list, as BuildConfig makes it: the keys of Keys, KMS
+	// providers and identity, per resource. A restore config is rendered
+	// from it; manifests without it (older atrest) get one list of
+	// Resources read by Keys and identity.
+	Config []ResourceList `json:"config,omitempty"`
+	// Unreadable counts objects under prefixes no provider of Config
+	// reads: a restore from this snapshot cannot read them.
+	Unreadable []Unreadable `json:"unreadable,omitempty"`
 	// EtcdPrefix is the --etcd-prefix the kube-apiservers stored under
 	// ("" for the default, /registry): a restored cluster's apiservers need
 	// the same.
@@ -139,6 +153,10 @@ func (m Manifest) checkRequest() error {
 			errs = append(errs, fmt.Errorf("manifest resources[%d]: empty", i))
 		}
 	}
+	if m.Cluster != "" && !nameRE.MatchString(m.Cluster) {
+		errs = append(errs, fmt.Errorf("manifest cluster %q: letters, digits, '.', '_' and '-'", m.Cluster))
+	}
+	errs = append(errs, m.checkConfig()...)
 	return errors.Join(errs...)
 }
 

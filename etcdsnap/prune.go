@@ -7,7 +7,7 @@ import (
 	"slices"
 )
 
-// Prune removes the snapshots beyond the newest retention ones, except
+// Prune removes cluster's snapshots beyond its newest retention ones, except
 // those keep returns true for (the snapshot taken before a transition that
 // has not finished: keep it until the transition is done), and releases
 // their key references. It returns the names it removed, oldest last.
@@ -17,7 +17,12 @@ import (
 // its manifest last, so that a Prune interrupted or failing midway finds
 // the snapshot again next time and finishes the job. One failure does not
 // stop the others; the error joins them all.
-func Prune(ctx context.Context, store Store, refs KeyRefs, retention int, keep func(Manifest) bool) ([]string, error) {
+//
+// Another cluster's snapshots in the same store are never counted or
+// removed. A manifest that names no cluster (written before atrest
+// recorded it) is cluster's only when cluster's keyring references it
+// (refs implements SnapshotRefs); others are left for a person.
+func Prune(ctx context.Context, store Store, refs KeyRefs, cluster string, retention int, keep func(Manifest) bool) ([]string, error) {
 	if retention < 1 {
 		return nil, fmt.Errorf("prune snapshots: retention %d: keep at least 1 snapshot", retention)
 	}
@@ -25,7 +30,11 @@ func Prune(ctx context.Context, store Store, refs KeyRefs, retention int, keep f
 	if err != nil {
 		return nil, fmt.Errorf("prune snapshots: %w", err)
 	}
-	victims := pruneCandidates(all, retention, keep)
+	owned, err := ownedBy(ctx, all, refs, cluster)
+	if err != nil {
+		return nil, fmt.Errorf("prune snapshots: %w", err)
+	}
+	victims := pruneCandidates(owned, retention, keep)
 	for _, m := range victims {
 		if len(m.Keys) > 0 && refs == nil {
 			return nil, fmt.Errorf("prune snapshots: snapshot %s references keys and there is no keystore to release them in", m.Name)
@@ -41,6 +50,30 @@ func Prune(ctx context.Context, store Store, refs KeyRefs, retention int, keep f
 		removed = append(removed, m.Name)
 	}
 	return removed, errors.Join(errs...)
+}
+
+// refLister lists the snapshots a keyring references (keystore.Store).
+type refLister interface {
+	SnapshotRefs(ctx context.Context) (map[string][]string, error)
+}
+
+// ownedBy returns cluster's manifests of all, in order.
+func ownedBy(ctx context.Context, all []Manifest, refs KeyRefs, cluster string) ([]Manifest, error) {
+	var referenced map[string][]string
+	if l, ok := refs.(refLister); ok && slices.ContainsFunc(all, func(m Manifest) bool { return m.Cluster == "" }) {
+		var err error
+		if referenced, err = l.SnapshotRefs(ctx); err != nil {
+			return nil, fmt.Errorf("which unlabelled snapshots are this cluster's: %w", err)
+		}
+	}
+	var out []Manifest
+	for _, m := range all {
+		_, ours := referenced[m.Name]
+		if m.Cluster == cluster || (m.Cluster == "" && ours) {
+			out = append(out, m)
+		}
+	}
+	return out, nil
 }
 
 // pruneCandidates returns what Prune removes from all (newest first).

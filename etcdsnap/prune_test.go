@@ -1,6 +1,7 @@
 package etcdsnap
 
 import (
+	"context"
 	"slices"
 	"testing"
 	"time"
@@ -45,5 +46,43 @@ func TestSortNewestFirst(t *testing.T) {
 	sortNewestFirst(ms)
 	if got := []string{ms[0].Name, ms[1].Name, ms[2].Name}; !slices.Equal(got, []string{"c", "b", "a"}) {
 		t.Errorf("order %v", got)
+	}
+}
+
+type fakeRefs struct{ snaps map[string][]string }
+
+func (f fakeRefs) AddSnapshotRef(context.Context, string, []string) error { return nil }
+func (f fakeRefs) ReleaseSnapshotRef(context.Context, string) error       { return nil }
+func (f fakeRefs) SnapshotRefs(context.Context) (map[string][]string, error) {
+	return f.snaps, nil
+}
+
+// TestOwnedBy: clusters sharing a directory never prune each other; an
+// unlabelled (older) manifest is a cluster's only if its keyring says so.
+func TestOwnedBy(t *testing.T) {
+	all := []Manifest{
+		{Name: "p2", Cluster: "prod"}, {Name: "s1", Cluster: "staging"}, {Name: "old-prod"}, {Name: "old-plain"}, {Name: "p1", Cluster: "prod"},
+	}
+	refs := fakeRefs{map[string][]string{"old-prod": {"k-abcde"}}}
+	for _, tt := range []struct {
+		cluster string
+		refs    KeyRefs
+		want    []string
+	}{
+		{"prod", refs, []string{"p2", "old-prod", "p1"}},
+		{"staging", fakeRefs{}, []string{"s1"}},
+		{"prod", nil, []string{"p2", "p1"}},
+	} {
+		got, err := ownedBy(context.Background(), all, tt.refs, tt.cluster)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, m := range got {
+			names = append(names, m.Name)
+		}
+		if !slices.Equal(names, tt.want) {
+			t.Errorf("%s's snapshots: %v, want %v", tt.cluster, names, tt.want)
+		}
 	}
 }

@@ -11,7 +11,9 @@ import (
 	"slices"
 	"strings"
 	"text/template"
+	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	apiserverv1 "k8s.io/apiserver/pkg/apis/apiserver/v1"
 	"sigs.k8s.io/yaml"
 
@@ -24,15 +26,18 @@ type KeySource interface {
 }
 
 // RestoreConfig returns the EncryptionConfiguration that lets a
-// kube-apiserver read every object in the snapshot m describes: every key
-// m references, fetched from keys and checked against its fingerprint, as
-// readers (in manifest order, one provider entry per provider in order of
-// first appearance, the first key first), then identity for plain
-// objects, for m's resources. The config is validated as kube-apiserver
+// kube-apiserver read every object in the snapshot m describes that its
+// providers can read: m's config (its resource lists, in their order, with
+// every key fetched from keys and checked against its fingerprint, and its
+// KMS providers, whose plugins must be running), or, for a manifest
+// without one, every key m references as readers (one provider entry per
+// provider in order of first appearance, the first key first) then
+// identity, for m's resources. The config is validated as kube-apiserver
 // would before it is returned. The bytes hold key material: write them
 // with WriteRestoreConfig, never to a log.
 func RestoreConfig(ctx context.Context, m Manifest, keys KeySource) ([]byte, error) {
-	var fetched []cluster.Key
+	fetched := map[string]cluster.Key{}
+	var order []cluster.Key
 	for _, ref := range m.Keys {
 		if !slices.Contains(cluster.ManagedProviders, cluster.Provider(ref.Provider)) {
 			return nil, fmt.Errorf("restore config for snapshot %s: key %s has provider %q: atrest can only write aescbc, aesgcm and secretbox keys into a config; copy that provider's entry from the custom config in force when the snapshot was taken (Git revision %s), its plugin must still hold the key",
@@ -51,16 +56,51 @@ func RestoreConfig(ctx context.Context, m Manifest, keys KeySource) ([]byte, err
 		if fp := k.Fingerprint(); fp != ref.Fingerprint {
 			return nil, fmt.Errorf("restore config for snapshot %s: key %s in the keystore has fingerprint %s, the snapshot was taken with fingerprint %s: that is another key under the same name, and it cannot read this snapshot", m.Name, ref.Name, fp, ref.Fingerprint)
 		}
-		fetched = append(fetched, k)
+		fetched[k.Name] = k
+		order = append(order, k)
 	}
-	data, err := renderRestoreConfig(m.resources(), fetched)
+	lists := m.Config
+	if len(lists) == 0 {
+		lists = legacyLists(m.resources(), order)
+	}
+	data, err := renderRestoreConfig(lists, fetched)
 	if err != nil {
 		return nil, fmt.Errorf("restore config for snapshot %s: %w", m.Name, err)
 	}
-	if _, err := cluster.ParseEncryptionConfig("restore config for snapshot "+m.Name, "", data, ""); err != nil {
+	gates := ""
+	if m.needsKMSv1() {
+		gates = "KMSv1=true"
+	}
+	if _, err := cluster.ParseEncryptionConfig("restore config for snapshot "+m.Name, "", data, gates); err != nil {
 		return nil, fmt.Errorf("restore config for snapshot %s is not valid: %w", m.Name, err)
 	}
 	return data, nil
+}
+
+// BelongsTo refuses a snapshot of another cluster: its keys are in that
+// cluster's keyring, and its restore belongs to that cluster.
+func (m Manifest) BelongsTo(clusterName string) error {
+	if m.Cluster != "" && m.Cluster != clusterName {
+		return fmt.Errorf("snapshot %s belongs to cluster %q, not %q (cluster.name): use that cluster's settings", m.Name, m.Cluster, clusterName)
+	}
+	return nil
+}
+
+// kmsProviders is every KMS provider of m's config, each once.
+func (m Manifest) kmsProviders() []ProviderRef {
+	var out []ProviderRef
+	for _, l := range m.Config {
+		for _, p := range l.Providers {
+			if p.Kind == cluster.KindKMS && !slices.ContainsFunc(out, p.equal) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+func (m Manifest) needsKMSv1() bool {
+	return slices.ContainsFunc(m.kmsProviders(), func(p ProviderRef) bool { return p.KMS.APIVersion == "v1" })
 }
 
 func orUnknown(s string) string {
@@ -70,35 +110,81 @@ func orUnknown(s string) string {
 	return s
 }
 
-// renderRestoreConfig renders keys, grouped per provider in order of first
-// appearance, and identity, for resources.
-func renderRestoreConfig(resources []string, keys []cluster.Key) ([]byte, error) {
-	var order []cluster.Provider
-	byProvider := map[cluster.Provider][]apiserverv1.Key{}
+// legacyLists is the config of a manifest without one: keys grouped per
+// provider in order of first appearance, then identity, for resources.
+func legacyLists(resources []string, keys []cluster.Key) []ResourceList {
+	var providers []cluster.Provider
 	for _, k := range keys {
-		if _, ok := byProvider[k.Provider]; !ok {
-			order = append(order, k.Provider)
-		}
-		byProvider[k.Provider] = append(byProvider[k.Provider],
-			apiserverv1.Key{Name: k.Name, Secret: base64.StdEncoding.EncodeToString(k.Secret)})
-	}
-	var providers []apiserverv1.ProviderConfiguration
-	for _, p := range order {
-		ks := byProvider[p]
-		switch p {
-		case cluster.AESCBC:
-			providers = append(providers, apiserverv1.ProviderConfiguration{AESCBC: &apiserverv1.AESConfiguration{Keys: ks}})
-		case cluster.AESGCM:
-			providers = append(providers, apiserverv1.ProviderConfiguration{AESGCM: &apiserverv1.AESConfiguration{Keys: ks}})
-		case cluster.Secretbox:
-			providers = append(providers, apiserverv1.ProviderConfiguration{Secretbox: &apiserverv1.SecretboxConfiguration{Keys: ks}})
-		default:
-			return nil, fmt.Errorf("key provider %q cannot be written into a config", p)
+		if !slices.Contains(providers, k.Provider) {
+			providers = append(providers, k.Provider)
 		}
 	}
-	providers = append(providers, apiserverv1.ProviderConfiguration{Identity: &apiserverv1.IdentityConfiguration{}})
-	cfg := apiserverv1.EncryptionConfiguration{
-		Resources: []apiserverv1.ResourceConfiguration{{Resources: slices.Clone(resources), Providers: providers}},
+	l := ResourceList{Resources: slices.Clone(resources)}
+	for _, p := range providers {
+		for _, k := range keys {
+			if k.Provider == p {
+				l.Providers = append(l.Providers, refOfEntry(cluster.EntryOf(k)))
+			}
+		}
+	}
+	l.Providers = append(l.Providers, ProviderRef{Kind: cluster.KindIdentity})
+	return []ResourceList{l}
+}
+
+// renderRestoreConfig renders lists, with the material of their keys from
+// keys. Consecutive keys of one provider share its entry, so the order of
+// the providers, and the writer, are the recorded ones.
+func renderRestoreConfig(lists []ResourceList, keys map[string]cluster.Key) ([]byte, error) {
+	cfg := apiserverv1.EncryptionConfiguration{}
+	for _, l := range lists {
+		var providers []apiserverv1.ProviderConfiguration
+		last := ""
+		for _, p := range l.Providers {
+			switch {
+			case p.Kind == cluster.KindIdentity:
+				providers = append(providers, apiserverv1.ProviderConfiguration{Identity: &apiserverv1.IdentityConfiguration{}})
+			case p.Kind == cluster.KindKMS:
+				k := &apiserverv1.KMSConfiguration{APIVersion: p.KMS.APIVersion, Name: p.Name, Endpoint: p.KMS.Endpoint, CacheSize: p.KMS.CacheSize}
+				if p.KMS.Timeout != "" {
+					d, err := time.ParseDuration(p.KMS.Timeout)
+					if err != nil {
+						return nil, fmt.Errorf("KMS provider %s: timeout %q: %w", p.Name, p.KMS.Timeout, err)
+					}
+					k.Timeout = &metav1.Duration{Duration: d}
+				}
+				providers = append(providers, apiserverv1.ProviderConfiguration{KMS: k})
+			default:
+				k, ok := keys[p.Name]
+				if !ok || string(k.Provider) != p.Kind {
+					return nil, fmt.Errorf("key %s (%s) of the config is not among the snapshot's keys", p.Name, p.Kind)
+				}
+				key := apiserverv1.Key{Name: k.Name, Secret: base64.StdEncoding.EncodeToString(k.Secret)}
+				if last == p.Kind {
+					prev := &providers[len(providers)-1]
+					switch {
+					case prev.AESCBC != nil:
+						prev.AESCBC.Keys = append(prev.AESCBC.Keys, key)
+					case prev.AESGCM != nil:
+						prev.AESGCM.Keys = append(prev.AESGCM.Keys, key)
+					case prev.Secretbox != nil:
+						prev.Secretbox.Keys = append(prev.Secretbox.Keys, key)
+					}
+					continue
+				}
+				switch cluster.Provider(p.Kind) {
+				case cluster.AESCBC:
+					providers = append(providers, apiserverv1.ProviderConfiguration{AESCBC: &apiserverv1.AESConfiguration{Keys: []apiserverv1.Key{key}}})
+				case cluster.AESGCM:
+					providers = append(providers, apiserverv1.ProviderConfiguration{AESGCM: &apiserverv1.AESConfiguration{Keys: []apiserverv1.Key{key}}})
+				case cluster.Secretbox:
+					providers = append(providers, apiserverv1.ProviderConfiguration{Secretbox: &apiserverv1.SecretboxConfiguration{Keys: []apiserverv1.Key{key}}})
+				default:
+					return nil, fmt.Errorf("key provider %q cannot be written into a config", p.Kind)
+				}
+			}
+			last = p.Kind
+		}
+		cfg.Resources = append(cfg.Resources, apiserverv1.ResourceConfiguration{Resources: slices.Clone(l.Resources), Providers: providers})
 	}
 	cfg.APIVersion = apiserverv1.SchemeGroupVersion.String()
 	cfg.Kind = "EncryptionConfiguration"
@@ -179,9 +265,9 @@ var instructionsTmpl = template.Must(template.New("restore").Parse(`Restoring et
   readable with {{.KeyList}}
 
 The EncryptionConfiguration in {{.Config}} (mode 0600; it holds those keys:
-never commit it, delete it when the restore is done) lets kube-apiserver read
-every object in this snapshot. Every kube-apiserver must run with it from the
-moment it starts on the restored data:
+never commit it, delete it when the restore is done) {{.Reads}}
+Every kube-apiserver must run with it from the moment it starts on the
+restored data:
   install -m 0600 {{.Config}} {{.ProviderFile}}     (on every controlplane node)
   kube-apiserver ... --encryption-provider-config={{.ProviderFile}}
 {{- if .M.EtcdPrefix}}
@@ -224,6 +310,38 @@ C. etcd 3.4 (no etcdutl): the same with etcdctl:
       --initial-advertise-peer-urls https://MEMBER_IP:2380
 `))
 
+// readsClaim says what the restore config reads: every object only when
+// none needs a KMS plugin or a key atrest does not hold.
+func readsClaim(m Manifest) string {
+	kms := m.kmsProviders()
+	if len(m.Unreadable) == 0 && len(kms) == 0 {
+		return "lets kube-apiserver read every object in this snapshot."
+	}
+	var b strings.Builder
+	if len(m.Unreadable) == 0 {
+		b.WriteString("lets kube-apiserver read every object in this snapshot, but")
+	} else {
+		b.WriteString("CANNOT read these objects, stored under a provider\nno config atrest saw holds (a key no keystore has, an unknown KMS plugin): a\nlist of their resource fails until the key is found or they are deleted:")
+		for _, u := range m.Unreadable {
+			fmt.Fprintf(&b, "\n  %d %s under %s", u.Count, u.Resource, u.Prefix)
+		}
+		b.WriteString("\nIt reads every other object")
+		if len(kms) == 0 {
+			b.WriteString(".")
+			return b.String()
+		}
+		b.WriteString(", but")
+	}
+	b.WriteString(" the objects of its KMS providers only\nwhile their plugins run: on every controlplane node, before kube-apiserver\nstarts, each must be running at its endpoint with the key it held when the\nsnapshot was taken (the file holds no key of theirs):")
+	for _, p := range kms {
+		fmt.Fprintf(&b, "\n  %s", p)
+		if p.KMS.APIVersion == "v1" {
+			b.WriteString(" (KMS v1: kube-apiserver needs --feature-gates=KMSv1=true)")
+		}
+	}
+	return b.String()
+}
+
 // RestoreInstructions tells an operator how to restore snapshot m with the
 // restore config written at configPath: with RKE, with etcdutl (etcd 3.5+)
 // and with etcdctl (etcd 3.4). It holds no key material.
@@ -239,16 +357,19 @@ func RestoreInstructionsIn(d *LocalDir, m Manifest, configPath string) string {
 
 func restoreInstructions(m Manifest, configPath, db string) string {
 	keyList := "identity only (no keys: every object is plain)"
-	if len(m.Keys) > 0 {
-		var ks []string
-		for _, k := range m.Keys {
-			ks = append(ks, fmt.Sprintf("%s (%s, %s)", k.Name, k.Provider, k.Fingerprint))
-		}
+	var ks []string
+	for _, k := range m.Keys {
+		ks = append(ks, fmt.Sprintf("%s (%s, %s)", k.Name, k.Provider, k.Fingerprint))
+	}
+	for _, p := range m.kmsProviders() {
+		ks = append(ks, p.String())
+	}
+	if len(ks) > 0 {
 		keyList = strings.Join(ks, ", ") + " and identity"
 	}
 	var b strings.Builder
 	err := instructionsTmpl.Execute(&b, map[string]any{
-		"M": m, "DB": db, "Config": configPath, "KeyList": keyList,
+		"M": m, "DB": db, "Config": configPath, "KeyList": keyList, "Reads": readsClaim(m),
 		"ProviderFile": rkeProviderFile, "RKEDir": rkeSnapshotDir,
 	})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -118,6 +119,14 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 	}
 	leaks.Note(s1)
 	valuesS1 := maps.Clone(values)
+	// What an etcd restore of S1 would put back, for two of its secrets.
+	restoredKeys := []string{"/registry/secrets/default/enc-k1-0", "/registry/secrets/default/enc-k1-1"}
+	underK1 := map[string][]byte{}
+	for _, key := range restoredKeys {
+		if underK1[key], err = c.RawGet(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// Rotate K1 -> K2, outside the snapshot; then K1 leaves the node.
 	k2 := newKey()
@@ -138,6 +147,68 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 
 	t.Run("restore the snapshot from before the rotation", func(t *testing.T) {
 		verifyRestore(t, leaks, store, keys, s1, valuesS1, wantS1, resources)
+	})
+
+	// After an etcd restore, objects are stored under K1 again while the
+	// node runs only K2: the snapshot taken then needs K1 too, found by
+	// the census alone.
+	t.Run("a snapshot after an etcd restore names the census-only key", func(t *testing.T) {
+		raw, err := sb.EtcdClient()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		underK2 := map[string][]byte{}
+		for _, key := range restoredKeys {
+			if underK2[key], err = c.RawGet(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := raw.Put(ctx, key, string(underK1[key])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		defer func() {
+			// Back to what the node reads, for the rest of the test.
+			for _, key := range restoredKeys {
+				if _, err := raw.Put(ctx, key, string(underK2[key])); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+		now := cloneCensus(want)
+		now["secrets"][k2.Prefix()] -= int64(len(restoredKeys))
+		now["secrets"][k1.Prefix()] = int64(len(restoredKeys))
+		checkCensus(c, "after putting back S1's "+k1.Name+" values", now)
+
+		cfg, err := cluster.ParseEncryptionConfig("node file", "", onNode, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		inVault := func(prefix string) (cluster.ProviderEntry, bool) {
+			for _, k := range []cluster.Key{k1, k2} {
+				if e := cluster.EntryOf(k); e.Prefix() == prefix {
+					return e, true
+				}
+			}
+			return cluster.ProviderEntry{}, false
+		}
+		lists, unreadable := etcdsnap.BuildConfig([]cluster.Chains{cfg.Chains()}, census(c), inVault)
+		if len(unreadable) != 0 {
+			t.Fatalf("unreadable: %v", unreadable)
+		}
+		s, err := c.Save(ctx, store, keys, etcdsnap.Manifest{
+			Reason: "manual", Cluster: "restore-test", KeyringVersion: 2,
+			Keys: etcdsnap.ConfigKeys(lists), Resources: etcdsnap.ConfigResources(lists), Config: lists,
+		})
+		leaks.Note(err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaks.Note(s)
+		if got := s.KeyNames(); !slices.Equal(got, []string{k2.Name, k1.Name}) {
+			t.Fatalf("the manifest names keys %v, want %s (the node's) and %s (the census')", got, k2.Name, k1.Name)
+		}
+		verifyRestore(t, leaks, store, keys, s, maps.Clone(values), now, resources)
 	})
 
 	s2, err := c.Save(ctx, store, keys, etcdsnap.Manifest{

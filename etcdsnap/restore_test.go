@@ -39,7 +39,11 @@ func TestRenderRestoreConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			data, err := renderRestoreConfig(tt.resources, tt.keys)
+			byName := map[string]cluster.Key{}
+			for _, k := range tt.keys {
+				byName[k.Name] = k
+			}
+			data, err := renderRestoreConfig(legacyLists(tt.resources, tt.keys), byName)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -56,6 +60,53 @@ func TestRenderRestoreConfig(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRenderRecordedConfig renders a manifest's recorded config: its lists
+// stay as they were, with their writer, KMS providers are written as
+// recorded, and kube-apiserver's validation accepts the result.
+func TestRenderRecordedConfig(t *testing.T) {
+	k1 := cluster.Key{Name: "k-one01", Provider: cluster.AESCBC, Secret: make([]byte, 32)}
+	k2 := cluster.Key{Name: "k-two02", Provider: cluster.AESCBC, Secret: append(make([]byte, 31), 1)}
+	k3 := cluster.Key{Name: "k-box03", Provider: cluster.Secretbox, Secret: append(make([]byte, 31), 2)}
+	keys := map[string]cluster.Key{k1.Name: k1, k2.Name: k2, k3.Name: k3}
+	ref := func(k cluster.Key) ProviderRef { return refOfEntry(cluster.EntryOf(k)) }
+	id := ProviderRef{Kind: cluster.KindIdentity}
+	kms := ProviderRef{Kind: cluster.KindKMS, Name: "vault", KMS: &KMSRef{APIVersion: "v2", Endpoint: "unix:///var/run/kms/vault.sock", Timeout: "3s"}}
+	lists := []ResourceList{
+		{Resources: []string{"secrets"}, Providers: []ProviderRef{ref(k2), ref(k1), ref(k3), id}},
+		{Resources: []string{"configmaps", "events"}, Providers: []ProviderRef{kms, ref(k1), id}},
+		{Resources: []string{"deployments.apps"}, Providers: []ProviderRef{id, ref(k3)}},
+	}
+	data, err := renderRestoreConfig(lists, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := cluster.ParseEncryptionConfig("restore.yaml", "", data, "")
+	if err != nil {
+		t.Fatalf("kube-apiserver would refuse it: %v\n%s", err, data)
+	}
+	want := []string{
+		"secrets: aescbc:v1:k-two02, aescbc:v1:k-one01, secretbox:v1:k-box03, identity",
+		"configmaps,events: kms:v2:vault, aescbc:v1:k-one01, identity",
+		"deployments.apps: identity, secretbox:v1:k-box03",
+	}
+	if got := cfg.Providers(); !slices.Equal(got, want) {
+		t.Errorf("providers %q, want %q", got, want)
+	}
+	// Consecutive keys of one provider share its entry.
+	if n := strings.Count(string(data), "aescbc:"); n != 2 {
+		t.Errorf("%d aescbc entries, want 2 (one per list):\n%s", n, data)
+	}
+	for _, want := range []string{"endpoint: unix:///var/run/kms/vault.sock", "timeout: 3s", "apiVersion: v2"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("the KMS provider lacks %q:\n%s", want, data)
+		}
+	}
+	lists[0].Providers = append(lists[0].Providers, ProviderRef{Kind: "aescbc", Name: "k-gone99"})
+	if _, err := renderRestoreConfig(lists, keys); err == nil || !strings.Contains(err.Error(), "k-gone99") {
+		t.Errorf("a key not fetched: %v", err)
 	}
 }
 
@@ -121,8 +172,43 @@ func TestRestoreInstructions(t *testing.T) {
 			t.Errorf("instructions lack %q:\n%s", want, got)
 		}
 	}
+	if !strings.Contains(got, "read every object in this snapshot.") {
+		t.Errorf("instructions for a snapshot every key of which is known:\n%s", got)
+	}
 	m.Keys = nil
 	if got := RestoreInstructions(m, "r.yaml"); !strings.Contains(got, "identity only") {
 		t.Errorf("instructions for a plain snapshot:\n%s", got)
+	}
+}
+
+// TestRestoreInstructionsClaimOnlyWhatTheyRead: a snapshot with KMS
+// objects, or objects under a key nobody holds, is never said to be read
+// whole by the file.
+func TestRestoreInstructionsClaimOnlyWhatTheyRead(t *testing.T) {
+	kms := ProviderRef{Kind: cluster.KindKMS, Name: "vault", KMS: &KMSRef{APIVersion: "v2", Endpoint: "unix:///var/run/kms/vault.sock"}}
+	base := testManifest("etcd-20260102T030405.000Z")
+	base.Config = []ResourceList{{Resources: []string{"secrets"}, Providers: []ProviderRef{kms, {Kind: "aescbc", Name: "k-abcde", Fingerprint: base.Keys[0].Fingerprint}, {Kind: "identity"}}}}
+	for _, tt := range []struct {
+		name       string
+		unreadable []Unreadable
+		want       []string
+	}{
+		{"kms", nil, []string{"only\nwhile their plugins run", "KMS v2 provider vault at unix:///var/run/kms/vault.sock"}},
+		{"kms and unreadable", []Unreadable{{Resource: "secrets", Prefix: "aescbc:v1:k-lost1", Count: 7}},
+			[]string{"CANNOT read", "7 secrets under aescbc:v1:k-lost1", "while their plugins run"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := base
+			m.Unreadable = tt.unreadable
+			got := RestoreInstructions(m, "r.yaml")
+			if strings.Contains(got, "read every object in this snapshot.") {
+				t.Errorf("the instructions claim the file reads everything:\n%s", got)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("instructions lack %q:\n%s", w, got)
+				}
+			}
+		})
 	}
 }

@@ -47,8 +47,9 @@ const cleanupTimeout = 30 * time.Second
 // "<name>.db.part", checked against the sha256 etcd appends to the stream,
 // fsynced and published as "<name>.db" (0600); a snapshot that does not
 // verify is removed and Save fails with an error wrapping ErrVerify. Then
-// the manifest is written as "<name>.json". On any failure nothing is left
-// under the name and the reference is released.
+// the manifest is written as "<name>.json", and both are read back from the
+// store and verified (Verify). On any failure nothing is left under the
+// name and the reference is released.
 func (c *Client) Save(ctx context.Context, store Store, refs KeyRefs, req Manifest) (*Manifest, error) {
 	if err := req.checkRequest(); err != nil {
 		return nil, fmt.Errorf("save snapshot: %w", err)
@@ -106,6 +107,16 @@ func (c *Client) Save(ctx context.Context, store Store, refs KeyRefs, req Manife
 	m.Size, m.SHA256 = size, sum
 	if err := writeManifest(ctx, store, m); err != nil {
 		return undo(err, true)
+	}
+	// What was checked is what passed through; what counts is what the
+	// store holds. Read both back before anyone relies on them.
+	if err := Verify(ctx, store, m.Name); err != nil {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		if rerr := store.Remove(cctx, manifestObject(m.Name)); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove %s: %w", manifestObject(m.Name), rerr))
+		}
+		return undo(fmt.Errorf("save snapshot %s: read back from the store: %w", m.Name, err), true)
 	}
 	took := time.Since(m.Time)
 	c.log.Info("etcd snapshot saved", "snapshot", m.Name, "reason", m.Reason, "endpoint", m.Endpoint,

@@ -3,6 +3,7 @@
 package etcdsnap_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -170,9 +171,30 @@ func TestSaveVerifyPrune(t *testing.T) {
 		}
 	})
 
+	// A store that loses bytes between the stream and the disk (a bad
+	// disk, a broken volume): only reading it back can tell.
+	t.Run("what the store holds is read back", func(t *testing.T) {
+		bad, err := etcdsnap.NewLocalDir(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := keys.refs(t)
+		_, err = c.Save(ctx, corruptingStore{bad}, keys, etcdsnap.Manifest{Reason: "manual", Keys: refs[:1]})
+		leaks.Note(err)
+		if !errors.Is(err, etcdsnap.ErrVerify) || !strings.Contains(err.Error(), "read back") {
+			t.Fatalf("Save into a store that corrupts what it commits: %v, want ErrVerify on read-back", err)
+		}
+		if left, _ := bad.List(ctx); len(left) != 0 {
+			t.Errorf("left in the store: %v", left)
+		}
+		if after := keys.refs(t); len(after) != len(before) {
+			t.Errorf("the reference was not released: %v -> %v", before, after)
+		}
+	})
+
 	t.Run("prune keeps the newest and the unfinished transition's", func(t *testing.T) {
 		unfinished := etcdsnap.KeepTransitions("rotate-1")
-		removed, err := etcdsnap.Prune(ctx, store, keys, 1, unfinished)
+		removed, err := etcdsnap.Prune(ctx, store, keys, "", 1, unfinished)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -184,7 +206,7 @@ func TestSaveVerifyPrune(t *testing.T) {
 			t.Errorf("references after prune: %v", refs)
 		}
 		// The transition finished: its snapshot goes too.
-		removed, err = etcdsnap.Prune(ctx, store, keys, 1, nil)
+		removed, err = etcdsnap.Prune(ctx, store, keys, "", 1, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,7 +219,7 @@ func TestSaveVerifyPrune(t *testing.T) {
 		if files, _ := os.ReadDir(dir); len(files) != 2 {
 			t.Errorf("%d files left, want the newest snapshot and its manifest", len(files))
 		}
-		if _, err := etcdsnap.Prune(ctx, store, keys, 0, nil); err == nil {
+		if _, err := etcdsnap.Prune(ctx, store, keys, "", 0, nil); err == nil {
 			t.Error("prune with retention 0 succeeded")
 		}
 		if err := etcdsnap.Verify(ctx, store, saved[2].Name); err != nil {
@@ -213,6 +235,31 @@ func TestSaveVerifyPrune(t *testing.T) {
 			t.Errorf("RawGet of a missing key: %v", err)
 		}
 	})
+}
+
+// corruptingStore flips one byte of every snapshot file it commits.
+type corruptingStore struct{ *etcdsnap.LocalDir }
+
+func (c corruptingStore) Create(ctx context.Context, object string) (etcdsnap.Upload, error) {
+	up, err := c.LocalDir.Create(ctx, object)
+	if err != nil || !strings.HasSuffix(object, ".db") {
+		return up, err
+	}
+	return &corruptingUpload{Upload: up}, nil
+}
+
+type corruptingUpload struct {
+	etcdsnap.Upload
+	n int
+}
+
+func (u *corruptingUpload) Write(p []byte) (int, error) {
+	q := bytes.Clone(p)
+	if u.n <= 4096 && u.n+len(q) > 4096 {
+		q[4096-u.n] ^= 0xff
+	}
+	u.n += len(q)
+	return u.Upload.Write(q)
 }
 
 // brokenRefs is the keystore failing to record a reference (Vault

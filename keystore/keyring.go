@@ -55,12 +55,17 @@ const (
 // Journal is the transition in flight: written before each step runs and
 // after it ends, so that a restarted reconciler resumes where it stopped.
 type Journal struct {
-	ID         string        `json:"id"`
-	Transition string        `json:"transition"` // enable, disable, rotate, custom, ...
-	Revision   string        `json:"revision"`   // the Git revision it carries out
-	Snapshot   string        `json:"snapshot"`   // the verified snapshot taken before it
-	Started    time.Time     `json:"started"`
-	Steps      []JournalStep `json:"steps"`
+	ID         string `json:"id"`
+	Transition string `json:"transition"` // enable, disable, rotate, custom, ...
+	Revision   string `json:"revision"`   // the Git revision it carries out
+	Snapshot   string `json:"snapshot"`   // the verified snapshot taken before it
+	// SnapshotTaken is when Snapshot was taken.
+	SnapshotTaken time.Time `json:"snapshotTaken,omitzero"`
+	// Desired identifies the desired state the transition carries out
+	// (reconciler.DesiredID): when it changes, so does the transition.
+	Desired string        `json:"desired,omitempty"`
+	Started time.Time     `json:"started"`
+	Steps   []JournalStep `json:"steps"`
 	// Checkpoint is how far the rewrite in flight got, so that it resumes
 	// there rather than from the first object.
 	Checkpoint *RewriteCheckpoint `json:"checkpoint,omitempty"`

@@ -116,6 +116,16 @@ func inputsOf(d Desired) string {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
+// DesiredID identifies the change a transition carries out: the desired
+// state of inputsOf and the rotation request. A journal records it, and a
+// transition whose desired state changed under it is a new one, with its
+// own snapshot.
+func DesiredID(d Desired) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\nrotate %q\n", inputsOf(d), d.RotateRequest)
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+}
+
 // countFailure is the stall rule: after step failed with err for inputs,
 // the failure count to keep and, when the step must not run again, the
 // stall. A failed rollback stalls at once; a transient failure neither

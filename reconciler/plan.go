@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/atrest-io/atrest/cluster"
 )
@@ -109,8 +110,28 @@ func (k KeyState) entry() cluster.ProviderEntry {
 type Keyring struct {
 	Keys []KeyState
 	// Snapshot is the verified snapshot taken for the transition in flight
-	// ("" when none has been taken yet).
-	Snapshot string
+	// ("" when none has been taken yet), SnapshotTaken when, and
+	// SnapshotFor the desired state (DesiredID) that transition carries out.
+	Snapshot      string
+	SnapshotTaken time.Time
+	SnapshotFor   string
+}
+
+// MaxSnapshotAge is how old the snapshot of a transition in flight may be
+// before a step that touches the nodes: one older misses the writes since,
+// so a transition resumed after a day takes a new one.
+const MaxSnapshotAge = 24 * time.Hour
+
+// snapshotCovers reports whether the transition in flight's snapshot
+// stands for the change in.Desired asks for: taken for that desired state
+// (revision, config and rotation request), and not older than
+// MaxSnapshotAge at in.Now.
+func snapshotCovers(in Input) bool {
+	k := in.Keyring
+	if k.Snapshot == "" || k.SnapshotFor != DesiredID(in.Desired) {
+		return false
+	}
+	return in.Now.IsZero() || in.Now.Sub(k.SnapshotTaken) <= MaxSnapshotAge
 }
 
 func (k Keyring) find(name string) (KeyState, bool) {
@@ -236,6 +257,9 @@ type Input struct {
 	Desired Desired
 	Live    Live
 	Keyring Keyring
+	// Now is the time the plan is made at, for the age of the snapshot in
+	// flight; the zero time leaves age out.
+	Now time.Time
 }
 
 // MakePlan decides the steps from in.Live to in.Desired. It refuses, with a
@@ -466,13 +490,13 @@ func MakePlan(in Input) (*Plan, error) {
 
 // insertSnapshot puts a snapshot before the first step that touches a
 // node (after imports, so that the snapshot's keys are all in Vault, before
-// anything else), unless the transition in flight has one, and names the
-// transition.
+// anything else), unless the transition in flight has one that covers it
+// (snapshotCovers), and names the transition.
 func (p *Plan) insertSnapshot(in Input, generate bool) {
 	if len(p.Steps) > 0 && p.Transition == "" {
 		p.Transition = transition(in, generate)
 	}
-	if i := slices.IndexFunc(p.Steps, Step.TouchesNodes); i >= 0 && in.Keyring.Snapshot == "" {
+	if i := slices.IndexFunc(p.Steps, Step.TouchesNodes); i >= 0 && !snapshotCovers(in) {
 		snap := Step{Kind: StepSnapshot, Reason: "before " + p.Transition}
 		at := 0
 		if len(p.Steps) > 0 && p.Steps[0].Kind == StepImportKeys {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/atrest-io/atrest/cluster"
 )
@@ -107,6 +108,7 @@ func (w *world) exec(s Step) {
 	case StepSnapshot:
 		w.snapSeq++
 		w.keyring.Snapshot = fmt.Sprintf("snap-%d", w.snapSeq)
+		w.keyring.SnapshotFor = DesiredID(w.desired)
 	case StepGenerateKey:
 		w.keySeq++
 		name := fmt.Sprintf("k-gen%02d", w.keySeq)
@@ -605,4 +607,34 @@ func TestPlanReportsDrift(t *testing.T) {
 	}
 	w.converge()
 	w.assertConverged(managed("k-old01"))
+}
+
+func TestSnapshotCovers(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	d := Desired{Mode: cluster.Managed, Provider: cluster.AESCBC, Revision: "r1"}
+	other := d
+	other.Revision = "r2"
+	rotate := d
+	rotate.RotateRequest = "cron:2026-12-01T00:00:00Z"
+	for _, tt := range []struct {
+		name    string
+		desired Desired
+		keyring Keyring
+		now     time.Time
+		want    bool
+	}{
+		{"none taken", d, Keyring{}, now, false},
+		{"taken for it, an hour ago", d, Keyring{Snapshot: "s", SnapshotFor: DesiredID(d), SnapshotTaken: now.Add(-time.Hour)}, now, true},
+		{"taken for it, a day and a minute ago", d, Keyring{Snapshot: "s", SnapshotFor: DesiredID(d), SnapshotTaken: now.Add(-MaxSnapshotAge - time.Minute)}, now, false},
+		{"taken for another revision", other, Keyring{Snapshot: "s", SnapshotFor: DesiredID(d), SnapshotTaken: now}, now, false},
+		{"taken before a rotation was asked", rotate, Keyring{Snapshot: "s", SnapshotFor: DesiredID(d), SnapshotTaken: now}, now, false},
+		{"by an atrest that did not record what for", d, Keyring{Snapshot: "s", SnapshotTaken: now}, now, false},
+		{"no clock: age left out", d, Keyring{Snapshot: "s", SnapshotFor: DesiredID(d)}, time.Time{}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := snapshotCovers(Input{Desired: tt.desired, Keyring: tt.keyring, Now: tt.now}); got != tt.want {
+				t.Errorf("snapshotCovers = %v, want %v", got, tt.want)
+			}
+		})
+	}
 }

@@ -69,6 +69,9 @@ type Reconciler struct {
 	// StallAfter is how often one step may fail with the same inputs
 	// before the transition stalls; 0 is MaxStepFailures.
 	StallAfter int
+	// Cluster is the cluster's name (cluster.name): snapshot manifests
+	// record it, and only its own snapshots are pruned.
+	Cluster string
 	// Retention is how many snapshots to keep (the policy's).
 	Retention int
 	// OnStep, when set, is called as each step starts (done false) and
@@ -160,7 +163,7 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 		if err != nil {
 			return res, err
 		}
-		in := Input{Desired: d, Live: live, Keyring: KeyringState(kr)}
+		in := Input{Desired: d, Live: live, Keyring: KeyringState(kr), Now: time.Now()}
 		in.Desired.RotateRequested = d.RotateRequest != "" && !rotationServed(kr, d)
 		plan, err := MakePlan(in)
 		if err != nil {
@@ -176,6 +179,14 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 		if plan.Empty() {
 			return res, r.finish(ctx, kr)
 		}
+		if j := kr.Journal; j != nil && j.Desired != DesiredID(d) {
+			// What is left of the old change is part of the new one, which
+			// gets its own journal and its own snapshot (the plan has one).
+			log.Info("the desired state changed while a transition was in flight: it is carried out as a new transition",
+				"was", j.Transition, "wasRevision", j.Revision, "revision", d.Revision, "previousSnapshot", j.Snapshot)
+			kr.Journal = nil
+			res.Transition = ""
+		}
 		if res.Transition == "" {
 			res.Transition = plan.Transition
 			if kr.Journal != nil && kr.Journal.Transition != "" {
@@ -189,7 +200,7 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 		}
 		step := plan.Steps[0]
 		log.Info("step", "transition", res.Transition, "revision", d.Revision, "step", string(step.Kind), "detail", step.String())
-		if err := r.journal(ctx, kr, res.Transition, d.Revision, step, keystore.StepRunning, nil); err != nil {
+		if err := r.journal(ctx, kr, res.Transition, d, step, keystore.StepRunning, nil); err != nil {
 			return res, err
 		}
 		r.onStep(res.Transition, step, false, nil)
@@ -226,7 +237,7 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 			if err != nil {
 				return res, err
 			}
-			if err := r.journal(ctx, kr, res.Transition, d.Revision, verify, keystore.StepRunning, nil); err != nil {
+			if err := r.journal(ctx, kr, res.Transition, d, verify, keystore.StepRunning, nil); err != nil {
 				return res, err
 			}
 			r.onStep(res.Transition, verify, false, nil)
@@ -268,16 +279,16 @@ func KeyringState(kr *keystore.Keyring) Keyring {
 		out.Keys = append(out.Keys, KeyState{Name: k.Name, Provider: k.Provider, Role: string(k.Role), Fingerprint: k.Fingerprint})
 	}
 	if kr.Journal != nil {
-		out.Snapshot = kr.Journal.Snapshot
+		out.Snapshot, out.SnapshotTaken, out.SnapshotFor = kr.Journal.Snapshot, kr.Journal.SnapshotTaken, kr.Journal.Desired
 	}
 	return out
 }
 
 // journal records step in the keyring's journal with state (starting a
 // journal for the transition when none is in flight).
-func (r *Reconciler) journal(ctx context.Context, kr *keystore.Keyring, transition, revision string, step Step, state keystore.StepState, stepErr error) error {
+func (r *Reconciler) journal(ctx context.Context, kr *keystore.Keyring, transition string, d Desired, step Step, state keystore.StepState, stepErr error) error {
 	if kr.Journal == nil {
-		kr.Journal = keystore.NewJournal(transition, revision, "")
+		kr.Journal = newJournal(transition, d)
 	}
 	if kr.Stall != nil {
 		// Not standing (ReconcileUntil checked): the desired state changed.
@@ -290,6 +301,13 @@ func (r *Reconciler) journal(ctx context.Context, kr *keystore.Keyring, transiti
 		return fmt.Errorf("journal step %s: %w", step.Kind, err)
 	}
 	return nil
+}
+
+// newJournal starts the journal of a transition that carries out d.
+func newJournal(transition string, d Desired) *keystore.Journal {
+	j := keystore.NewJournal(transition, d.Revision, "")
+	j.Desired = DesiredID(d)
+	return j
 }
 
 // journalAgain marks the last journal step done or failed, and counts
@@ -333,7 +351,7 @@ func (r *Reconciler) finish(ctx context.Context, kr *keystore.Keyring) error {
 		}
 	}
 	if r.Snapshots != nil && r.Retention > 0 {
-		removed, err := etcdsnap.Prune(ctx, r.Snapshots, r.Keys, r.Retention, nil)
+		removed, err := etcdsnap.Prune(ctx, r.Snapshots, r.Keys, r.Cluster, r.Retention, nil)
 		if err != nil {
 			return fmt.Errorf("prune snapshots: %w", err)
 		}
@@ -530,9 +548,9 @@ func (r *Reconciler) snapshot(ctx context.Context, step Step, d Desired, live Li
 		return err
 	}
 	if kr.Journal == nil {
-		kr.Journal = keystore.NewJournal(step.Reason, d.Revision, "")
+		kr.Journal = newJournal(step.Reason, d)
 	}
-	kr.Journal.Snapshot = m.Name
+	kr.Journal.Snapshot, kr.Journal.SnapshotTaken = m.Name, m.Time
 	return r.Keys.UpdateKeyring(ctx, kr)
 }
 
@@ -554,46 +572,34 @@ func (r *Reconciler) saveSnapshot(ctx context.Context, reason, revision string, 
 	if err != nil {
 		return nil, err
 	}
-	// The keys every node reads with now: together they read every object
-	// the snapshot holds.
-	var refs []etcdsnap.KeyRef
-	var resources []string
+	// What every node reads with now, and the keys the census finds
+	// objects under that no node reads with (a restored etcd, before a
+	// stage adds them back): together they read every object the snapshot
+	// holds, or the manifest says which they cannot.
+	var running []cluster.Chains
 	for _, n := range live.Nodes {
-		for res, chain := range n.Running() {
-			if !slices.Contains(resources, res) {
-				resources = append(resources, res)
-			}
-			for _, e := range chain {
-				if !e.Keyed() || slices.ContainsFunc(refs, func(k etcdsnap.KeyRef) bool { return k.Name == e.KeyName }) {
-					continue
-				}
-				k, err := r.Keys.Key(ctx, e.KeyName)
-				if err != nil {
-					return nil, fmt.Errorf("snapshot: key %s of node %s: %w", e.KeyName, n.Name, err)
-				}
-				refs = append(refs, etcdsnap.RefOf(k))
-			}
+		running = append(running, n.Running())
+	}
+	state := KeyringState(kr)
+	lists, unreadable := etcdsnap.BuildConfig(running, live.Census, func(prefix string) (cluster.ProviderEntry, bool) {
+		return entryForPrefix(prefix, state)
+	})
+	refs := etcdsnap.ConfigKeys(lists)
+	// Every key must be in Vault with the material the config names:
+	// that is what a restore will fetch.
+	for _, ref := range refs {
+		k, err := r.Keys.Key(ctx, ref.Name)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot: key %s: %w", ref.Name, err)
+		}
+		if got := etcdsnap.RefOf(k); got != ref {
+			return nil, fmt.Errorf("snapshot: key %s in Vault is %s %s, the nodes or the census name %s %s: a restore could not read with it", ref.Name, got.Provider, got.Fingerprint, ref.Provider, ref.Fingerprint)
 		}
 	}
-	// Keys the census finds objects under that no node reads with (a
-	// restored etcd, before a stage adds them back) are needed too.
-	for res, counts := range live.Census {
-		for prefix, n := range counts {
-			e, ok := entryForPrefix(prefix, KeyringState(kr))
-			if n == 0 || !ok || slices.ContainsFunc(refs, func(k etcdsnap.KeyRef) bool { return k.Name == e.KeyName }) {
-				continue
-			}
-			k, err := r.Keys.Key(ctx, e.KeyName)
-			if err != nil {
-				return nil, fmt.Errorf("snapshot: key %s, which %d %s are stored under: %w", e.KeyName, n, res, err)
-			}
-			refs = append(refs, etcdsnap.RefOf(k))
-			if !slices.Contains(resources, res) {
-				resources = append(resources, res)
-			}
-		}
+	for _, u := range unreadable {
+		r.logger().Warn("snapshot: objects stored under a provider no config atrest sees reads; the manifest records them", "resource", u.Resource, "prefix", u.Prefix, "count", u.Count)
 	}
-	slices.Sort(resources)
+	resources := etcdsnap.ConfigResources(lists)
 	etcdPrefix := ""
 	if live.EtcdPrefix != "/registry" {
 		etcdPrefix = live.EtcdPrefix
@@ -603,8 +609,9 @@ func (r *Reconciler) saveSnapshot(ctx context.Context, reason, revision string, 
 		transition = kr.Journal.ID
 	}
 	m, err := r.Etcd.Save(ctx, r.Snapshots, r.Keys, etcdsnap.Manifest{
-		Reason: reason, Transition: transition, GitRevision: revision,
-		KeyringVersion: kr.Version, Keys: refs, Resources: resources, EtcdPrefix: etcdPrefix,
+		Cluster: r.Cluster, Reason: reason, Transition: transition, GitRevision: revision,
+		KeyringVersion: kr.Version, Keys: refs, Resources: resources, Config: lists, Unreadable: unreadable,
+		EtcdPrefix: etcdPrefix,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)

@@ -182,7 +182,7 @@ func (f *fakeEtcd) Census(context.Context, string, []string, int64) (etcdsnap.Ce
 func (f *fakeEtcd) CheckRegistry(context.Context, string) error { return nil }
 func (f *fakeEtcd) Save(_ context.Context, _ etcdsnap.Store, _ etcdsnap.KeyRefs, req etcdsnap.Manifest) (*etcdsnap.Manifest, error) {
 	f.saves++
-	req.Name = fmt.Sprintf("snap-%d", f.saves)
+	req.Name, req.Time = fmt.Sprintf("snap-%d", f.saves), time.Now().UTC()
 	return &req, nil
 }
 
@@ -493,5 +493,61 @@ func TestRewriteResumes(t *testing.T) {
 	kr, _ = e.keys.Keyring(ctx)
 	if kr.Journal != nil {
 		t.Fatalf("journal left after the transition: %+v", kr.Journal)
+	}
+}
+
+// A transition resumes on its own snapshot only while that snapshot
+// stands for what it now carries out: a new revision, or a snapshot a day
+// old, takes a new one before the next node is touched.
+func TestSnapshotOfTheTransitionInFlight(t *testing.T) {
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name      string
+		resume    Desired
+		age       time.Duration
+		wantSaves int
+		wantNew   bool // a new journal
+	}{
+		{"same revision, fresh snapshot", enable("r1"), time.Hour, 1, false},
+		{"same revision, snapshot a day old", enable("r1"), MaxSnapshotAge + time.Minute, 2, false},
+		{"another revision", enable("r2"), time.Hour, 2, true},
+		{"a rotation asked for meanwhile", func() Desired { d := enable("r1"); d.RotateRequest = "cli:now"; return d }(), time.Hour, 2, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newExecutor()
+			// The first deploy fails, after the snapshot.
+			e.nodes.applyErr = func() error { return rolledBack("") }
+			if _, err := e.r.Reconcile(ctx, enable("r1")); err == nil {
+				t.Fatal("the deploy did not fail")
+			}
+			kr, _ := e.keys.Keyring(ctx)
+			if e.etcd.saves != 1 || kr.Journal == nil || kr.Journal.Snapshot != "snap-1" {
+				t.Fatalf("after the failed deploy: %d saves, journal %+v", e.etcd.saves, kr.Journal)
+			}
+			first := kr.Journal.ID
+			kr.Journal.SnapshotTaken = time.Now().Add(-tt.age)
+			if err := e.keys.UpdateKeyring(ctx, kr); err != nil {
+				t.Fatal(err)
+			}
+			e.nodes.applyErr = func() error { return errors.New("stop here") }
+			e.nodes.applies = 0
+			_, err := e.r.Reconcile(ctx, tt.resume)
+			if err == nil || !strings.Contains(err.Error(), "stop here") {
+				t.Fatalf("resume: %v", err)
+			}
+			kr, _ = e.keys.Keyring(ctx)
+			if e.etcd.saves != tt.wantSaves {
+				t.Errorf("%d snapshots, want %d", e.etcd.saves, tt.wantSaves)
+			}
+			if got := kr.Journal.Snapshot; got != fmt.Sprintf("snap-%d", tt.wantSaves) {
+				t.Errorf("the journal's snapshot is %s, want the newest", got)
+			}
+			if (kr.Journal.ID != first) != tt.wantNew || kr.Journal.Revision != tt.resume.Revision || kr.Journal.Desired != DesiredID(tt.resume) {
+				t.Errorf("journal %s (first %s) for %s %s; want new: %v", kr.Journal.ID, first, kr.Journal.Revision, kr.Journal.Desired, tt.wantNew)
+			}
+			if e.nodes.applies != 1 {
+				t.Errorf("%d deploys tried, want 1", e.nodes.applies)
+			}
+		})
 	}
 }

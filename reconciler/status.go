@@ -99,7 +99,11 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 		}
 	}
 	if r.Snapshots != nil {
-		if ms, err := etcdsnap.List(ctx, r.Snapshots); err == nil && len(ms) > 0 {
+		if ms, err := etcdsnap.List(ctx, r.Snapshots); err == nil {
+			ms = slices.DeleteFunc(ms, func(m etcdsnap.Manifest) bool { return m.Cluster != r.Cluster && m.Cluster != "" })
+			if len(ms) == 0 {
+				return st, nil
+			}
 			slices.SortFunc(ms, func(a, b etcdsnap.Manifest) int { return a.Time.Compare(b.Time) })
 			m := ms[len(ms)-1]
 			st.LastSnapshot = &SnapshotStatus{Name: m.Name, Time: m.Time, Reason: m.Reason, SHA256: m.SHA256, Keys: m.KeyNames()}

@@ -70,7 +70,7 @@ func newSnapshotListCommand() *cobra.Command {
 			return errorExit(err)
 		}
 		for _, m := range ms {
-			fmt.Fprintf(cmd.OutOrStdout(), "%s  %s  %-20s %10d bytes  keys %v  git %s\n", m.Name, m.Time.UTC().Format("2006-01-02T15:04:05Z"), m.Reason, m.Size, m.KeyNames(), shortRev(m.GitRevision))
+			fmt.Fprintf(cmd.OutOrStdout(), "%s  %s  %-12s %-20s %10d bytes  keys %v  git %s\n", m.Name, m.Time.UTC().Format("2006-01-02T15:04:05Z"), orDash(m.Cluster), m.Reason, m.Size, m.KeyNames(), shortRev(m.GitRevision))
 		}
 		return nil
 	}
@@ -105,11 +105,15 @@ func newSnapshotRestoreConfigCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restore-config NAME --out FILE",
 		Short: "Write the EncryptionConfiguration that reads every object of a snapshot (keys from Vault), and print the restore steps",
-		Long: `restore-config writes, mode 0600, the EncryptionConfiguration holding every key
-the snapshot's manifest names (fetched from Vault) as readers, plus identity:
-with it, a kube-apiserver reads every object the snapshot holds, whatever was
-rotated or disabled since. It then prints the etcdutl / RKE steps to use it.
-The file holds key material: keep it where the cluster's certificates are.`,
+		Long: `restore-config writes, mode 0600, the EncryptionConfiguration the snapshot was
+taken under, as its manifest records it: its resource lists, every key it
+names (fetched from Vault, checked against its fingerprint) and every key the
+census found objects under, its KMS providers, and identity. With it, a
+kube-apiserver reads every object the snapshot holds, whatever was rotated or
+disabled since; the objects of a KMS provider only while its plugin runs, and
+the printed steps name any objects no provider atrest knows can read. It then
+prints the etcdutl / RKE steps to use it. The file holds key material: keep it
+where the cluster's certificates are. Only the snapshots of cluster.name.`,
 		Args: cobra.ExactArgs(1),
 	}
 	loader := withSettings(cmd)
@@ -143,6 +147,9 @@ The file holds key material: keep it where the cluster's certificates are.`,
 			return errorExit(err)
 		}
 		defer keys.Close()
+		if err := m.BelongsTo(s.Cluster.Name); err != nil {
+			return errorExit(err)
+		}
 		data, err := etcdsnap.RestoreConfig(ctx, m, keys)
 		if err != nil {
 			return errorExit(err)
@@ -150,8 +157,17 @@ The file holds key material: keep it where the cluster's certificates are.`,
 		if err := etcdsnap.WriteRestoreConfig(outFile, data, overwrite); err != nil {
 			return errorExit(err)
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (0600): the keys %v and identity\n\n%s", outFile, m.KeyNames(), etcdsnap.RestoreInstructionsIn(store, m, outFile))
+		fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (0600): the snapshot's config, with the keys %v\n\n%s", outFile, m.KeyNames(), etcdsnap.RestoreInstructionsIn(store, m, outFile))
 		return nil
 	}
 	return cmd
+}
+
+// orDash is s, or "-" when it is empty (a manifest from before atrest
+// recorded its cluster).
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -201,7 +201,7 @@ func open(ctx context.Context, s *settings.Settings, cfg *cluster.Config, policy
 	}
 	host, _ := os.Hostname()
 	e.rec = &reconciler.Reconciler{
-		Nodes: e.nodes, Keys: e.keys, Etcd: e.etcd, Snapshots: e.snaps, Rewriter: rw, Locks: reconciler.StoreLocker(e.keys),
+		Nodes: e.nodes, Keys: e.keys, Etcd: e.etcd, Snapshots: e.snaps, Rewriter: rw, Locks: reconciler.StoreLocker(e.keys), Cluster: s.Cluster.Name,
 		Holder:       fmt.Sprintf("atrest %s pid %d on %s", version, os.Getpid(), host),
 		FeatureGates: cfg.KubeAPI.ExtraArgs["feature-gates"], Retention: policy.Retention, StallAfter: s.Daemon.StallAfter, Logger: log,
 	}
