@@ -66,15 +66,7 @@ func refOfEntry(e cluster.ProviderEntry) ProviderRef {
 func (p ProviderRef) Keyed() bool { return p.Kind != cluster.KindIdentity && p.Kind != cluster.KindKMS }
 
 // Prefix is the storage prefix the provider writes under.
-func (p ProviderRef) Prefix() string {
-	switch p.Kind {
-	case cluster.KindIdentity:
-		return cluster.PrefixIdentity
-	case cluster.KindKMS:
-		return "kms:" + p.KMS.APIVersion + ":" + p.Name
-	}
-	return p.Kind + ":v1:" + p.Name
-}
+func (p ProviderRef) Prefix() string { return p.entry().Prefix() }
 
 func (p ProviderRef) String() string {
 	switch {
@@ -86,16 +78,24 @@ func (p ProviderRef) String() string {
 	return p.Kind
 }
 
-func (p ProviderRef) equal(o ProviderRef) bool {
-	if p.Kind != o.Kind || p.Name != o.Name || p.Fingerprint != o.Fingerprint {
-		return false
+// entry is the chain entry p records (a timeout that does not parse is
+// left out: checkConfig refuses it).
+func (p ProviderRef) entry() cluster.ProviderEntry {
+	switch p.Kind {
+	case cluster.KindIdentity:
+		return cluster.Identity
+	case cluster.KindKMS:
+		k := &cluster.KMS{Name: p.Name}
+		if p.KMS != nil {
+			k.APIVersion, k.Endpoint, k.CacheSize = p.KMS.APIVersion, p.KMS.Endpoint, p.KMS.CacheSize
+			k.Timeout, _ = time.ParseDuration(p.KMS.Timeout)
+		}
+		return cluster.ProviderEntry{Kind: cluster.KindKMS, KMS: k}
 	}
-	if p.KMS == nil || o.KMS == nil {
-		return p.KMS == nil && o.KMS == nil
-	}
-	return p.KMS.APIVersion == o.KMS.APIVersion && p.KMS.Endpoint == o.KMS.Endpoint && p.KMS.Timeout == o.KMS.Timeout &&
-		(p.KMS.CacheSize == nil) == (o.KMS.CacheSize == nil) && (p.KMS.CacheSize == nil || *p.KMS.CacheSize == *o.KMS.CacheSize)
+	return cluster.KeyEntry(cluster.Provider(p.Kind), p.Name, p.Fingerprint)
 }
+
+func (p ProviderRef) equal(o ProviderRef) bool { return p.entry().Equal(o.entry()) }
 
 // Resolver finds the keyed provider that writes under a storage prefix
 // among the keys the keystore holds ("aescbc:v1:k-abcde"), for objects the
