@@ -104,7 +104,7 @@ func newSnapshotRestoreConfigCommand() *cobra.Command {
 	var overwrite bool
 	cmd := &cobra.Command{
 		Use:   "restore-config NAME --out FILE",
-		Short: "Write the EncryptionConfiguration that reads every object of a snapshot (keys from Vault), and print the restore steps",
+		Short: "Write the EncryptionConfiguration a snapshot was taken under (keys from Vault), and print the restore steps",
 		Long: `restore-config writes, mode 0600, the EncryptionConfiguration the snapshot was
 taken under, as its manifest records it: its resource lists, every key it
 names (fetched from Vault, checked against its fingerprint) and every key the
