@@ -360,7 +360,8 @@ func (t *tour) snapshots(ctx context.Context) error {
 }
 
 // pickSnapshot returns the name of the first snapshot in `atrest snapshot
-// list` output whose line mentions reason, else the newest; "" when none.
+// list` output whose line mentions reason, else the last listed (the oldest:
+// the list is newest first); "" when none.
 func pickSnapshot(list, reason string) string {
 	var names []string
 	for line := range strings.SplitSeq(list, "\n") {

@@ -54,7 +54,7 @@ func snapshotStore(s *settings.Settings) (*etcdsnap.LocalDir, error) {
 }
 
 func newSnapshotListCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "list", Short: "List snapshots, newest last", Args: cobra.NoArgs}
+	cmd := &cobra.Command{Use: "list", Short: "List snapshots, newest first", Args: cobra.NoArgs}
 	loader := withSettings(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		s, err := loader.Load()
