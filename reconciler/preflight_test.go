@@ -2,9 +2,13 @@ package reconciler
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/controlplane"
@@ -199,5 +203,36 @@ func TestPreflightNodeChecks(t *testing.T) {
 	}
 	if e.nodes.applies != 0 || e.etcd.saves != 0 || e.keys.version != 0 {
 		t.Errorf("%d deploys, %d snapshots, keyring version %d: want nothing changed", e.nodes.applies, e.etcd.saves, e.keys.version)
+	}
+}
+
+func TestDiscoveredFind(t *testing.T) {
+	d := discovered{
+		lists: []*metav1.APIResourceList{
+			{GroupVersion: "v1", APIResources: []metav1.APIResource{{Name: "secrets"}, {Name: "configmaps"}}},
+			{GroupVersion: "apps/v1", APIResources: []metav1.APIResource{{Name: "deployments"}}},
+		},
+		failed: map[schema.GroupVersion]error{{Group: "metrics.k8s.io", Version: "v1beta1"}: errors.New("503")},
+	}
+	for _, tc := range []struct {
+		resource string
+		want     schema.GroupVersionResource
+		unserved string // "" when served
+	}{
+		{"configmaps", schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}, ""},
+		{"deployments.apps", schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}, ""},
+		{"deployments", schema.GroupVersionResource{}, `the API server serves no resource "deployments"`},
+		{"widgets.example.com", schema.GroupVersionResource{}, `the API server serves no resource "widgets.example.com"`},
+		{"pods.metrics.k8s.io", schema.GroupVersionResource{}, `the API server serves no resource "pods.metrics.k8s.io": the discovery of metrics.k8s.io/v1beta1 failed (503)`},
+	} {
+		t.Run(tc.resource, func(t *testing.T) {
+			got, ok := d.find(tc.resource)
+			if got != tc.want || ok != (tc.unserved == "") {
+				t.Errorf("find = %v, %v; want %v", got, ok, tc.want)
+			}
+			if !ok && d.unserved(tc.resource) != tc.unserved {
+				t.Errorf("unserved = %q, want %q", d.unserved(tc.resource), tc.unserved)
+			}
+		})
 	}
 }
