@@ -36,16 +36,7 @@ func TestRBACIsEnoughAndNoMore(t *testing.T) {
 	k := admin(t)
 	const ns, release = "atrest-rbac", "rbac"
 	k.namespace(t, ctx, ns, nil)
-	rbacObjects := func(sets ...string) []*unstructured.Unstructured {
-		var out []*unstructured.Unstructured
-		for _, o := range render(t, release, ns, []string{minimalValues}, sets...) {
-			switch o.GetKind() {
-			case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
-				out = append(out, o)
-			}
-		}
-		return out
-	}
+	rbacObjects := func(sets ...string) []*unstructured.Unstructured { return chartRBAC(t, release, ns, sets...) }
 	k.apply(t, ctx, rbacObjects())
 	token, err := sb.ServiceAccountToken(ctx, ns, release+"-atrest", time.Hour)
 	if err != nil {

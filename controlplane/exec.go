@@ -20,6 +20,9 @@ type result struct {
 	overflow bool // stdout was longer than allowed and is cut
 }
 
+// errNoSudo: the SSH user is not root, and sudo wants a password.
+var errNoSudo = errors.New("cannot use sudo without a password")
+
 // run runs a POSIX sh script on the node as root (through `sudo -n` when the
 // SSH user is not root), with stdin, within the per-call timeout. Only
 // failures to run it at all are errors; a non-zero exit is in the result.
@@ -57,7 +60,7 @@ func (n *Node) run(ctx context.Context, script string, stdin io.Reader, maxStdou
 	case errors.As(err, &exit):
 		r.code = exit.ExitStatus()
 		if !n.root && r.code == 1 && strings.Contains(r.stderr, "sudo") {
-			return nil, fmt.Errorf("user %q is not root and cannot use sudo without a password on the node (%s): log in as root or allow passwordless sudo", n.cfg.User, r.stderr)
+			return nil, fmt.Errorf("user %q is not root and %w on the node (%s): log in as root or allow passwordless sudo", n.cfg.User, errNoSudo, r.stderr)
 		}
 	default:
 		var missing *ssh.ExitMissingError

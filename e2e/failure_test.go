@@ -7,8 +7,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,15 +24,49 @@ import (
 // node.
 
 // kmsBlock is a custom config kube-apiserver accepts on paper and refuses
-// at runtime: its KMS plugin's socket does not exist, so it never becomes
-// ready.
-var kmsBlock = strings.Replace(customBlock, "            providers:\n", `            providers:
+// at runtime: its KMS plugin's socket is there, as the preflight checks,
+// but what listens on it (notAPlugin) speaks no KMS, so kube-apiserver
+// never becomes ready.
+var kmsBlock = kmsConfig("unix:///etc/kubernetes/atrest-not-a-kms-plugin.sock")
+
+// noPluginBlock names a KMS plugin socket that no node has: the
+// preflight refuses it before any change.
+var noPluginBlock = kmsConfig("unix:///etc/kubernetes/atrest-no-such-kms-plugin.sock")
+
+func kmsConfig(endpoint string) string {
+	return strings.Replace(customBlock, "            providers:\n", `            providers:
               - kms:
                   apiVersion: v2
                   name: missing-plugin
-                  endpoint: unix:///run/atrest-no-such-kms-plugin.sock
+                  endpoint: `+endpoint+`
                   timeout: 3s
 `, 1)
+}
+
+// notAPlugin listens on kmsBlock's socket on every node (in its
+// /etc/kubernetes, which its kube-apiserver mounts), closing every
+// connection at once, until the test ends.
+func notAPlugin(t *testing.T) {
+	t.Helper()
+	for _, n := range sb.Nodes {
+		sock := filepath.Join(n.Dir, "etc-kubernetes", "atrest-not-a-kms-plugin.sock")
+		_ = os.Remove(sock)
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+}
 
 // apiserverStarts is every node's kube-apiserver container id and start
 // time: it changes at each restart and each replacement.
@@ -56,6 +92,19 @@ func TestRefusedConfigStalls(t *testing.T) {
 	createSecrets(t, clients(t)[0])
 	custom := clusterFile(t, "custom.yml", customBlock)
 	setUp(t, "aescbc:v1:k-fw5hn", custom)
+	// A plugin that is not there at all is refused by the preflight,
+	// before any change and without counting towards a stall.
+	before := apiserverStarts(t)
+	code, out := run(t, "apply", "--config", clusterFile(t, "no-plugin.yml", noPluginBlock))
+	if code != 2 || !strings.Contains(out, "plan: preflight:") || strings.Contains(out, "StepFailedRepeatedly") || apiserverStarts(t) != before {
+		t.Fatalf("apply with no KMS plugin: exit %d, restarted %v:\n%s", code, apiserverStarts(t) != before, out)
+	}
+	for _, n := range sb.Nodes {
+		if !strings.Contains(out, "node "+n.Name+": KMS socket unix:///etc/kubernetes/atrest-no-such-kms-plugin.sock: no socket at") {
+			t.Errorf("the refusal does not name node %s's missing socket:\n%s", n.Name, out)
+		}
+	}
+	notAPlugin(t)
 	kms := clusterFile(t, "kms.yml", kmsBlock)
 	restarted := 0
 	for i := 1; i <= 5; i++ {
@@ -81,7 +130,7 @@ func TestRefusedConfigStalls(t *testing.T) {
 	}
 	checkStored(t, "aescbc:v1:k-fw5hn")
 	checkReadable(t)
-	code, out := run(t, "status", "--config", kms)
+	code, out = run(t, "status", "--config", kms)
 	if code != 0 || !strings.Contains(out, "STALLED (StepFailedRepeatedly)") {
 		t.Fatalf("status: exit %d:\n%s", code, out)
 	}
@@ -259,7 +308,8 @@ func TestRefusedConfigSoak(t *testing.T) {
 	commit(t, "A custom config", map[string]string{"cluster.yml": yml(customBlock), "atrest.yaml": "snapshots:\n  retention: 3\n"})
 	d := startDaemonArgs(t, "1m", secretFile, "--daemon-max-backoff", "10m")
 	converged(t, "the custom config", "aescbc:v1:k-fw5hn", "", 5*time.Minute)
-	commit(t, "A KMS plugin that is not there", map[string]string{"cluster.yml": yml(kmsBlock)})
+	notAPlugin(t)
+	commit(t, "A KMS plugin that does not answer", map[string]string{"cluster.yml": yml(kmsBlock)})
 	start := time.Now()
 	var restarts []time.Duration
 	last := apiserverStarts(t)

@@ -24,6 +24,8 @@ type Nodes interface {
 	// Recover finishes or undoes what an interrupted run left on the nodes
 	// (a half-swapped container, a provider file mid-change).
 	Recover(ctx context.Context) error
+	// Preflight checks, changing nothing, what a plan needs of every node.
+	Preflight(ctx context.Context, req controlplane.PreflightRequest) ([]controlplane.Check, error)
 }
 
 // Keys is the key custody (keystore.Store).
@@ -48,6 +50,9 @@ type Etcd interface {
 // continue token, reporting the token before which all is done.
 type Rewrites interface {
 	RewriteFrom(ctx context.Context, resource, from string, checkpoint func(cont string)) (RewriteResult, error)
+	// Preflight checks, changing nothing, that each resource is served and
+	// may be rewritten.
+	Preflight(ctx context.Context, resources []string) ([]PreflightCheck, error)
 }
 
 // Reconciler carries out plans: it observes, plans, runs the first step,
@@ -158,6 +163,7 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 		return res, fmt.Errorf("recover what an interrupted run left on the nodes: %w", err)
 	}
 	inputs := inputsOf(d)
+	preflighted := false
 	for range maxSteps {
 		live, kr, err := r.Observe(ctx, d)
 		if err != nil {
@@ -197,6 +203,14 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 		case <-stop:
 			return res, ErrStopped
 		default:
+		}
+		// Before the first change, everything the plan needs: else a
+		// missing permission or mount is found halfway through.
+		if !preflighted {
+			preflighted = true
+			if err := r.preflight(ctx, plan); err != nil {
+				return res, fmt.Errorf("plan: %w", err)
+			}
 		}
 		step := plan.Steps[0]
 		log.Info("step", "transition", res.Transition, "revision", d.Revision, "step", string(step.Kind), "detail", step.String())

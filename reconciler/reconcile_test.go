@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -33,6 +34,10 @@ type fakeNodes struct {
 	applyErr func() error
 	applies  int
 	recovers int
+	// missing, when set, is what every node lacks of a preflight's request
+	// (a Check's What); preflights records each request.
+	missing    func(controlplane.PreflightRequest) []string
+	preflights []controlplane.PreflightRequest
 }
 
 func (f *fakeNodes) Observe(context.Context) ([]controlplane.NodeState, error) {
@@ -75,6 +80,22 @@ func (f *fakeNodes) Reload(context.Context, string, string) error { return nil }
 
 func (f *fakeNodes) Serving(context.Context) (controlplane.Serving, error) {
 	return controlplane.Serving{Leases: len(f.nodes), Managed: f.nodes}, nil
+}
+
+func (f *fakeNodes) Preflight(_ context.Context, req controlplane.PreflightRequest) ([]controlplane.Check, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.preflights = append(f.preflights, req)
+	var out []controlplane.Check
+	for _, n := range f.nodes {
+		out = append(out, controlplane.Check{Node: n, What: "sudo"})
+		if f.missing != nil {
+			for _, what := range f.missing(req) {
+				out = append(out, controlplane.Check{Node: n, What: what, Problem: what + " is missing"})
+			}
+		}
+	}
+	return out, nil
 }
 
 func (f *fakeNodes) Recover(context.Context) error {
@@ -168,16 +189,21 @@ func (f *fakeKeys) PreserveKey(context.Context, cluster.Key, string) (string, er
 func (f *fakeKeys) AddSnapshotRef(context.Context, string, []string) error { return nil }
 func (f *fakeKeys) ReleaseSnapshotRef(context.Context, string) error       { return nil }
 
-// fakeEtcd counts the secrets by how the nodes' file writes them.
+// fakeEtcd counts the secrets by how the nodes' file writes them; every
+// other resource counted has as many objects, stored alike.
 type fakeEtcd struct {
 	nodes   *fakeNodes
 	secrets int64
-	stored  string // storage prefix of every secret
+	stored  string // storage prefix of every object
 	saves   int
 }
 
-func (f *fakeEtcd) Census(context.Context, string, []string, int64) (etcdsnap.Census, error) {
-	return etcdsnap.Census{"secrets": {f.stored: f.secrets}}, nil
+func (f *fakeEtcd) Census(_ context.Context, _ string, resources []string, _ int64) (etcdsnap.Census, error) {
+	c := etcdsnap.Census{}
+	for _, r := range resources {
+		c[r] = map[string]int64{f.stored: f.secrets}
+	}
+	return c, nil
 }
 func (f *fakeEtcd) CheckRegistry(context.Context, string) error { return nil }
 func (f *fakeEtcd) Save(_ context.Context, _ etcdsnap.Store, _ etcdsnap.KeyRefs, req etcdsnap.Manifest) (*etcdsnap.Manifest, error) {
@@ -193,6 +219,23 @@ type fakeRewriter struct {
 	etcd   *fakeEtcd
 	failAt int
 	froms  []string // the token each rewrite started from
+	// denied resources may not be rewritten; preflights records what
+	// each preflight asked about.
+	denied     []string
+	preflights [][]string
+}
+
+func (f *fakeRewriter) Preflight(_ context.Context, resources []string) ([]PreflightCheck, error) {
+	f.preflights = append(f.preflights, resources)
+	var out []PreflightCheck
+	for _, r := range resources {
+		c := PreflightCheck{Subject: "resource " + r, What: "list, get, update across all namespaces"}
+		if slices.Contains(f.denied, r) {
+			c.Problem = "system:serviceaccount:atrest:atrest may not list, get, update " + r + " across all namespaces: " + rbacFix(r)
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 func (f *fakeRewriter) RewriteFrom(_ context.Context, _, from string, checkpoint func(string)) (RewriteResult, error) {

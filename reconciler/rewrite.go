@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -363,23 +364,68 @@ func (rw *Rewriter) client(resource string) (resourceClient, error) {
 // groupVersionResource finds the preferred version of resource
 // ("configmaps", "deployments.apps") from discovery.
 func groupVersionResource(kc kubernetes.Interface, resource string) (schema.GroupVersionResource, error) {
-	name, group, _ := strings.Cut(resource, ".")
-	lists, err := kc.Discovery().ServerPreferredResources()
-	if err != nil && len(lists) == 0 {
+	d, err := discover(kc)
+	if err != nil {
 		return schema.GroupVersionResource{}, fmt.Errorf("discover %s: %w", resource, err)
 	}
-	for _, l := range lists {
+	gvr, ok := d.find(resource)
+	if !ok {
+		return schema.GroupVersionResource{}, fmt.Errorf("rewrite: %s", d.unserved(resource))
+	}
+	return gvr, nil
+}
+
+// discovered is what discovery says the API server serves, in the
+// preferred version of each group.
+type discovered struct {
+	lists []*metav1.APIResourceList
+	// failed holds the groups whose discovery failed (an aggregated API
+	// that is down): their resources may exist, unseen.
+	failed map[schema.GroupVersion]error
+}
+
+// discover asks discovery once for every resource the server serves. A
+// partial answer is kept, with the groups it lacks.
+func discover(kc kubernetes.Interface) (discovered, error) {
+	lists, err := kc.Discovery().ServerPreferredResources()
+	if err != nil && len(lists) == 0 {
+		return discovered{}, err
+	}
+	d := discovered{lists: lists}
+	var gdf *discovery.ErrGroupDiscoveryFailed
+	if errors.As(err, &gdf) {
+		d.failed = gdf.Groups
+	}
+	return d, nil
+}
+
+// find returns the preferred version of resource ("configmaps",
+// "deployments.apps").
+func (d discovered) find(resource string) (schema.GroupVersionResource, bool) {
+	name, group, _ := strings.Cut(resource, ".")
+	for _, l := range d.lists {
 		gv, err := schema.ParseGroupVersion(l.GroupVersion)
 		if err != nil || gv.Group != group {
 			continue
 		}
 		for _, r := range l.APIResources {
 			if r.Name == name {
-				return gv.WithResource(name), nil
+				return gv.WithResource(name), true
 			}
 		}
 	}
-	return schema.GroupVersionResource{}, fmt.Errorf("rewrite: the API server serves no resource %q", resource)
+	return schema.GroupVersionResource{}, false
+}
+
+// unserved says that resource is not served, and why it may be.
+func (d discovered) unserved(resource string) string {
+	_, group, _ := strings.Cut(resource, ".")
+	for gv, err := range d.failed {
+		if gv.Group == group {
+			return fmt.Sprintf("the API server serves no resource %q: the discovery of %s failed (%v)", resource, gv, err)
+		}
+	}
+	return fmt.Sprintf("the API server serves no resource %q", resource)
 }
 
 type secretClient struct{ kc kubernetes.Interface }

@@ -21,6 +21,10 @@ const (
 	ReasonKeyMaterialConflict = "KeyMaterialConflict"
 	ReasonUnreadableObjects   = "UnreadableObjects"
 	ReasonUnloadedConfig      = "UnloadedConfig"
+	// ReasonPreflightFailed: the plan needs something the cluster lacks
+	// (a permission, a served resource, a mount, a KMS socket, sudo);
+	// found before the first step, so nothing was changed.
+	ReasonPreflightFailed = "PreflightFailed"
 )
 
 // Refusal is a plan MakePlan will not make, because going on could lose

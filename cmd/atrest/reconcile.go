@@ -23,8 +23,12 @@ func newPlanCommand() *cobra.Command {
 		Long: `Plan compares the desired state (cluster.yml and atrest.yaml, from --config or
 the Git source) with what every controlplane node runs, what etcd stores (the
 census) and what the keyring in Vault holds, and prints the steps it would
-take. Names, providers, hashes and counts only: never key material.
-Exit code 0: nothing to do; 1: there are changes; 2: error.`,
+take, then its preflight: what the plan needs that the cluster lacks (the
+permission to rewrite each resource, sudo on the nodes, the provider file's
+mount, each KMS plugin's socket), which apply would refuse before changing
+anything. Names, providers, hashes and counts only: never key material.
+Exit code 0: nothing to do; 1: there are changes; 2: error, or a failed
+preflight.`,
 		Args: cobra.NoArgs,
 	}
 	loader := withSettings(cmd)
@@ -65,9 +69,29 @@ Exit code 0: nothing to do; 1: there are changes; 2: error.`,
 		for i, step := range plan.Steps {
 			fmt.Fprintf(out, "  %d. %s\n", i+1, step)
 		}
-		return &exitCodeError{code: exitChanges}
+		pf, err := e.rec.Preflight(ctx, plan)
+		if err != nil {
+			return errorExit(err)
+		}
+		return printPreflight(out, pf)
 	}
 	return cmd
+}
+
+// printPreflight prints the preflight's result and returns plan's exit:
+// changes when it passed, the refusal's error exit when it did not.
+func printPreflight(out io.Writer, pf reconciler.PreflightResult) error {
+	failed := pf.Failed()
+	if len(failed) == 0 {
+		fmt.Fprintf(out, "preflight: %d checks passed\n", len(pf.Checks))
+		return &exitCodeError{code: exitChanges}
+	}
+	for _, c := range failed {
+		fmt.Fprintf(out, "preflight failed: %s\n", c)
+	}
+	// The checks are printed above: the error only says what it means.
+	return &exitCodeError{code: exitError, err: fmt.Errorf("error: plan refused (%s): %d of %d preflight checks failed; apply would change nothing until they pass",
+		reconciler.ReasonPreflightFailed, len(failed), len(pf.Checks))}
 }
 
 func printLive(out io.Writer, live reconciler.Live) {
