@@ -31,8 +31,9 @@ import (
 	"github.com/atrest-io/atrest/keystore/keystoretest"
 )
 
-// loadSecrets makes the rewrite long enough to kill the daemon in it.
-const loadSecrets = 3000
+// loadSecrets makes the rewrite long enough to kill the daemon in it:
+// with 3,000 the kill came after 15 objects.
+const loadSecrets = 1000
 
 // daemonProc is a running `atrest run`.
 type daemonProc struct {
