@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -97,15 +98,87 @@ func (w *Watch) check() {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	all := w.logs.String() + "\n" + strings.Join(w.texts, "\n")
+	all := views(w.logs.String() + "\n" + strings.Join(w.texts, "\n"))
 	for _, k := range w.keys {
-		s := []byte(k.Secret)
-		for _, form := range []string{base64.StdEncoding.EncodeToString(s), base64.URLEncoding.EncodeToString(s),
-			base64.RawStdEncoding.EncodeToString(s), hex.EncodeToString(s), string(s)} {
-			if strings.Contains(all, form) {
-				w.t.Errorf("key %s: its material (%d bytes) appears in logs, errors or output", k.Name, len(s))
-				break
+		if name := Find(all, k.Secret); name != "" {
+			w.t.Errorf("key %s: its material (%d bytes) appears in logs, errors or output (%s)", k.Name, len(k.Secret), name)
+		}
+	}
+}
+
+// Find returns the name of the encoding in which secret appears in text,
+// "" when it does not. text is best passed through views first (Scan does
+// both).
+func Find(text string, secret []byte) string {
+	for _, f := range forms(secret) {
+		if strings.Contains(text, f.text) {
+			return f.name
+		}
+	}
+	return ""
+}
+
+// Scan reports the encoding in which secret appears anywhere in text, as
+// is, with its line breaks taken out, or inside base64 in it (a config
+// logged as JSON bytes is base64 of base64), "" when nowhere.
+func Scan(text string, secret []byte) string { return Find(views(text), secret) }
+
+type form struct{ name, text string }
+
+// forms are the encodings key material is printed in.
+func forms(s []byte) []form {
+	h := hex.EncodeToString(s)
+	return []form{
+		{"base64", base64.StdEncoding.EncodeToString(s)},
+		{"base64url", base64.URLEncoding.EncodeToString(s)},
+		{"base64 unpadded", base64.RawStdEncoding.EncodeToString(s)},
+		{"base64url unpadded", base64.RawURLEncoding.EncodeToString(s)},
+		{"hex", h},
+		{"upper-case hex", strings.ToUpper(h)},
+		{"raw bytes", string(s)},
+	}
+}
+
+// base64Run is a run of base64 (either alphabet) long enough to hold key
+// material encoded once more.
+var base64Run = regexp.MustCompile(`[A-Za-z0-9+/_-]{24,}={0,2}`)
+
+// unwrap takes out what wraps long base64 across lines: line breaks,
+// escaped ones (in JSON or Go-quoted text), and indentation.
+var unwrap = strings.NewReplacer(`\n`, "", `\r`, "", "\n", "", "\r", "", " ", "", "\t", "")
+
+// views is text, text unwrapped, and what decodes from the base64 runs of
+// both, twice over, so that material encoded again (base64 of a config
+// that holds base64) or wrapped is found.
+func views(text string) string {
+	out := []string{text, unwrap.Replace(text)}
+	layer := out
+	for range 2 {
+		var decoded []string
+		for _, t := range layer {
+			for _, run := range base64Run.FindAllString(t, -1) {
+				decoded = append(decoded, decodeRun(run)...)
+			}
+		}
+		out = append(out, decoded...)
+		layer = decoded
+	}
+	return strings.Join(out, "\n")
+}
+
+// decodeRun decodes run in both alphabets, from each of the four offsets a
+// base64 encoding may start at within it.
+func decodeRun(run string) []string {
+	run = strings.TrimRight(run, "=")
+	var out []string
+	for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
+		for off := range 4 {
+			t := run[off:]
+			t = t[:len(t)-len(t)%4]
+			if b, err := enc.DecodeString(t); err == nil {
+				out = append(out, string(b))
 			}
 		}
 	}
+	return out
 }
