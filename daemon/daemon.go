@@ -114,6 +114,10 @@ type Daemon struct {
 	cronSpec  string
 	pruned    bool
 
+	// The webhook's bounds: requests being read, deliveries accepted.
+	webhookSlots chan struct{}
+	deliveries   deliveries
+
 	// mu guards state, which HTTP handlers read.
 	mu    sync.Mutex
 	state keystore.DaemonState
@@ -138,7 +142,8 @@ func New(cfg Config) (*Daemon, error) {
 		cfg: cfg, log: cfg.Logger, metrics: newMetrics(),
 		rand:    rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x617472657374)),
 		pollNow: make(chan struct{}, 1), rotateNow: make(chan struct{}, 1),
-		ready: "the first cycle has not finished",
+		webhookSlots: make(chan struct{}, maxWebhookInFlight),
+		ready:        "the first cycle has not finished",
 	}
 	d.state = keystore.DaemonState{Instance: cfg.Instance, Version: cfg.Version, Interval: cfg.Interval, Suspended: cfg.Suspend}
 	d.metrics.suspended.Set(bool01(cfg.Suspend))

@@ -147,7 +147,7 @@ func TestJitter(t *testing.T) {
 	}
 }
 
-func newTestDaemon(t *testing.T) *Daemon {
+func newTestDaemon(t testing.TB) *Daemon {
 	t.Helper()
 	d, err := New(Config{
 		Source:        nopSource{},
@@ -187,7 +187,9 @@ func TestWebhook(t *testing.T) {
 		{name: "not hex", method: "POST", header: map[string]string{HeaderGitHubSignature: "sha256=zz"}, body: body, code: 401, result: "bad_signature"},
 		{name: "unsigned", method: "POST", body: body, code: 401, result: "no_signature"},
 		{name: "GET", method: "GET", code: 405, result: "bad_request"},
-		{name: "too large", method: "POST", header: map[string]string{HeaderGitHubSignature: "sha256=00"}, body: bytes.Repeat([]byte("x"), maxWebhookBody+1), code: 413, result: "bad_request"},
+		{name: "too large", method: "POST", header: map[string]string{HeaderGitHubSignature: "sha256=" + strings.Repeat("00", 32)}, body: bytes.Repeat([]byte("x"), maxWebhookBody+1), code: 413, result: "bad_request"},
+		// A signature that cannot be one is refused before the body is read.
+		{name: "short signature", method: "POST", header: map[string]string{HeaderGitHubSignature: "sha256=00"}, body: bytes.Repeat([]byte("x"), maxWebhookBody+1), code: 401, result: "bad_signature"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 )
 
 // Signature headers the webhook accepts: GitHub's (and Gitea's, Forgejo's
@@ -18,9 +20,25 @@ const (
 	HeaderGenericSignature = "X-Atrest-Signature"
 )
 
-// maxWebhookBody bounds what the webhook reads: push payloads are small,
-// and the body is read before it can be authenticated.
+// maxWebhookBody bounds what the webhook reads: push payloads are small.
+// The body is never kept: it streams through the MAC.
 const maxWebhookBody = 1 << 20
+
+// maxWebhookInFlight bounds the webhook requests being read at once; more
+// are answered 503 at once, so that a flood holds a few MACs and
+// connections, not bodies or goroutines waiting in line.
+const maxWebhookInFlight = 8
+
+// A delivery is accepted once: its signature (the MAC of its body) and its
+// delivery id are remembered for deliveryWindow, at most maxDeliveries of
+// them, and a repeat of either is answered without a poll.
+const (
+	deliveryWindow = 24 * time.Hour
+	maxDeliveries  = 4096
+)
+
+// Delivery id headers: GitHub's, Gitea's and Forgejo's, and a generic one.
+var deliveryHeaders = []string{"X-GitHub-Delivery", "X-Gitea-Delivery", "X-Forgejo-Delivery", "X-Atrest-Delivery"}
 
 // errNoSignature and errBadSignature are the two refusals.
 var (
@@ -36,30 +54,93 @@ func Sign(secret, body []byte) string {
 	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 }
 
-// verifySignature checks the request's signature of body against secret,
-// in constant time.
-func verifySignature(h http.Header, secret, body []byte) error {
+// signature returns the MAC the request claims for its body.
+func signature(h http.Header) ([]byte, error) {
 	sig := h.Get(HeaderGitHubSignature)
 	if sig == "" {
 		sig = h.Get(HeaderGenericSignature)
 	}
 	if sig == "" {
-		return errNoSignature
+		return nil, errNoSignature
 	}
 	hexSum, ok := strings.CutPrefix(sig, "sha256=")
 	if !ok {
-		return errBadSignature
+		return nil, errBadSignature
 	}
 	got, err := hex.DecodeString(hexSum)
+	if err != nil || len(got) != sha256.Size {
+		return nil, errBadSignature
+	}
+	return got, nil
+}
+
+// errTooLarge: the body is over maxWebhookBody.
+var errTooLarge = errors.New("body unreadable or larger than 1 MiB")
+
+// verifyBody streams body through the HMAC with secret and compares it,
+// in constant time, with the signature the header claims. Nothing of the
+// body is kept. It returns the signature, which identifies the delivery.
+func verifyBody(h http.Header, secret []byte, body io.Reader) ([]byte, error) {
+	want, err := signature(h)
 	if err != nil {
-		return errBadSignature
+		return nil, err
 	}
 	mac := hmac.New(sha256.New, secret)
-	mac.Write(body)
-	if !hmac.Equal(got, mac.Sum(nil)) {
-		return errBadSignature
+	if _, err := io.Copy(mac, body); err != nil {
+		return nil, errTooLarge
 	}
-	return nil
+	if !hmac.Equal(want, mac.Sum(nil)) {
+		return nil, errBadSignature
+	}
+	return want, nil
+}
+
+// deliveries remembers the deliveries accepted lately.
+type deliveries struct {
+	mu   sync.Mutex
+	seen map[string]time.Time
+}
+
+// first records the delivery by its ids and reports whether none of them
+// was seen within deliveryWindow of now.
+func (s *deliveries) first(now time.Time, ids ...string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen == nil {
+		s.seen = map[string]time.Time{}
+	}
+	for id, at := range s.seen {
+		if now.Sub(at) > deliveryWindow {
+			delete(s.seen, id)
+		}
+	}
+	repeat := false
+	for _, id := range ids {
+		if at, ok := s.seen[id]; ok && now.Sub(at) <= deliveryWindow {
+			repeat = true
+		}
+	}
+	if repeat {
+		return false
+	}
+	for _, id := range ids {
+		for len(s.seen) >= maxDeliveries {
+			s.dropOldest()
+		}
+		s.seen[id] = now
+	}
+	return true
+}
+
+func (s *deliveries) dropOldest() {
+	var oldest string
+	var at time.Time
+	for id, t := range s.seen {
+		if oldest == "" || t.Before(at) {
+			oldest, at = id, t
+		}
+	}
+	delete(s.seen, oldest)
 }
 
 // webhookHandler authenticates a push notification and triggers a poll.
@@ -73,13 +154,22 @@ func (d *Daemon) webhookHandler() http.Handler {
 			http.Error(w, "POST a push notification here", http.StatusMethodNotAllowed)
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxWebhookBody))
-		if err != nil {
-			d.metrics.webhook.WithLabelValues("bad_request").Inc()
-			http.Error(w, "body unreadable or larger than 1 MiB", http.StatusRequestEntityTooLarge)
+		select {
+		case d.webhookSlots <- struct{}{}:
+			defer func() { <-d.webhookSlots }()
+		default:
+			d.metrics.webhook.WithLabelValues("busy").Inc()
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "busy: too many webhook requests at once", http.StatusServiceUnavailable)
 			return
 		}
-		if err := verifySignature(r.Header, d.cfg.WebhookSecret, body); err != nil {
+		sig, err := verifyBody(r.Header, d.cfg.WebhookSecret, http.MaxBytesReader(w, r.Body, maxWebhookBody))
+		switch {
+		case errors.Is(err, errTooLarge):
+			d.metrics.webhook.WithLabelValues("bad_request").Inc()
+			http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+			return
+		case err != nil:
 			result := "bad_signature"
 			if errors.Is(err, errNoSignature) {
 				result = "no_signature"
@@ -87,6 +177,18 @@ func (d *Daemon) webhookHandler() http.Handler {
 			d.metrics.webhook.WithLabelValues(result).Inc()
 			d.log.Warn("webhook refused", "reason", err.Error(), "remote", r.RemoteAddr)
 			http.Error(w, "signature refused: sign the body with HMAC-SHA256 and the shared secret, in "+HeaderGitHubSignature+" or "+HeaderGenericSignature+" as sha256=<hex>", http.StatusUnauthorized)
+			return
+		}
+		ids := []string{"signature:" + hex.EncodeToString(sig)}
+		for _, h := range deliveryHeaders {
+			if id := r.Header.Get(h); id != "" {
+				ids = append(ids, "delivery:"+id)
+			}
+		}
+		if !d.deliveries.first(time.Now(), ids...) {
+			d.metrics.webhook.WithLabelValues("repeated").Inc()
+			d.log.Info("webhook refused: a delivery already accepted", "remote", r.RemoteAddr, "event", r.Header.Get("X-GitHub-Event"))
+			_, _ = io.WriteString(w, "already accepted: no new poll\n")
 			return
 		}
 		d.metrics.webhook.WithLabelValues("accepted").Inc()
