@@ -123,6 +123,12 @@ type Node struct {
 	kube      kubernetes.Interface
 	done      chan struct{} // closed by close: stops the keepalive
 	closeOnce sync.Once
+
+	// fileMu guards lastFile, the provider file as last read: the next
+	// read fetches its bytes only when their hash changed.
+	fileMu                 sync.Mutex
+	lastFile               ProviderFile
+	fileReads, fileFetches int
 }
 
 // Connect opens one SSH connection to each controlplane node of cfg (in

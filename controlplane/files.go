@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -68,38 +69,90 @@ const (
 	exitNoDir  = 41 // the file's directory does not exist
 )
 
-// ReadProviderFile reads the provider file on the node, and when it was
-// last written: the first line of the script's output is the file's mtime
-// in seconds since the epoch (with nanoseconds where GNU date gives them),
-// the rest is the file.
-func (n *Node) ReadProviderFile(ctx context.Context) (ProviderFile, error) {
-	const op = "read provider file"
-	r, err := n.run(ctx, fmt.Sprintf(`f=%s
+// readScript prints the provider file's modification time (seconds since
+// the epoch, with nanoseconds where GNU date gives them) and its sha256,
+// one to a line, then its bytes, unless their sha256 is the one given: the
+// one the caller holds already. A file that has not changed sends no key
+// material, so a host that logs sudo's I/O does not record every key on
+// every observation.
+const readScript = `f=%s
 if [ ! -e "$f" ] && [ ! -L "$f" ]; then exit %d; fi
 date -r "$f" +%%s.%%N 2>/dev/null || stat -L -c %%Y -- "$f" || echo 0
-exec cat -- "$f"`, shellQuote(n.file), exitAbsent), nil, MaxProviderFileSize+64)
+sum=$(sha256sum < "$f") || exit 1
+sum=${sum%%%% *}
+echo "$sum"
+[ "$sum" = %s ] && exit 0
+exec cat -- "$f"`
+
+// ReadProviderFile reads the provider file on the node, and when it was
+// last written. The node sends the file's sha256 first, and its bytes only
+// when they are not those of the last read (readScript).
+func (n *Node) ReadProviderFile(ctx context.Context) (ProviderFile, error) {
+	const op = "read provider file"
+	n.fileMu.Lock()
+	defer n.fileMu.Unlock()
+	held := "none"
+	if n.lastFile.Present {
+		held = n.lastFile.SHA256
+	}
+	r, err := n.run(ctx, fmt.Sprintf(readScript, shellQuote(n.file), exitAbsent, held), nil, MaxProviderFileSize+128)
 	if err != nil {
 		return ProviderFile{}, n.sshErr(op+" "+n.file, err)
 	}
 	switch {
 	case r.code == exitAbsent:
+		n.lastFile = ProviderFile{}
 		return ProviderFile{}, nil
 	case r.code != 0:
 		return ProviderFile{}, nodeErr(n.name, op+" "+n.file, nil, fmt.Errorf("exit status %d: %s", r.code, r.stderr))
 	case r.overflow:
 		return ProviderFile{}, nodeErr(n.name, op+" "+n.file, nil, fmt.Errorf("larger than %d bytes: not an EncryptionConfiguration", MaxProviderFileSize))
 	}
-	stamp, data, ok := bytes.Cut(r.stdout, []byte("\n"))
+	f, err := parseRead(r.stdout, n.lastFile)
+	if err != nil {
+		return ProviderFile{}, nodeErr(n.name, op+" "+n.file, nil, err)
+	}
+	n.lastFile = f.ProviderFile
+	n.fileReads++
+	if f.fetched {
+		n.fileFetches++
+	}
+	return f.ProviderFile, nil
+}
+
+// readFile is a ProviderFile read, and whether its bytes came this time.
+type readFile struct {
+	ProviderFile
+	fetched bool
+}
+
+// parseRead reads readScript's answer, given what the caller held when it
+// asked.
+func parseRead(out []byte, held ProviderFile) (readFile, error) {
+	stamp, rest, ok := bytes.Cut(out, []byte("\n"))
 	if !ok {
-		return ProviderFile{}, nodeErr(n.name, op+" "+n.file, nil, errors.New("no modification time in the answer"))
+		return readFile{}, errors.New("no modification time in the answer")
 	}
-	if len(data) > MaxProviderFileSize {
-		return ProviderFile{}, nodeErr(n.name, op+" "+n.file, nil, fmt.Errorf("larger than %d bytes: not an EncryptionConfiguration", MaxProviderFileSize))
+	sum, data, ok := bytes.Cut(rest, []byte("\n"))
+	if !ok || !sha256RE.Match(sum) {
+		return readFile{}, errors.New("no sha256 in the answer")
 	}
-	f := newProviderFile(data)
+	var f readFile
+	if held.Present && string(sum) == held.SHA256 {
+		f.ProviderFile = held
+	} else {
+		if len(data) > MaxProviderFileSize {
+			return readFile{}, fmt.Errorf("larger than %d bytes: not an EncryptionConfiguration", MaxProviderFileSize)
+		}
+		// The bytes' own hash counts: the file may have changed between
+		// the hash and the copy.
+		f.ProviderFile, f.fetched = newProviderFile(data), true
+	}
 	f.ModTime = parseEpoch(string(stamp))
 	return f, nil
 }
+
+var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // parseEpoch reads "SECONDS[.NANOSECONDS]"; the zero time when it cannot.
 func parseEpoch(s string) time.Time {

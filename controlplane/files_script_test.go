@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -93,6 +94,74 @@ func TestWriteScript(t *testing.T) {
 		case "encryption.yaml", fenceFile, lockFile:
 		default:
 			t.Errorf("left behind: %s", e.Name())
+		}
+	}
+}
+
+// runReadScript runs the read script locally, as the node would, for file,
+// telling it the caller holds held (a sha256, or "none").
+func runReadScript(t *testing.T, file, held string) (int, []byte) {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", fmt.Sprintf(readScript, shellQuote(file), exitAbsent, held))
+	out, err := cmd.Output()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatal(err)
+	}
+	return cmd.ProcessState.ExitCode(), out
+}
+
+// The node sends the file's bytes only when they are not those the caller
+// holds: an unchanged file puts no key material on the wire (nor in a
+// sudo I/O log).
+func TestReadScriptSendsOnlyAChangedFile(t *testing.T) {
+	if _, err := exec.LookPath("sha256sum"); err != nil {
+		t.Skip("no sha256sum here")
+	}
+	file := filepath.Join(t.TempDir(), "encryption.yaml")
+	if code, _ := runReadScript(t, file, "none"); code != exitAbsent {
+		t.Fatalf("absent file: exit %d", code)
+	}
+	content := []byte("kind: EncryptionConfiguration\nsecret: c2VjcmV0\n")
+	if err := os.WriteFile(file, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runReadScript(t, file, "none")
+	first, err := parseRead(out, ProviderFile{})
+	if code != 0 || err != nil || !first.fetched || !bytes.Equal(first.Data, content) || first.ModTime.IsZero() {
+		t.Fatalf("first read: exit %d, %v, fetched %v, %q", code, err, first.fetched, first.Data)
+	}
+	code, out = runReadScript(t, file, first.SHA256)
+	if bytes.Contains(out, []byte("c2VjcmV0")) {
+		t.Errorf("an unchanged file was sent again:\n%s", out)
+	}
+	again, err := parseRead(out, first.ProviderFile)
+	if code != 0 || err != nil || again.fetched || !bytes.Equal(again.Data, content) || again.SHA256 != first.SHA256 {
+		t.Fatalf("second read: exit %d, %v, fetched %v", code, err, again.fetched)
+	}
+	changed := []byte("kind: EncryptionConfiguration\nsecret: b3RoZXI=\n")
+	if err := os.WriteFile(file, changed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, out = runReadScript(t, file, first.SHA256)
+	third, err := parseRead(out, first.ProviderFile)
+	if err != nil || !third.fetched || !bytes.Equal(third.Data, changed) {
+		t.Fatalf("after a change: %v, fetched %v, %q", err, third.fetched, third.Data)
+	}
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, out = runReadScript(t, file, third.SHA256)
+	empty, err := parseRead(out, third.ProviderFile)
+	if err != nil || !empty.fetched || len(empty.Data) != 0 || !empty.Present {
+		t.Fatalf("an empty file: %v, %+v", err, empty)
+	}
+}
+
+func TestParseRead(t *testing.T) {
+	for _, out := range []string{"", "1700000000\n", "1700000000\nnot-a-sum\nx", "1700000000\n" + strings.Repeat("A", 64) + "\n"} {
+		if _, err := parseRead([]byte(out), ProviderFile{}); err == nil {
+			t.Errorf("parseRead(%q) accepted it", out)
 		}
 	}
 }

@@ -276,6 +276,22 @@ func TestProviderFileOnEachNode(t *testing.T) {
 			}
 		}
 	}
+	// Read again, each file unchanged: only its hash is sent. A hand
+	// edit is sent again.
+	for i, n := range nodes {
+		before := controlplane.FileFetches(n)
+		if f, err := n.ReadProviderFile(ctx); err != nil || !f.Present || controlplane.FileFetches(n) != before {
+			t.Errorf("%s: reading an unchanged file sent it again (%d fetches, were %d): %v", n.Name(), controlplane.FileFetches(n), before, err)
+		}
+		if i == 0 {
+			if err := os.WriteFile(hostFile(i), []byte("# by hand\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if f, err := n.ReadProviderFile(ctx); err != nil || string(f.Data) != "# by hand\n" || controlplane.FileFetches(n) != before+1 {
+				t.Errorf("%s after a hand edit reads %q (%v)", n.Name(), f.Data, err)
+			}
+		}
+	}
 	for i, n := range nodes {
 		if err := n.RemoveProviderFile(ctx); err != nil {
 			t.Fatal(err)
