@@ -445,6 +445,11 @@ func (s *Source) load(repo *git.Repository, t target) (*Revision, error) {
 		if err != nil {
 			return nil, missing(err)
 		}
+		if s.verifier.enabled() && depth == 0 && t.ref.IsTag() && tag.Name != t.ref.Short() {
+			// A signature vouches for the name it signs: a tag signed as
+			// one release, put under another ref, is not that release.
+			return nil, signatureError(fmt.Errorf("tag %s refused: its tag object is signed as %q, not %q: a signed tag moved under another name", t.ref.Short(), tag.Name, t.ref.Short()))
+		}
 		if s.verifier.enabled() {
 			payload, sig := splitTagSignature(raw)
 			who, err := s.verifier.verify("tag "+tag.Name, h.String(), payload, sig, tag.Tagger.When)

@@ -234,6 +234,9 @@ func TestLocalSignedTags(t *testing.T) {
 	w.pgpSignedTag("v1-rogue", signed, k.rogue)
 	unsigned := w.commit("unsigned", map[string]string{"cluster.yml": "v2\n"})
 	w.git(append(sshSign(k.alice), "tag", "-s", "-m", "signed tag, unsigned commit", "v2")...)
+	// A signed tag put under another name: v3 points at the tag object
+	// signed as v1.
+	w.git("update-ref", "refs/tags/v3", strings.TrimSpace(w.git("rev-parse", "refs/tags/v1")))
 	w.push("main", "--tags")
 	aliceFP := strings.Fields(sshKeygen(t, k.dir, nil, "-l", "-E", "sha256", "-f", k.alice+".pub"))[1]
 
@@ -247,6 +250,7 @@ func TestLocalSignedTags(t *testing.T) {
 		{"v1-unsigned", "", "tag v1-unsigned"},
 		{"v1-rogue", "", "not in " + k.keyring},
 		{"v2", "", "commit " + unsigned + " refused: it is not signed"},
+		{"v3", "", `tag object is signed as "v1"`},
 	} {
 		t.Run(tc.ref, func(t *testing.T) {
 			s, err := New(Config{URL: w.bare, Ref: tc.ref, CacheDir: t.TempDir(), AllowedSignersFile: k.allowed, OpenPGPKeyringFile: k.keyring})
