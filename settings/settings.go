@@ -48,22 +48,25 @@ type Cluster struct {
 
 // Git is the repository that holds cluster.yml and atrest.yaml.
 type Git struct {
-	URL                             string        `json:"url"`
-	Ref                             string        `json:"ref"`
-	Path                            string        `json:"path"`
-	SSHKeyFile                      string        `json:"sshKeyFile"`
-	KnownHostsFile                  string        `json:"knownHostsFile"`
-	Username                        string        `json:"username"`
-	PasswordFile                    string        `json:"passwordFile"`
-	BearerTokenFile                 string        `json:"bearerTokenFile"`
-	CAFile                          string        `json:"caFile"`
-	Interval                        time.Duration `json:"interval"`
-	Timeout                         time.Duration `json:"timeout"`
-	CacheDir                        string        `json:"cacheDir"`
-	AllowedSignersFile              string        `json:"allowedSignersFile"`
-	OpenPGPKeyringFile              string        `json:"openPGPKeyringFile"`
-	InsecureSkipHostKeyVerification bool          `json:"insecureSkipHostKeyVerification"`
-	InsecureSkipTLSVerify           bool          `json:"insecureSkipTLSVerify"`
+	URL                string        `json:"url"`
+	Ref                string        `json:"ref"`
+	Path               string        `json:"path"`
+	SSHKeyFile         string        `json:"sshKeyFile"`
+	KnownHostsFile     string        `json:"knownHostsFile"`
+	Username           string        `json:"username"`
+	PasswordFile       string        `json:"passwordFile"`
+	BearerTokenFile    string        `json:"bearerTokenFile"`
+	CAFile             string        `json:"caFile"`
+	Interval           time.Duration `json:"interval"`
+	Timeout            time.Duration `json:"timeout"`
+	CacheDir           string        `json:"cacheDir"`
+	AllowedSignersFile string        `json:"allowedSignersFile"`
+	OpenPGPKeyringFile string        `json:"openPGPKeyringFile"`
+	// RequireSignatures refuses to start without a trust file, so that a
+	// lost setting cannot turn verification off quietly.
+	RequireSignatures               bool `json:"requireSignatures"`
+	InsecureSkipHostKeyVerification bool `json:"insecureSkipHostKeyVerification"`
+	InsecureSkipTLSVerify           bool `json:"insecureSkipTLSVerify"`
 }
 
 // Vault is where the keys, the journal and the lock live.
@@ -187,6 +190,7 @@ func (s *Settings) fields() []field {
 		{"git.cacheDir", "directory for the Git cache (default: .git-cache in snapshots.dir)", &s.Git.CacheDir},
 		{"git.allowedSignersFile", "accept only commits signed by an SSH key in this allowed-signers file (as git's gpg.ssh.allowedSignersFile)", &s.Git.AllowedSignersFile},
 		{"git.openPGPKeyringFile", "accept only commits signed by a key in this armored OpenPGP keyring", &s.Git.OpenPGPKeyringFile},
+		{"git.requireSignatures", "refuse to start unless git.allowedSignersFile or git.openPGPKeyringFile is set", &s.Git.RequireSignatures},
 		{"git.insecureSkipHostKeyVerification", "DANGEROUS: accept any SSH host key from the Git server", &s.Git.InsecureSkipHostKeyVerification},
 		{"git.insecureSkipTLSVerify", "DANGEROUS: accept any TLS certificate from the Git server", &s.Git.InsecureSkipTLSVerify},
 

@@ -153,6 +153,10 @@ func TestValidate(t *testing.T) {
 		{"ssh timeout past the lock's grace", []string{"--ssh-timeout", "2m", "--ssh-insecure-skip-host-key-verification"}, []Need{NeedSSH}, []string{"ssh.timeout: must be at most 1m"}},
 		{"stall after none", []string{"--daemon-stall-after", "0", "--ssh-insecure-skip-host-key-verification"}, []Need{NeedSSH}, []string{"daemon.stallAfter: must be at least 1"}},
 		{"git timeout", []string{"--git-url", "/srv/repo", "--git-timeout", "-1s"}, []Need{NeedGit}, []string{"git.timeout: must be positive"}},
+		// Required signatures fail closed: without a trust file nothing
+		// could be verified.
+		{"signatures required, no trust file", []string{"--git-url", "/srv/repo", "--git-require-signatures"}, []Need{NeedGit}, []string{"git.requireSignatures: set git.allowedSignersFile or git.openPGPKeyringFile"}},
+		{"signatures required, allowed signers", []string{"--git-url", "/srv/repo", "--git-require-signatures", "--git-allowed-signers-file", known}, []Need{NeedGit}, nil},
 		{"rewrite workers", []string{"--kubernetes-kubeconfig", known, "--kubernetes-rewrite-workers", "0"}, []Need{NeedKubernetes}, []string{"kubernetes.rewriteWorkers: must be between 1 and 256, not 0"}},
 		{"kubernetes ok", []string{"--kubernetes-kubeconfig", known, "--kubernetes-rewrite-workers", "64"}, []Need{NeedKubernetes}, nil},
 		{"cluster name missing", nil, []Need{NeedCluster}, []string{"cluster.name: required: the cluster atrest manages", "set it with --cluster-name, ATREST_CLUSTER_NAME or cluster.name in the settings file"}},

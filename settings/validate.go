@@ -141,6 +141,9 @@ func (v *validator) git() {
 	} {
 		v.file(k.key, k.val)
 	}
+	if g.RequireSignatures && g.AllowedSignersFile == "" && g.OpenPGPKeyringFile == "" {
+		v.add("git.requireSignatures", "set git.allowedSignersFile or git.openPGPKeyringFile: with neither, no commit is verified, and signatures are required")
+	}
 	switch GitTransport(g.URL) {
 	case "ssh":
 		if g.KnownHostsFile == "" && !g.InsecureSkipHostKeyVerification {
