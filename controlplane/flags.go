@@ -117,25 +117,34 @@ func forEachArg(args []string, name string, fn func(arg []string, isFlag bool)) 
 // /etc/kubernetes, so with prefix_path the file's path on the node and the
 // flag's value differ.
 func containerPath(mounts []mount, hostPath string) string {
+	return throughMounts(mounts, hostPath, func(m mount) (string, string) { return m.Source, m.Destination })
+}
+
+// throughMounts maps p from one side of the container's bind mounts to
+// the other: sides gives a mount's (from, to). The mount whose from side
+// is longest wins, since it is the most specific (on the node) or hides
+// the others below it (in the container). "" when no bind mount covers p.
+func throughMounts(mounts []mount, p string, sides func(mount) (from, to string)) string {
 	best, bestLen := "", -1
 	for _, m := range mounts {
 		if m.Type != "" && m.Type != "bind" {
 			continue
 		}
-		src := path.Clean(m.Source)
+		from, to := sides(m)
+		from = path.Clean(from)
 		var rest string
 		switch {
-		case hostPath == src:
+		case p == from:
 			rest = ""
-		case src == "/":
-			rest = strings.TrimPrefix(hostPath, "/")
-		case strings.HasPrefix(hostPath, src+"/"):
-			rest = strings.TrimPrefix(hostPath, src+"/")
+		case from == "/":
+			rest = strings.TrimPrefix(p, "/")
+		case strings.HasPrefix(p, from+"/"):
+			rest = strings.TrimPrefix(p, from+"/")
 		default:
 			continue
 		}
-		if len(src) > bestLen {
-			best, bestLen = path.Join(m.Destination, rest), len(src)
+		if len(from) > bestLen {
+			best, bestLen = path.Join(to, rest), len(from)
 		}
 	}
 	return best

@@ -175,26 +175,5 @@ func kmsSocketHostPath(mounts []mount, endpoint string) (host, problem string) {
 // mount with the longest destination wins, since it hides the others
 // below it. "" when no bind mount covers it (it is in the image).
 func hostPath(mounts []mount, inContainer string) string {
-	best, bestLen := "", -1
-	for _, m := range mounts {
-		if m.Type != "" && m.Type != "bind" {
-			continue
-		}
-		dst := path.Clean(m.Destination)
-		var rest string
-		switch {
-		case inContainer == dst:
-			rest = ""
-		case dst == "/":
-			rest = strings.TrimPrefix(inContainer, "/")
-		case strings.HasPrefix(inContainer, dst+"/"):
-			rest = strings.TrimPrefix(inContainer, dst+"/")
-		default:
-			continue
-		}
-		if len(dst) > bestLen {
-			best, bestLen = path.Join(m.Source, rest), len(dst)
-		}
-	}
-	return best
+	return throughMounts(mounts, inContainer, func(m mount) (string, string) { return m.Destination, m.Source })
 }
