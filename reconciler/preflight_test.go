@@ -14,24 +14,12 @@ import (
 	"github.com/atrest-io/atrest/controlplane"
 )
 
-// customConfig covers secrets and configmaps with one aescbc key.
-const customConfig = `apiVersion: apiserver.config.k8s.io/v1
-kind: EncryptionConfiguration
-resources:
-  - resources: [secrets, configmaps]
-    providers:
-      - aescbc:
-          keys:
-            - name: k-fw5hn
-              secret: RTczRjFDODMwQzAyMDVBREU4NDJBMUZFNDhCNzM5N0I=
-      - identity: {}
-`
-
+// customSecret is the material of customTwoResources' key.
 const customSecret = "RTczRjFDODMwQzAyMDVBREU4NDJBMUZFNDhCNzM5N0I="
 
 func customDesired(t *testing.T) Desired {
 	t.Helper()
-	cfg, err := cluster.ParseEncryptionConfig("custom_config", "", []byte(customConfig), "")
+	cfg, err := cluster.ParseEncryptionConfig("custom_config", "", []byte(customTwoResources), "")
 	if err != nil {
 		t.Fatal(err)
 	}
