@@ -2,7 +2,6 @@ package etcdsnap
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,11 +10,6 @@ import (
 	"slices"
 	"strings"
 	"text/template"
-	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	apiserverv1 "k8s.io/apiserver/pkg/apis/apiserver/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/atrest-io/atrest/cluster"
 )
@@ -132,68 +126,26 @@ func legacyLists(resources []string, keys []cluster.Key) []ResourceList {
 }
 
 // renderRestoreConfig renders lists, with the material of their keys from
-// keys. Consecutive keys of one provider share its entry, so the order of
-// the providers, and the writer, are the recorded ones.
+// keys, as the deploy renders a config (cluster.RenderChains): every
+// resource keeps its list's providers, in order, and so its writer.
 func renderRestoreConfig(lists []ResourceList, keys map[string]cluster.Key) ([]byte, error) {
-	cfg := apiserverv1.EncryptionConfiguration{}
+	chains := cluster.Chains{}
 	for _, l := range lists {
-		var providers []apiserverv1.ProviderConfiguration
-		last := ""
-		for _, p := range l.Providers {
-			switch {
-			case p.Kind == cluster.KindIdentity:
-				providers = append(providers, apiserverv1.ProviderConfiguration{Identity: &apiserverv1.IdentityConfiguration{}})
-			case p.Kind == cluster.KindKMS:
-				k := &apiserverv1.KMSConfiguration{APIVersion: p.KMS.APIVersion, Name: p.Name, Endpoint: p.KMS.Endpoint, CacheSize: p.KMS.CacheSize}
-				if p.KMS.Timeout != "" {
-					d, err := time.ParseDuration(p.KMS.Timeout)
-					if err != nil {
-						return nil, fmt.Errorf("KMS provider %s: timeout %q: %w", p.Name, p.KMS.Timeout, err)
-					}
-					k.Timeout = &metav1.Duration{Duration: d}
-				}
-				providers = append(providers, apiserverv1.ProviderConfiguration{KMS: k})
-			default:
-				k, ok := keys[p.Name]
-				if !ok || string(k.Provider) != p.Kind {
-					return nil, fmt.Errorf("key %s (%s) of the config is not among the snapshot's keys", p.Name, p.Kind)
-				}
-				key := apiserverv1.Key{Name: k.Name, Secret: base64.StdEncoding.EncodeToString(k.Secret)}
-				if last == p.Kind {
-					prev := &providers[len(providers)-1]
-					switch {
-					case prev.AESCBC != nil:
-						prev.AESCBC.Keys = append(prev.AESCBC.Keys, key)
-					case prev.AESGCM != nil:
-						prev.AESGCM.Keys = append(prev.AESGCM.Keys, key)
-					case prev.Secretbox != nil:
-						prev.Secretbox.Keys = append(prev.Secretbox.Keys, key)
-					}
-					continue
-				}
-				switch cluster.Provider(p.Kind) {
-				case cluster.AESCBC:
-					providers = append(providers, apiserverv1.ProviderConfiguration{AESCBC: &apiserverv1.AESConfiguration{Keys: []apiserverv1.Key{key}}})
-				case cluster.AESGCM:
-					providers = append(providers, apiserverv1.ProviderConfiguration{AESGCM: &apiserverv1.AESConfiguration{Keys: []apiserverv1.Key{key}}})
-				case cluster.Secretbox:
-					providers = append(providers, apiserverv1.ProviderConfiguration{Secretbox: &apiserverv1.SecretboxConfiguration{Keys: []apiserverv1.Key{key}}})
-				default:
-					return nil, fmt.Errorf("key provider %q cannot be written into a config", p.Kind)
-				}
-			}
-			last = p.Kind
+		chain := make(cluster.Chain, len(l.Providers))
+		for i, p := range l.Providers {
+			chain[i] = p.entry()
 		}
-		cfg.Resources = append(cfg.Resources, apiserverv1.ResourceConfiguration{Resources: slices.Clone(l.Resources), Providers: providers})
+		for _, r := range l.Resources {
+			chains[r] = chain
+		}
 	}
-	cfg.APIVersion = apiserverv1.SchemeGroupVersion.String()
-	cfg.Kind = "EncryptionConfiguration"
-	data, err := yaml.Marshal(&cfg)
-	if err != nil {
-		// yaml errors quote no values, but say nothing more to be sure.
-		return nil, errors.New("render EncryptionConfiguration: marshal failed")
-	}
-	return data, nil
+	return cluster.RenderChains(chains, func(name string) (cluster.Key, error) {
+		k, ok := keys[name]
+		if !ok {
+			return cluster.Key{}, fmt.Errorf("key %s of the config is not among the snapshot's keys", name)
+		}
+		return k, nil
+	})
 }
 
 // WriteRestoreConfig writes a restore config to path with mode 0600. It
