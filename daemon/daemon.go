@@ -65,8 +65,11 @@ type Hooks struct {
 type Config struct {
 	Source Source
 	// Parse turns a revision into the desired state; an error refuses the
-	// revision, and the previous one stays in force.
-	Parse func(*gitsource.Revision) (*Desired, error)
+	// revision, and the previous one stays in force. A *gitsource.Error
+	// other than ReasonNotDescendant (the ledger or the remote could not
+	// answer) refuses nothing: the revision is parsed again at the next
+	// poll.
+	Parse func(context.Context, *gitsource.Revision) (*Desired, error)
 	// Open connects to the cluster d describes.
 	Open func(ctx context.Context, d *Desired, h Hooks) (Cluster, error)
 
@@ -105,9 +108,12 @@ type Daemon struct {
 	pollNow, rotateNow chan struct{}
 
 	// Owned by the loop goroutine.
-	desired   *Desired
-	cluster   Cluster
-	reopen    bool
+	desired *Desired
+	cluster Cluster
+	reopen  bool
+	// recheck parses the revision again at the next poll, although it is
+	// unchanged: its check could not be made.
+	recheck   bool
 	failures  int
 	cron      *cron.Cron
 	cronEntry cron.EntryID
@@ -418,15 +424,26 @@ func (d *Daemon) poll(ctx context.Context, log *slog.Logger) {
 		d.metrics.observeGit("failed", took, before, d.cfg.Source.Stats())
 		log.Warn("git poll failed; the revision in force stays", "err", err)
 		return
-	case !changed && d.desired != nil:
+	case !changed && d.desired != nil && !d.recheck:
 		d.metrics.observeGit("unchanged", took, before, d.cfg.Source.Stats())
 		return
 	}
 	d.metrics.observeGit("changed", took, before, d.cfg.Source.Stats())
 	if d.desired != nil && rev.Commit == d.desired.Revision {
+		// Back to the revision in force (a refused one undone): nothing is
+		// refused any more.
+		d.metrics.refused.Set(0)
+		d.mu.Lock()
+		d.state.Refused = ""
+		d.mu.Unlock()
 		return
 	}
-	next, err := d.cfg.Parse(rev)
+	next, err := d.cfg.Parse(ctx, rev)
+	d.recheck = waiting(err)
+	if d.recheck {
+		log.Warn("revision not checked yet: the revision in force stays, and the next poll checks again", "revision", rev.Commit, "err", err)
+		return
+	}
 	if err != nil {
 		log.Error("revision refused: the previous one stays in force", "revision", rev.Commit, "err", err)
 		d.metrics.refused.Set(1)
@@ -444,6 +461,14 @@ func (d *Daemon) poll(ctx context.Context, log *slog.Logger) {
 	d.mu.Lock()
 	d.state.Revision, d.state.Refused = rev.Commit, ""
 	d.mu.Unlock()
+}
+
+// waiting says whether a Parse error is no answer about the revision (the
+// ledger in Vault or the Git remote did not answer), rather than its
+// refusal.
+func waiting(err error) bool {
+	r := gitsource.ReasonOf(err)
+	return r != "" && r != gitsource.ReasonNotDescendant
 }
 
 // schedule keeps the cron entry equal to the policy's schedule: cron wakes

@@ -3,6 +3,8 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -151,7 +153,7 @@ func newTestDaemon(t testing.TB) *Daemon {
 	t.Helper()
 	d, err := New(Config{
 		Source:        nopSource{},
-		Parse:         func(*gitsource.Revision) (*Desired, error) { return nil, io.EOF },
+		Parse:         func(context.Context, *gitsource.Revision) (*Desired, error) { return nil, io.EOF },
 		Open:          func(context.Context, *Desired, Hooks) (Cluster, error) { return nil, io.EOF },
 		Interval:      time.Minute,
 		WebhookSecret: []byte("0123456789abcdef-shared"),
@@ -262,5 +264,27 @@ func TestMetricsFromStatus(t *testing.T) {
 	d.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz before the first cycle: %d", rec.Code)
+	}
+}
+
+// TestWaiting: a revision the ledger or the remote could not check is
+// checked again at the next poll; a rollback and a bad cluster.yml are
+// refusals.
+func TestWaiting(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"accepted", nil, false},
+		{"a cluster.yml that does not parse", errors.New("cluster.yml: nodes: required"), false},
+		{"a rollback", &gitsource.Error{Reason: gitsource.ReasonNotDescendant, Err: errors.New("does not descend")}, false},
+		{"Vault down", &gitsource.Error{Reason: gitsource.ReasonLedger, Err: errors.New("connection refused")}, true},
+		{"the remote down while deepening", fmt.Errorf("admit: %w", &gitsource.Error{Reason: gitsource.ReasonUnreachable, Err: errors.New("timeout")}), true},
+	}
+	for _, tt := range tests {
+		if got := waiting(tt.err); got != tt.want {
+			t.Errorf("%s: waiting = %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }

@@ -67,7 +67,7 @@ func TestStalls(t *testing.T) {
 			cl := &stallCluster{status: tt.status, err: tt.err}
 			d, err := New(Config{
 				Source:   nopSource{},
-				Parse:    func(*gitsource.Revision) (*Desired, error) { return nil, errors.New("unused") },
+				Parse:    func(context.Context, *gitsource.Revision) (*Desired, error) { return nil, errors.New("unused") },
 				Open:     func(context.Context, *Desired, Hooks) (Cluster, error) { return cl, nil },
 				Interval: time.Minute, MaxBackoff: 10 * time.Minute,
 			})

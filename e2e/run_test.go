@@ -310,6 +310,7 @@ func TestDaemon(t *testing.T) {
 	// 1. enabled: true converges within a few polls.
 	start := time.Now()
 	rev := commit(t, "Enable encryption at rest", map[string]string{"cluster.yml": yml(managedBlock)})
+	enabledRev := rev
 	first := converged(t, "enabled: true to converge", "aescbc:v1:", "", 5*time.Minute)
 	t.Logf("enable converged %s after the commit", time.Since(start).Round(time.Second))
 	d.waitLog(t, time.Minute, "transition complete", rev)
@@ -393,6 +394,26 @@ func TestDaemon(t *testing.T) {
 	}
 	time.Sleep(10 * time.Second) // two more polls
 	converged(t, "nothing to change after the invalid commit", "aescbc:v1:k-fw5hn", "", 10*time.Second)
+
+	// 4b. The attacker who can push but not write Vault forces main back
+	// to older history: the commit that enabled managed keys, long since
+	// replaced by the custom config. Refused as not descending from the
+	// revision in force that Vault records; nothing changes; main put
+	// back lifts the refusal.
+	if err := sb.ForcePush(context.Background(), enabledRev); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLog(t, time.Minute, "revision refused", enabledRev, "NotDescendant", "git.allowRevision")
+	code, status = run(t, "plan")
+	said = append(said, status)
+	if code != 2 || !strings.Contains(status, "NotDescendant") {
+		t.Errorf("plan from the rolled-back Git: exit %d, want 2 saying NotDescendant:\n%s", code, status)
+	}
+	time.Sleep(10 * time.Second) // two more polls
+	converged(t, "nothing to change after the rollback", "aescbc:v1:k-fw5hn", "", 10*time.Second)
+	if err := sb.ForcePush(context.Background(), bad); err != nil {
+		t.Fatal(err)
+	}
 
 	// 5. SIGTERM: a graceful stop.
 	if err := d.signal(t, syscall.SIGTERM, 2*time.Minute); err != nil {

@@ -173,6 +173,8 @@ func TestVaultPolicy(t *testing.T) {
 			"secret/metadata/" + base + "/keyring":          meta,
 			"secret/metadata/" + base + "/lock":             meta,
 			"secret/metadata/" + base + "/snapshots":        meta,
+			"secret/data/" + base + "/revision":             docs,
+			"secret/metadata/" + base + "/revision":         meta,
 			"secret/metadata/" + base + "/keys/k-abcde":     metaDir,
 			"secret/metadata/" + base + "/keys/":            metaDir,
 			"secret/metadata/" + base + "/daemons/atrest-0": metaDir,

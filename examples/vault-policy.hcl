@@ -11,6 +11,8 @@
 #   keyring          which key does what, and the journal of a transition
 #   lock             the lock that admits one transition at a time
 #   snapshots        which retained etcd snapshots need which keys
+#   revision         the Git revision in force: a new one must descend
+#                    from it, so a force push cannot roll atrest back
 #   daemons/<name>   what each `atrest run` is doing, for `atrest status`
 #   preserved/<name>/<fingerprint>
 #                    material found on a node under a key name Vault holds
@@ -35,6 +37,9 @@ path "secret/data/atrest/prod-eu-1/lock" {
 path "secret/data/atrest/prod-eu-1/snapshots" {
   capabilities = ["read", "update"]
 }
+path "secret/data/atrest/prod-eu-1/revision" {
+  capabilities = ["read", "update"]
+}
 path "secret/data/atrest/prod-eu-1/keys/*" {
   capabilities = ["read", "update"]
 }
@@ -56,6 +61,9 @@ path "secret/metadata/atrest/prod-eu-1/lock" {
   capabilities = ["create", "update"]
 }
 path "secret/metadata/atrest/prod-eu-1/snapshots" {
+  capabilities = ["create", "update"]
+}
+path "secret/metadata/atrest/prod-eu-1/revision" {
   capabilities = ["create", "update"]
 }
 path "secret/metadata/atrest/prod-eu-1/keys/*" {

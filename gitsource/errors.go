@@ -44,6 +44,13 @@ const (
 	// ReasonSignature: signature verification is on and the commit or tag is
 	// unsigned, signed by a key that is not trusted, or badly signed.
 	ReasonSignature Reason = "SignatureRefused"
+	// ReasonNotDescendant: the revision does not descend from the revision
+	// in force that the ledger records (a force push, a rollback, a replay
+	// of older signed history), and the settings do not allow it by name.
+	ReasonNotDescendant Reason = "NotDescendant"
+	// ReasonLedger: the revision in force could not be read from the
+	// ledger (Vault) or recorded there.
+	ReasonLedger Reason = "LedgerFailed"
 	// ReasonConfig: a credential or trust file named in the Config could not
 	// be used at poll time (deleted, unreadable, malformed).
 	ReasonConfig Reason = "ConfigInvalid"

@@ -103,6 +103,12 @@ type Config struct {
 	// armored keyring of the trusted public keys.
 	OpenPGPKeyringFile string
 
+	// AllowRevision is one full commit hash that CheckLineage accepts even
+	// when it does not descend from the revision in force: the operator's
+	// way to roll back on purpose, or to follow a rewritten history, one
+	// named revision at a time.
+	AllowRevision string
+
 	// MaxFileSize caps the size of every file read (default 4 MiB).
 	MaxFileSize int64
 	// Files must be under Path at the revision; OptionalFiles are read
@@ -278,6 +284,10 @@ func New(cfg Config) (*Source, error) {
 		s.checkHTTP(bad)
 	}
 	s.checkTrust(bad)
+	if s.cfg.AllowRevision != "" && !isFullHash(s.cfg.AllowRevision) {
+		bad("AllowRevision", "%q must be a full 40-hex commit hash: a rollback is allowed for one named commit, never a branch or a prefix", s.cfg.AllowRevision)
+	}
+	s.cfg.AllowRevision = strings.ToLower(s.cfg.AllowRevision)
 	if s.cfg.CacheDir == "" {
 		bad("CacheDir", "required: a directory the source owns, for fetched objects")
 	}

@@ -175,6 +175,13 @@ func (sb *Sandbox) Commit(ctx context.Context, message string, files map[string]
 	return strings.TrimSpace(string(out)), nil
 }
 
+// ForcePush points branch main of the sandbox's repository at commit, as
+// a force push by whoever can write the repository would: the attack that
+// rolls the desired state back to older history.
+func (sb *Sandbox) ForcePush(ctx context.Context, commit string) error {
+	return git(ctx, "", "--git-dir="+sb.Git.Bare, "update-ref", "refs/heads/main", commit)
+}
+
 func appendFile(name, data string) error {
 	f, err := os.OpenFile(name, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {

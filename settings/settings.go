@@ -64,9 +64,12 @@ type Git struct {
 	OpenPGPKeyringFile string        `json:"openPGPKeyringFile"`
 	// RequireSignatures refuses to start without a trust file, so that a
 	// lost setting cannot turn verification off quietly.
-	RequireSignatures               bool `json:"requireSignatures"`
-	InsecureSkipHostKeyVerification bool `json:"insecureSkipHostKeyVerification"`
-	InsecureSkipTLSVerify           bool `json:"insecureSkipTLSVerify"`
+	RequireSignatures bool `json:"requireSignatures"`
+	// AllowRevision is the one commit accepted even though it does not
+	// descend from the revision in force: a rollback made on purpose.
+	AllowRevision                   string `json:"allowRevision"`
+	InsecureSkipHostKeyVerification bool   `json:"insecureSkipHostKeyVerification"`
+	InsecureSkipTLSVerify           bool   `json:"insecureSkipTLSVerify"`
 }
 
 // Vault is where the keys, the journal and the lock live.
@@ -191,6 +194,7 @@ func (s *Settings) fields() []field {
 		{"git.allowedSignersFile", "accept only commits signed by an SSH key in this allowed-signers file (as git's gpg.ssh.allowedSignersFile)", &s.Git.AllowedSignersFile},
 		{"git.openPGPKeyringFile", "accept only commits signed by a key in this armored OpenPGP keyring", &s.Git.OpenPGPKeyringFile},
 		{"git.requireSignatures", "refuse to start unless git.allowedSignersFile or git.openPGPKeyringFile is set", &s.Git.RequireSignatures},
+		{"git.allowRevision", "full hash of one commit to accept although it does not descend from the revision in force recorded in Vault (a rollback or a rewritten history, on purpose); remove it once that commit is in force", &s.Git.AllowRevision},
 		{"git.insecureSkipHostKeyVerification", "DANGEROUS: accept any SSH host key from the Git server", &s.Git.InsecureSkipHostKeyVerification},
 		{"git.insecureSkipTLSVerify", "DANGEROUS: accept any TLS certificate from the Git server", &s.Git.InsecureSkipTLSVerify},
 

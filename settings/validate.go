@@ -144,6 +144,9 @@ func (v *validator) git() {
 	if g.RequireSignatures && g.AllowedSignersFile == "" && g.OpenPGPKeyringFile == "" {
 		v.add("git.requireSignatures", "set git.allowedSignersFile or git.openPGPKeyringFile: with neither, no commit is verified, and signatures are required")
 	}
+	if a := g.AllowRevision; a != "" && (len(a) != 40 || strings.Trim(strings.ToLower(a), "0123456789abcdef") != "") {
+		v.add("git.allowRevision", "%q must be the full 40-hex hash of one commit: a rollback is allowed for a named commit, never for a branch or a prefix", a)
+	}
 	switch GitTransport(g.URL) {
 	case "ssh":
 		if g.KnownHostsFile == "" && !g.InsecureSkipHostKeyVerification {

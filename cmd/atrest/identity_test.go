@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -89,7 +91,12 @@ func TestRevisionParser(t *testing.T) {
 		}
 		return &gitsource.Revision{Commit: "0123456789abcdef0123456789abcdef01234567", Files: map[string][]byte{"cluster.yml": []byte(yml)}}
 	}
-	parse := revisionParser(s)
+	src, err := gitsource.New(gitsource.Config{URL: t.TempDir(), CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ledger := &memLedger{}
+	parse := revisionParser(s, src, ledger)
 	tests := []struct {
 		name  string
 		named string
@@ -101,7 +108,8 @@ func TestRevisionParser(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d, err := parse(rev(tt.named))
+			ledger.commit = ""
+			d, err := parse(context.Background(), rev(tt.named))
 			switch {
 			case tt.want == "" && err != nil:
 				t.Fatalf("refused: %v", err)
@@ -109,6 +117,9 @@ func TestRevisionParser(t *testing.T) {
 				t.Fatalf("parsed %+v", d)
 			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 				t.Fatalf("error %v, want it to say %q", err, tt.want)
+			}
+			if recorded := ledger.commit != ""; recorded != (tt.want == "") {
+				t.Errorf("revision in force recorded %v: only an accepted revision is", recorded)
 			}
 		})
 	}
@@ -221,4 +232,17 @@ func readFile(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// memLedger is the ledger's bookkeeping; gitsource's and keystore's tests
+// prove the real one.
+type memLedger struct{ commit string }
+
+func (l *memLedger) RevisionInForce(context.Context) (string, time.Time, error) {
+	return l.commit, time.Time{}, nil
+}
+
+func (l *memLedger) RecordRevision(_ context.Context, commit, _ string, _ time.Time) error {
+	l.commit = commit
+	return nil
 }

@@ -144,6 +144,7 @@ it, from the Git source.`,
 	}
 	loader := withSettings(cmd)
 	src.bind(cmd)
+	src.record = true
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return reconcileOnce(cmd, loader, &src, "")
 	}

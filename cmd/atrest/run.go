@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -74,10 +75,12 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 	if err != nil {
 		return err
 	}
+	ledger := &lazyLedger{open: func(ctx context.Context) (*keystore.Store, error) { return openLedger(ctx, s, log) }}
+	defer ledger.Close()
 	host, _ := os.Hostname()
 	d, err := daemon.New(daemon.Config{
 		Source: src,
-		Parse:  revisionParser(s),
+		Parse:  revisionParser(s, src, ledger),
 		Open: func(ctx context.Context, dd *daemon.Desired, h daemon.Hooks) (daemon.Cluster, error) {
 			e, err := open(ctx, s, dd.Config, dd.Policy, log)
 			if err != nil {
@@ -147,20 +150,77 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 }
 
 // revisionParser turns a revision into the daemon's desired state. A
-// revision whose cluster.yml names another cluster than cluster.name is
-// refused as an invalid one is: reported, while the last good revision
-// stays in force. Checked here, before the daemon opens anything for it,
-// because a commit must never choose the keyring.
-func revisionParser(s *settings.Settings) func(*gitsource.Revision) (*daemon.Desired, error) {
-	return func(rev *gitsource.Revision) (*daemon.Desired, error) {
-		dd, err := desiredFromRevision(rev)
+// revision that does not descend from the revision in force (a force push
+// back to older signed history) is refused, and so is one whose
+// cluster.yml names another cluster than cluster.name: reported, while the
+// last good revision stays in force. Checked here, before the daemon opens
+// anything for it, because a commit must never choose the keyring. The
+// revision accepted becomes the revision in force in Vault.
+func revisionParser(s *settings.Settings, src *gitsource.Source, ledger gitsource.Ledger) func(context.Context, *gitsource.Revision) (*daemon.Desired, error) {
+	return func(ctx context.Context, rev *gitsource.Revision) (*daemon.Desired, error) {
+		var out *daemon.Desired
+		err := src.Admit(ctx, rev, ledger, func() error {
+			dd, err := desiredFromRevision(rev)
+			if err != nil {
+				return err
+			}
+			if err := checkIdentity(s, dd.cfg, dd.origin); err != nil {
+				return err
+			}
+			out = &daemon.Desired{Config: dd.cfg, Policy: dd.policy, Revision: dd.revision}
+			return nil
+		})
+		return out, err
+	}
+}
+
+// lazyLedger opens the keystore that records the revision in force at its
+// first use, and again after a failed open: the daemon starts, serves its
+// status and retries while Vault is down.
+type lazyLedger struct {
+	open  func(context.Context) (*keystore.Store, error)
+	mu    sync.Mutex
+	store *keystore.Store
+}
+
+func (l *lazyLedger) get(ctx context.Context) (*keystore.Store, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.store == nil {
+		st, err := l.open(ctx)
 		if err != nil {
 			return nil, err
 		}
-		if err := checkIdentity(s, dd.cfg, dd.origin); err != nil {
-			return nil, err
-		}
-		return &daemon.Desired{Config: dd.cfg, Policy: dd.policy, Revision: dd.revision}, nil
+		l.store = st
+	}
+	return l.store, nil
+}
+
+// RevisionInForce implements gitsource.Ledger.
+func (l *lazyLedger) RevisionInForce(ctx context.Context) (string, time.Time, error) {
+	st, err := l.get(ctx)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return st.RevisionInForce(ctx)
+}
+
+// RecordRevision implements gitsource.Ledger.
+func (l *lazyLedger) RecordRevision(ctx context.Context, commit, ref string, committed time.Time) error {
+	st, err := l.get(ctx)
+	if err != nil {
+		return err
+	}
+	return st.RecordRevision(ctx, commit, ref, committed)
+}
+
+// Close closes the keystore, if it was opened.
+func (l *lazyLedger) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.store != nil {
+		l.store.Close()
+		l.store = nil
 	}
 }
 

@@ -27,6 +27,10 @@ import (
 // file (--config) or, without one, the Git source of the settings.
 type source struct {
 	configFile, policyFile string
+	// record makes the revision read from Git the revision in force in
+	// Vault (gitsource.Ledger): set by the commands that act on it.
+	// Every command refuses a revision that does not descend from it.
+	record bool
 	// agent forces SSH agent auth for every node (rotate-key's
 	// --ssh-agent-auth), as ssh_agent_auth: true in cluster.yml would.
 	agent bool
@@ -75,7 +79,7 @@ func (src *source) read(ctx context.Context, s *settings.Settings, log *slog.Log
 		}
 		return &desired{cfg: cfg, policy: policy, origin: src.configFile}, nil
 	}
-	if err := s.Validate(settings.NeedGit); err != nil {
+	if err := s.Validate(settings.NeedGit, settings.NeedCluster, settings.NeedVault); err != nil {
 		return nil, fmt.Errorf("no --config given, and the Git source is not usable: %w", err)
 	}
 	// A cache of its own: the daemon owns the settings' cache directory,
@@ -93,7 +97,27 @@ func (src *source) read(ctx context.Context, s *settings.Settings, log *slog.Log
 	if err != nil {
 		return nil, fmt.Errorf("read the Git source: %w", err)
 	}
-	return desiredFromRevision(rev)
+	ledger, err := openLedger(ctx, s, log)
+	if err != nil {
+		return nil, err
+	}
+	defer ledger.Close()
+	var d *desired
+	accept := func() (err error) {
+		if d, err = desiredFromRevision(rev); err != nil {
+			return err
+		}
+		return checkIdentity(s, d.cfg, d.origin)
+	}
+	if src.record {
+		err = gs.Admit(ctx, rev, ledger, accept)
+	} else if err = gs.CheckLineage(ctx, rev, ledger); err == nil {
+		err = accept()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 func desiredFromRevision(rev *gitsource.Revision) (*desired, error) {
@@ -135,7 +159,7 @@ func gitSource(s *settings.Settings, log *slog.Logger, cache string) (*gitsource
 		Username: s.Git.Username, PasswordFile: s.Git.PasswordFile, BearerTokenFile: s.Git.BearerTokenFile, CAFile: s.Git.CAFile,
 		InsecureSkipHostKeyVerification: s.Git.InsecureSkipHostKeyVerification, InsecureSkipTLSVerify: s.Git.InsecureSkipTLSVerify,
 		AllowedSignersFile: s.Git.AllowedSignersFile, OpenPGPKeyringFile: s.Git.OpenPGPKeyringFile, Timeout: s.Git.Timeout,
-		CacheDir: cache, Logger: log,
+		AllowRevision: s.Git.AllowRevision, CacheDir: cache, Logger: log,
 	})
 }
 
@@ -219,6 +243,16 @@ func openKeystore(ctx context.Context, s *settings.Settings, cfg *cluster.Config
 	if err := checkIdentity(s, cfg, "cluster.yml"); err != nil {
 		return nil, err
 	}
+	return openLedger(ctx, s, log)
+}
+
+// openLedger logs in to Vault and opens cluster.name's documents, without
+// a cluster.yml to check against: the ledger of the revision in force
+// (gitsource.Ledger) is read before a revision's cluster.yml is trusted.
+func openLedger(ctx context.Context, s *settings.Settings, log *slog.Logger) (*keystore.Store, error) {
+	if err := s.Validate(settings.NeedCluster, settings.NeedVault); err != nil {
+		return nil, err
+	}
 	v := s.Vault
 	return keystore.Open(ctx, keystore.Config{
 		Address: v.Address, CAFile: v.CAFile, ClientCertFile: v.ClientCertFile, ClientKeyFile: v.ClientKeyFile, Namespace: v.Namespace,
@@ -228,6 +262,9 @@ func openKeystore(ctx context.Context, s *settings.Settings, cfg *cluster.Config
 		KVMount: v.KVMount, Prefix: v.Prefix, Cluster: s.Cluster.Name, Logger: log,
 	})
 }
+
+// The keystore is where the revision in force is kept.
+var _ gitsource.Ledger = (*keystore.Store)(nil)
 
 // restConfig reaches the cluster's API: the kubeconfig, or the pod's
 // service account.
