@@ -78,6 +78,7 @@ func runArgs(t *testing.T, args ...string) (int, string) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
+	noteOutput(t, out.String())
 	code := 0
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {

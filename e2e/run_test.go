@@ -94,6 +94,7 @@ func startDaemonArgs(t *testing.T, interval string, secretFile string, args ...s
 		if t.Failed() {
 			t.Logf("atrest run (pid %d) said:\n%s", p.cmd.Process.Pid, p.logs())
 		}
+		noteOutput(t, p.logs())
 	})
 	eventually(t, "the daemon serves /healthz", 30*time.Second, func() (bool, string) {
 		code, body := p.get("/healthz")
@@ -135,6 +136,7 @@ func (p *daemonProc) metrics(t *testing.T) string {
 	if code != 200 {
 		t.Fatalf("/metrics: %d %s", code, body)
 	}
+	noteOutput(t, body)
 	return body
 }
 

@@ -98,7 +98,7 @@ func (w *Watch) check() {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	all := views(w.logs.String() + "\n" + strings.Join(w.texts, "\n"))
+	all := Views(w.logs.String() + "\n" + strings.Join(w.texts, "\n"))
 	for _, k := range w.keys {
 		if name := Find(all, k.Secret); name != "" {
 			w.t.Errorf("key %s: its material (%d bytes) appears in logs, errors or output (%s)", k.Name, len(k.Secret), name)
@@ -107,7 +107,7 @@ func (w *Watch) check() {
 }
 
 // Find returns the name of the encoding in which secret appears in text,
-// "" when it does not. text is best passed through views first (Scan does
+// "" when it does not. text is best passed through Views first (Scan does
 // both).
 func Find(text string, secret []byte) string {
 	for _, f := range forms(secret) {
@@ -121,7 +121,7 @@ func Find(text string, secret []byte) string {
 // Scan reports the encoding in which secret appears anywhere in text, as
 // is, with its line breaks taken out, or inside base64 in it (a config
 // logged as JSON bytes is base64 of base64), "" when nowhere.
-func Scan(text string, secret []byte) string { return Find(views(text), secret) }
+func Scan(text string, secret []byte) string { return Find(Views(text), secret) }
 
 type form struct{ name, text string }
 
@@ -147,10 +147,10 @@ var base64Run = regexp.MustCompile(`[A-Za-z0-9+/_-]{24,}={0,2}`)
 // escaped ones (in JSON or Go-quoted text), and indentation.
 var unwrap = strings.NewReplacer(`\n`, "", `\r`, "", "\n", "", "\r", "", " ", "", "\t", "")
 
-// views is text, text unwrapped, and what decodes from the base64 runs of
+// Views is text, text unwrapped, and what decodes from the base64 runs of
 // both, twice over, so that material encoded again (base64 of a config
 // that holds base64) or wrapped is found.
-func views(text string) string {
+func Views(text string) string {
 	out := []string{text, unwrap.Replace(text)}
 	layer := out
 	for range 2 {
