@@ -219,7 +219,11 @@ func strictError(file, base, msg string, secrets []string) *FieldError {
 		if m[1] == "duplicate" {
 			detail = "duplicate field: given twice; keep one"
 		}
-		return &FieldError{File: file, Field: joinPath(base, m[2]), Detail: detail}
+		segs := strings.Split(m[2], ".")
+		for i := range segs {
+			segs[i] = unknownName(segs[i])
+		}
+		return &FieldError{File: file, Field: joinPath(base, strings.Join(segs, ".")), Detail: detail}
 	}
 	return &FieldError{File: file, Field: base, Detail: redactIn(msg, secrets)}
 }

@@ -73,6 +73,42 @@ func (l *errorList) add(field, format string, args ...any) {
 
 func (l *errorList) addAll(es Errors) { l.errs = append(l.errs, es...) }
 
+// unknownName is how an error names a field that is not known: as
+// written, unless it looks like key material (a key pasted one line off
+// becomes a mapping key), which is never echoed.
+func unknownName(name string) string {
+	if looksLikeMaterial(name) {
+		return fmt.Sprintf("<a %d-character name that looks like key material>", len(name))
+	}
+	return name
+}
+
+// looksLikeMaterial: long, all base64 or hex, with a digit, and an upper
+// case letter, base64's punctuation or hex only. Field names of RKE and of
+// the EncryptionConfiguration are words.
+func looksLikeMaterial(s string) bool {
+	if len(s) < 16 {
+		return false
+	}
+	var digit, upper, punct bool
+	for _, r := range s {
+		switch {
+		case r >= '0' && r <= '9':
+			digit = true
+		case r >= 'A' && r <= 'Z':
+			upper = true
+		case r >= 'a' && r <= 'z':
+		case r == '+' || r == '/' || r == '=':
+			punct = true
+		case r == '-' || r == '_':
+		default:
+			return false
+		}
+	}
+	hexOnly := strings.Trim(s, "0123456789abcdefABCDEF") == ""
+	return digit && (punct || upper || hexOnly)
+}
+
 func joinPath(parent, child string) string {
 	switch {
 	case parent == "":

@@ -163,7 +163,7 @@ func checkKeys(raw json.RawMessage, path string, known []string, l *errorList) m
 		if s := closest(k, known); s != "" {
 			hint = fmt.Sprintf("not a field RKE knows; did you mean %q?", s)
 		}
-		l.add(joinPath(path, k), "%s", hint)
+		l.add(joinPath(path, unknownName(k)), "%s", hint)
 	}
 	return m
 }
