@@ -32,6 +32,11 @@ func TestSandboxLineageDeepens(t *testing.T) {
 			if err := s.Admit(testCtx(t), rev, l, nil); err != nil || l.commit != tip {
 				t.Fatalf("70 commits ahead of the revision in force: %v, ledger %+v", err, l)
 			}
+			// The tip at depth 1, then deepened to 64 (not far enough) and
+			// to 4096.
+			if f := s.Stats().Fetches; f != 3 {
+				t.Errorf("%d fetches, want 3: the poll's and two deepenings", f)
+			}
 			w.push("--force", inForce+":main")
 			defer w.push("--force", tip+":main")
 			back, _ := mustPoll(t, s)
