@@ -45,7 +45,9 @@ func checkIdentity(s *settings.Settings, cfg *cluster.Config, origin string) err
 // pinned loads the desired state for a command that opens the keyring:
 // cluster.name must be set, and cluster.yml must describe that cluster.
 // Both are checked before anything is opened, so a wrong one changes
-// nothing.
+// nothing. (From Git, the revision in force of cluster.name is read from
+// Vault first, to refuse a rollback: that document is the operator's
+// cluster's, never the one a commit names.)
 func (src *source) pinned(ctx context.Context, s *settings.Settings, log *slog.Logger) (*desired, error) {
 	if err := s.Validate(settings.NeedCluster); err != nil {
 		return nil, err
