@@ -169,6 +169,12 @@ file it names is one the Deployment mounts.
 {{- if $v.vault.namespace }}
 {{- $_ := set $vault "namespace" $v.vault.namespace }}
 {{- end }}
+{{- if $v.vault.insecureAllowHTTP }}
+{{- $_ := set $vault "insecureAllowHTTP" true }}
+{{- end }}
+{{- if $v.vault.insecureSkipTLSVerify }}
+{{- $_ := set $vault "insecureSkipTLSVerify" true }}
+{{- end }}
 {{- if $v.vault.ca.existingSecret }}
 {{- $_ := set $vault "caFile" (printf "%s/vault-ca/ca.crt" $d) }}
 {{- end }}
@@ -191,6 +197,9 @@ file it names is one the Deployment mounts.
 {{- $_ := set $vault "tokenFile" (printf "%s/vault-token/token" $d) }}
 {{- end }}
 {{- $etcd := dict "endpoints" $v.etcd.endpoints "caFile" (printf "%s/etcd/ca.crt" $d) "certFile" (printf "%s/etcd/tls.crt" $d) "keyFile" (printf "%s/etcd/tls.key" $d) }}
+{{- if $v.etcd.insecureAllowHTTP }}
+{{- $_ := set $etcd "insecureAllowHTTP" true }}
+{{- end }}
 {{- $ssh := dict "keyFile" (printf "%s/ssh/identity" $d) "knownHostsFile" (printf "%s/ssh/known_hosts" $d) "timeout" $v.ssh.timeout }}
 {{- $listen := dict "metrics" (printf "0.0.0.0:%d" (int $v.metrics.port)) }}
 {{- if $v.webhook.enabled }}
