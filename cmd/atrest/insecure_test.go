@@ -125,3 +125,37 @@ func TestCommandsRefuseInsecureVault(t *testing.T) {
 		}
 	}
 }
+
+// atrest run warns at start of every DANGEROUS setting in effect, and
+// refuses an unverified kubeconfig then, before it polls Git or reaches
+// anything.
+func TestRunWarnsAndRefusesAtStart(t *testing.T) {
+	settingstest.ClearEnv(t)
+	dir := t.TempDir()
+	write := func(name, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	kubeconfig := write("kubeconfig", "apiVersion: v1\nkind: Config\nclusters: [{name: rke, cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: admin, context: {cluster: rke, user: u}}]\ncurrent-context: admin\n")
+	settingsFile := write("settings.yaml", "cluster:\n  name: prod\ngit:\n  url: "+filepath.Join(dir, "no-repo")+"\nvault:\n  address: http://127.0.0.1:1\n  insecureAllowHTTP: true\n  tokenFile: "+write("token", "s.test")+
+		"\netcd:\n  endpoints: [http://127.0.0.1:1]\n  insecureAllowHTTP: true\nkubernetes:\n  kubeconfig: "+kubeconfig+"\nssh:\n  knownHostsFile: "+write("known_hosts", "")+"\nsnapshots:\n  dir: "+dir+"\nlisten:\n  metrics: 127.0.0.1:0\n")
+	code, stdout, stderr := runCLI(t, "run", "--settings", settingsFile)
+	if code != exitError {
+		t.Errorf("exit %d, want %d\nstdout: %s\nstderr: %s", code, exitError, stdout, stderr)
+	}
+	for _, w := range []string{
+		`level=WARN msg="INSECURE: Vault at http://127.0.0.1:1 is reached over plain http" setting=vault.insecureAllowHTTP`,
+		`level=WARN msg="INSECURE: etcd at http://127.0.0.1:1 is reached in plaintext" setting=etcd.insecureAllowHTTP`,
+		"kubeconfig " + kubeconfig + " (kubernetes.kubeconfig, settings file " + settingsFile + `), cluster "rke" of context "admin": insecure-skip-tls-verify: true`,
+	} {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("stderr does not say %q:\n%s", w, stderr)
+		}
+	}
+	if strings.Contains(stderr, "git") {
+		t.Errorf("atrest run went on to Git:\n%s", stderr)
+	}
+}
