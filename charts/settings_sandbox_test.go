@@ -209,8 +209,9 @@ func containerPort(c corev1.Container, name string) string {
 }
 
 // TestInsecureSettings: the chart renders atrest's DANGEROUS Vault and etcd
-// settings only when the values ask for them, and atrest run refuses the
-// chart's settings with an http:// Vault or etcd endpoint without them.
+// settings only when the values ask for them (it refuses http:// without
+// them: TestTemplateRefusesBadValues), and atrest run refuses the chart's
+// settings with an http:// Vault or etcd endpoint without them.
 func TestInsecureSettings(t *testing.T) {
 	plain := []string{"vault.address=http://vault.example.com:8200", "etcd.endpoints={http://10.0.0.11:2379}"}
 	allow := []string{"vault.insecureAllowHTTP=true", "vault.insecureSkipTLSVerify=true", "etcd.insecureAllowHTTP=true"}
@@ -218,11 +219,14 @@ func TestInsecureSettings(t *testing.T) {
 		name    string
 		sets    []string
 		allowed bool
+		drop    bool // atrest loads the settings with the allowances turned off
 		refused []string
 	}{
 		{name: "https, nothing allowed", sets: nil},
-		{name: "http, nothing allowed", sets: plain, refused: []string{"vault.address: \"http://vault.example.com:8200\" is plain http", "etcd.endpoints: \"http://10.0.0.11:2379\" is plaintext"}},
 		{name: "http, allowed", sets: append(slices.Clone(plain), allow...), allowed: true},
+		// What atrest says of an http address the chart let through.
+		{name: "http, allowance dropped", sets: append(slices.Clone(plain), allow...), allowed: true, drop: true,
+			refused: []string{"vault.address: \"http://vault.example.com:8200\" is plain http", "etcd.endpoints: \"http://10.0.0.11:2379\" is plaintext"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			objs := render(t, "t", "atrest", []string{minimalValues}, tt.sets...)
@@ -242,6 +246,9 @@ func TestInsecureSettings(t *testing.T) {
 			}
 			if s.Vault.InsecureAllowHTTP != tt.allowed || s.Vault.InsecureSkipTLSVerify != tt.allowed || s.Etcd.InsecureAllowHTTP != tt.allowed {
 				t.Errorf("vault %+v etcd %+v, want the insecure settings %v", s.Vault, s.Etcd, tt.allowed)
+			}
+			if tt.drop {
+				s.Vault.InsecureAllowHTTP, s.Etcd.InsecureAllowHTTP = false, false
 			}
 			dir := t.TempDir()
 			for name, p := range settingstest.Files(s) {
