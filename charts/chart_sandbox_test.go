@@ -248,6 +248,10 @@ func TestTemplateRefusesBadValues(t *testing.T) {
 			[]string{"at '/vault/authMethod'"}},
 		{"a malformed duration", []string{minimalValues}, []string{"git.interval=5 minutes"},
 			[]string{"at '/git/interval'"}},
+		{"a plain http Vault", []string{minimalValues}, []string{"vault.address=http://vault.example.com:8200"},
+			[]string{`vault.address: "http://vault.example.com:8200" is plain http`, "DANGEROUS, set vault.insecureAllowHTTP"}},
+		{"a plaintext etcd endpoint", []string{minimalValues}, []string{"etcd.endpoints={https://10.0.0.11:2379,http://10.0.0.12:2379}"},
+			[]string{`etcd.endpoints: "http://10.0.0.12:2379" is plaintext`, "DANGEROUS, set etcd.insecureAllowHTTP"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := []string{"template", "t", "./atrest"}

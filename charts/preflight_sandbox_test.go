@@ -67,7 +67,7 @@ func chartRBAC(t *testing.T, release, ns string, sets ...string) []*unstructured
 func reconcilerAs(t *testing.T, ctx context.Context, cfg *cluster.Config, as *rest.Config, snapDir string) (*reconciler.Reconciler, *keystore.Store) {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
-	keys, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, TokenFile: sb.Vault.TokenFile,
+	keys, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, InsecureAllowHTTP: sb.Vault.PlainHTTP(), TokenFile: sb.Vault.TokenFile,
 		KVMount: "secret", Prefix: "atrest-preflight-test", Cluster: sandbox.ClusterName, Logger: log})
 	if err != nil {
 		t.Fatal(err)

@@ -207,3 +207,66 @@ func containerPort(c corev1.Container, name string) string {
 	}
 	return "missing"
 }
+
+// TestInsecureSettings: the chart renders atrest's DANGEROUS Vault and etcd
+// settings only when the values ask for them (it refuses http:// without
+// them: TestTemplateRefusesBadValues), and atrest run refuses the chart's
+// settings with an http:// Vault or etcd endpoint without them.
+func TestInsecureSettings(t *testing.T) {
+	plain := []string{"vault.address=http://vault.example.com:8200", "etcd.endpoints={http://10.0.0.11:2379}"}
+	allow := []string{"vault.insecureAllowHTTP=true", "vault.insecureSkipTLSVerify=true", "etcd.insecureAllowHTTP=true"}
+	for _, tt := range []struct {
+		name    string
+		sets    []string
+		allowed bool
+		drop    bool // atrest loads the settings with the allowances turned off
+		refused []string
+	}{
+		{name: "https, nothing allowed", sets: nil},
+		{name: "http, allowed", sets: append(slices.Clone(plain), allow...), allowed: true},
+		// What atrest says of an http address the chart let through.
+		{name: "http, allowance dropped", sets: append(slices.Clone(plain), allow...), allowed: true, drop: true,
+			refused: []string{"vault.address: \"http://vault.example.com:8200\" is plain http", "etcd.endpoints: \"http://10.0.0.11:2379\" is plaintext"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			objs := render(t, "t", "atrest", []string{minimalValues}, tt.sets...)
+			cm := typed[corev1.ConfigMap](t, find(t, objs, "ConfigMap", ""))
+			if got := strings.Contains(cm.Data["settings.yaml"], "insecure"); got != tt.allowed {
+				t.Errorf("settings mention insecure: %v, want %v:\n%s", got, tt.allowed, cm.Data["settings.yaml"])
+			}
+			file := filepath.Join(t.TempDir(), "settings.yaml")
+			if err := os.WriteFile(file, []byte(cm.Data["settings.yaml"]), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			settingstest.ClearEnv(t)
+			t.Setenv("ATREST_SETTINGS", file)
+			s, err := settings.Bind(pflag.NewFlagSet("test", pflag.ContinueOnError)).Load()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Vault.InsecureAllowHTTP != tt.allowed || s.Vault.InsecureSkipTLSVerify != tt.allowed || s.Etcd.InsecureAllowHTTP != tt.allowed {
+				t.Errorf("vault %+v etcd %+v, want the insecure settings %v", s.Vault, s.Etcd, tt.allowed)
+			}
+			if tt.drop {
+				s.Vault.InsecureAllowHTTP, s.Etcd.InsecureAllowHTTP = false, false
+			}
+			dir := t.TempDir()
+			for name, p := range settingstest.Files(s) {
+				stand := filepath.Join(dir, name)
+				if err := os.WriteFile(stand, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				*p = stand
+			}
+			err = s.Validate(settings.NeedVault, settings.NeedEtcd)
+			if len(tt.refused) == 0 && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			for _, w := range tt.refused {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not say %q: %v", w, err)
+				}
+			}
+		})
+	}
+}

@@ -134,6 +134,8 @@ func TestDemo(t *testing.T) {
 	want = append(want,
 		fmt.Sprintf("etcd now holds %d secrets: %d under identity (plain text)", secrets, secrets),
 		"$ "+atrestBin+" run --settings ", "ready: its first look at the cluster is done",
+		// The sandbox's plain-http Vault, allowed by name and warned about.
+		"atrest run | warn: INSECURE: Vault at http://", "(setting vault.insecureAllowHTTP)",
 		// 1. status, and the plain value in etcd
 		"$ "+atrestBin+" status\n", "| census secrets: ", "| in sync: nothing to do", `the password "demo-password-00-`,
 		// 2. the commit, the webhook, the daemon at work

@@ -206,6 +206,9 @@ func narrate(l logLine) string {
 		if e := l["err"]; e != "" {
 			line += ": " + e
 		}
+		if k := l["setting"]; k != "" {
+			line += " (setting " + k + ")"
+		}
 		return line
 	}
 	if strings.HasPrefix(msg, "shutting down") || strings.HasPrefix(msg, "interrupting") {

@@ -128,6 +128,8 @@ func TestNarrate(t *testing.T) {
 		{"complete (daemon)", logLine{"msg": "transition complete", "transition": "enable", "revision": rev, "steps": "6"}, "enable complete for ae5a9ec6507a"},
 		{"error", logLine{"level": "ERROR", "msg": "reconcile failed", "err": "etcd: timeout"}, "error: reconcile failed: etcd: timeout"},
 		{"warning", logLine{"level": "WARN", "msg": "git poll failed"}, "warn: git poll failed"},
+		{"insecure", logLine{"level": "WARN", "msg": "INSECURE: Vault at http://v:8200 is reached over plain http", "setting": "vault.insecureAllowHTTP"},
+			"warn: INSECURE: Vault at http://v:8200 is reached over plain http (setting vault.insecureAllowHTTP)"},
 		{"shutdown", logLine{"level": "INFO", "msg": "shutting down: finishing the step in flight"}, "shutting down: finishing the step in flight"},
 		{"quiet", logLine{"level": "INFO", "msg": "canary written"}, ""},
 		{"not a log line", logLine{}, ""},

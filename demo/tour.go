@@ -204,6 +204,13 @@ func (t *tour) setup(ctx context.Context) error {
 	}
 	t.narrate()
 	t.printf("  ready: its first look at the cluster is done.\n")
+	if t.sb.Vault.PlainHTTP() {
+		t.say(`The sandbox's Vault listens on plain http. atrest refuses an http:// Vault
+			(and VAULT_SKIP_VERIFY, http etcd endpoints, a kubeconfig that skips TLS
+			verification) unless a DANGEROUS setting allows it by name: the sandbox's
+			settings set vault.insecureAllowHTTP, so atrest warns, above, at every start.
+			Never in production.`)
+	}
 	t.say(fmt.Sprintf(`The atrest commands below run with ATREST_SETTINGS=%s in their
 		environment: the sandbox's runtime settings (how to reach Git, Vault, etcd,
 		the nodes).`, t.rel(t.sb.SettingsFile)))

@@ -39,6 +39,9 @@ type Config struct {
 	Endpoints []string
 	// CAFile verifies etcd; CertFile and KeyFile are the client certificate.
 	CAFile, CertFile, KeyFile string
+	// InsecureAllowHTTP admits http:// endpoints, plaintext and
+	// unauthenticated (etcd.insecureAllowHTTP); without it Dial refuses one.
+	InsecureAllowHTTP bool
 	// DialTimeout bounds connecting and the first status call to a member
 	// (default DefaultDialTimeout).
 	DialTimeout time.Duration
@@ -78,6 +81,12 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
+	for _, ep := range cfg.Endpoints {
+		if u, _ := url.Parse(ep); u.Scheme == "http" {
+			cfg.Logger.Warn("INSECURE: etcd is reached in plaintext: anyone who can see the traffic gets every snapshot and every object read, and anyone on the path can pose as etcd",
+				"endpoint", ep, "setting", "etcd.insecureAllowHTTP")
+		}
+	}
 	c := &Client{cfg: cfg, tls: tlsCfg, cli: cli, log: cfg.Logger}
 	if _, err := c.member(ctx, cfg.DialTimeout); err != nil {
 		cli.Close()
@@ -100,6 +109,9 @@ func (cfg *Config) defaults() error {
 			return fmt.Errorf("etcd endpoint %q: not an http(s)://HOST:PORT URL", ep)
 		}
 		https = https || u.Scheme == "https"
+		if u.Scheme == "http" && !cfg.InsecureAllowHTTP {
+			return fmt.Errorf("etcd endpoint %q is plaintext: snapshots and every object read from etcd would cross the network unencrypted; use https:// with etcd.caFile, or, DANGEROUS, allow it with etcd.insecureAllowHTTP", ep)
+		}
 	}
 	if https && cfg.CAFile == "" {
 		return errors.New("etcd: https endpoints need a CA file (etcd.caFile) to verify etcd")

@@ -49,8 +49,10 @@ func baseConfig(t *testing.T, w *leaktest.Watch) Config {
 		Address:   sb.Vault.Address,
 		CAFile:    sb.Vault.CAFile,
 		TokenFile: sb.Vault.TokenFile,
-		Cluster:   clusterName(t),
-		Logger:    w.Logger(),
+		// The sandbox's Vault is plain http unless persistent.
+		InsecureAllowHTTP: sb.Vault.PlainHTTP(),
+		Cluster:           clusterName(t),
+		Logger:            w.Logger(),
 	}
 }
 
@@ -592,12 +594,12 @@ func TestEnvironment(t *testing.T) {
 	t.Setenv("VAULT_ADDR", sb.Vault.Address)
 	t.Setenv("VAULT_CACERT", sb.Vault.CAFile)
 	t.Setenv("VAULT_TOKEN", strings.TrimSpace(string(token)))
-	s := openStore(t, Config{Cluster: clusterName(t), Logger: w.Logger()})
+	s := openStore(t, Config{Cluster: clusterName(t), Logger: w.Logger(), InsecureAllowHTTP: sb.Vault.PlainHTTP()})
 	if _, err := s.Keyring(testCtx(t)); err != nil {
 		t.Fatal(w.Err(err))
 	}
 	t.Setenv("VAULT_CACERT", "")
-	_, err = Open(testCtx(t), Config{Cluster: clusterName(t), Logger: w.Logger(), TokenFile: sb.Vault.TokenFile})
+	_, err = Open(testCtx(t), Config{Cluster: clusterName(t), Logger: w.Logger(), TokenFile: sb.Vault.TokenFile, InsecureAllowHTTP: sb.Vault.PlainHTTP()})
 	wantErr(t, w, err, ErrUnavailable, "look up Vault token", "certificate")
 }
 

@@ -29,6 +29,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"path"
 	"regexp"
 	"strings"
@@ -55,6 +57,14 @@ type Config struct {
 	ClientCertFile string // client certificate for TLS client auth
 	ClientKeyFile  string
 	Namespace      string // Vault Enterprise namespace
+
+	// InsecureAllowHTTP admits an http:// address (vault.insecureAllowHTTP);
+	// without it Open refuses one, wherever it came from.
+	InsecureAllowHTTP bool
+	// InsecureSkipTLSVerify accepts any certificate from Vault
+	// (vault.insecureSkipTLSVerify); without it Open refuses
+	// VAULT_SKIP_VERIFY.
+	InsecureSkipTLSVerify bool
 
 	AuthMethod string // AuthToken (default), AuthAppRole or AuthKubernetes
 	TokenFile  string // token auth: file holding the token; empty: VAULT_TOKEN
@@ -213,7 +223,9 @@ func newClient(cfg Config) (*vault.Client, error) {
 		return nil, fmt.Errorf("vault client from VAULT_* environment: %w", vc.Error)
 	}
 	if cfg.Address != "" {
-		vc.Address = cfg.Address
+		// The address given wins over VAULT_AGENT_ADDR too, which the
+		// client would otherwise prefer.
+		vc.Address, vc.AgentAddress = cfg.Address, ""
 	}
 	if cfg.CAFile != "" || cfg.ClientCertFile != "" {
 		// ConfigureTLS adds to the TLS settings read from the environment.
@@ -221,9 +233,40 @@ func newClient(cfg Config) (*vault.Client, error) {
 			return nil, fmt.Errorf("vault TLS (caFile %q, clientCertFile %q): %w", cfg.CAFile, cfg.ClientCertFile, err)
 		}
 	}
+	if cfg.InsecureSkipTLSVerify {
+		if err := vc.ConfigureTLS(&vault.TLSConfig{Insecure: true}); err != nil {
+			return nil, fmt.Errorf("vault TLS: %w", err)
+		}
+	}
+	// What the client will do, not what the settings say: the VAULT_*
+	// environment may have turned verification off, or named the address.
+	skip := false
+	if t, ok := vc.HttpClient.Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
+		skip = t.TLSClientConfig.InsecureSkipVerify
+	}
+	if skip && !cfg.InsecureSkipTLSVerify {
+		return nil, fmt.Errorf("%w vault settings: VAULT_SKIP_VERIFY turns off the verification of Vault's certificate, so anyone on the path could pose as Vault: unset it and give Vault's CA (vault.caFile or VAULT_CACERT), or, DANGEROUS, allow it with vault.insecureSkipTLSVerify", ErrInvalid)
+	}
 	client, err := vault.NewClient(vc)
 	if err != nil {
 		return nil, fmt.Errorf("vault client for %s: %w", vc.Address, err)
+	}
+	// As NewClient picks it. A unix:// socket (a local Vault Agent) is
+	// guarded by the file's permissions, not by TLS.
+	addr := vc.Address
+	if vc.AgentAddress != "" {
+		addr = vc.AgentAddress
+	}
+	if u, err := url.Parse(addr); err == nil && u.Scheme == "http" {
+		if !cfg.InsecureAllowHTTP {
+			return nil, fmt.Errorf("%w vault settings: address %s is plain http: the Vault token and every key would cross the network unencrypted; use https:// (vault.address, VAULT_AGENT_ADDR or VAULT_ADDR), or, DANGEROUS, allow it with vault.insecureAllowHTTP", ErrInvalid, addr)
+		}
+		cfg.Logger.Warn("INSECURE: Vault is reached over plain http: anyone who can see the traffic gets the Vault token and every key",
+			"address", addr, "setting", "vault.insecureAllowHTTP")
+	}
+	if skip {
+		cfg.Logger.Warn("INSECURE: TLS certificate verification of Vault is OFF: anyone who can intercept the connection can pose as Vault and be handed the token and every key",
+			"address", addr, "setting", "vault.insecureSkipTLSVerify")
 	}
 	if cfg.Namespace != "" {
 		client.SetNamespace(cfg.Namespace)

@@ -66,6 +66,11 @@ vault:
 {{- if .Vault.CAFile}}
   caFile: {{.Vault.CAFile}}
 {{- end}}
+{{- if .Vault.PlainHTTP}}
+  # The sandbox's Vault listens on plain http (unless persistent): allowed,
+  # and warned about at every start. Never in production.
+  insecureAllowHTTP: true
+{{- end}}
   authMethod: token
   tokenFile: {{.Vault.TokenFile}}
   kvMount: secret

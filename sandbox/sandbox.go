@@ -99,6 +99,11 @@ type VaultInfo struct {
 	Persistent bool
 }
 
+// PlainHTTP says whether Vault listens on plain http (unless persistent):
+// what atrest refuses without vault.insecureAllowHTTP, which the sandbox's
+// settings file sets then.
+func (v VaultInfo) PlainHTTP() bool { return strings.HasPrefix(v.Address, "http://") }
+
 // GitInfo says how to reach the sandbox's Git repository.
 type GitInfo struct {
 	Bare         string // the bare repository on disk

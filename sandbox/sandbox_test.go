@@ -337,6 +337,10 @@ func TestOutputs(t *testing.T) {
 	if err := s.Validate(settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes, settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen); err != nil {
 		t.Fatalf("the sandbox's settings.yaml is not valid: %v", err)
 	}
+	// The plain-http Vault is allowed by name, and only then.
+	if s.Vault.InsecureAllowHTTP != sb.Vault.PlainHTTP() || s.Vault.InsecureSkipTLSVerify || s.Etcd.InsecureAllowHTTP || s.Kubernetes.InsecureSkipTLSVerify || s.Kubernetes.InsecureAllowHTTP {
+		t.Errorf("the sandbox's settings allow %+v %+v %+v for Vault at %s", s.Vault, s.Etcd, s.Kubernetes, sb.Vault.Address)
+	}
 	out, err := exec.Command("go", "run", "../cmd/atrest", "validate", "--config", sb.ClusterYML).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "3 controlplane node(s) (node1, node2, node3), encryption disabled") {
 		t.Fatalf("atrest validate of the sandbox cluster.yml: %v: %s", err, out)

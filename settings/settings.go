@@ -90,6 +90,12 @@ type Vault struct {
 	KubernetesTokenFile string `json:"kubernetesTokenFile"`
 	KVMount             string `json:"kvMount"`
 	Prefix              string `json:"prefix"`
+	// InsecureAllowHTTP admits an http:// Vault address (vault.address,
+	// VAULT_AGENT_ADDR or VAULT_ADDR); without it one is refused.
+	InsecureAllowHTTP bool `json:"insecureAllowHTTP"`
+	// InsecureSkipTLSVerify accepts any certificate from Vault; without
+	// it VAULT_SKIP_VERIFY is refused.
+	InsecureSkipTLSVerify bool `json:"insecureSkipTLSVerify"`
 }
 
 // Etcd is the cluster's etcd, for snapshots and the census.
@@ -98,6 +104,9 @@ type Etcd struct {
 	CAFile    string   `json:"caFile"`
 	CertFile  string   `json:"certFile"`
 	KeyFile   string   `json:"keyFile"`
+	// InsecureAllowHTTP admits http:// endpoints (plaintext gRPC);
+	// without it one is refused.
+	InsecureAllowHTTP bool `json:"insecureAllowHTTP"`
 }
 
 // Kubernetes is the cluster's API, for the rewrite and the canary.
@@ -108,6 +117,11 @@ type Kubernetes struct {
 	Burst      int     `json:"burst"`
 	// RewriteWorkers is how many updates the rewrite keeps in flight.
 	RewriteWorkers int `json:"rewriteWorkers"`
+	// InsecureSkipTLSVerify admits a kubeconfig whose cluster has
+	// insecure-skip-tls-verify: true; InsecureAllowHTTP one whose server is
+	// http://. Without them such a kubeconfig is refused.
+	InsecureSkipTLSVerify bool `json:"insecureSkipTLSVerify"`
+	InsecureAllowHTTP     bool `json:"insecureAllowHTTP"`
 }
 
 // SSH is how atrest reaches the controlplane nodes of cluster.yml.
@@ -214,17 +228,22 @@ func (s *Settings) fields() []field {
 		{"vault.kubernetesTokenFile", "service-account token file, re-read at every login", &s.Vault.KubernetesTokenFile},
 		{"vault.kvMount", "mount path of the KV v2 secrets engine holding the keyrings", &s.Vault.KVMount},
 		{"vault.prefix", "path prefix of atrest's data inside the KV mount", &s.Vault.Prefix},
+		{"vault.insecureAllowHTTP", "DANGEROUS: allow an http:// Vault address: tokens and every key cross the network in plaintext", &s.Vault.InsecureAllowHTTP},
+		{"vault.insecureSkipTLSVerify", "DANGEROUS: accept any TLS certificate from Vault (VAULT_SKIP_VERIFY is refused without it)", &s.Vault.InsecureSkipTLSVerify},
 
 		{"etcd.endpoints", "etcd client URLs, comma-separated", &s.Etcd.Endpoints},
 		{"etcd.caFile", "CA that verifies etcd", &s.Etcd.CAFile},
 		{"etcd.certFile", "client certificate for etcd", &s.Etcd.CertFile},
 		{"etcd.keyFile", "client key for etcd", &s.Etcd.KeyFile},
+		{"etcd.insecureAllowHTTP", "DANGEROUS: allow http:// etcd endpoints: snapshots and every stored object cross the network in plaintext", &s.Etcd.InsecureAllowHTTP},
 
 		{"kubernetes.kubeconfig", "kubeconfig for the cluster's API", &s.Kubernetes.Kubeconfig},
 		{"kubernetes.inCluster", "use the pod's service account to reach the cluster's API", &s.Kubernetes.InCluster},
 		{"kubernetes.qps", "client requests per second for the rewrite", &s.Kubernetes.QPS},
 		{"kubernetes.burst", "client burst for the rewrite", &s.Kubernetes.Burst},
 		{"kubernetes.rewriteWorkers", "updates the rewrite keeps in flight (with kubernetes.qps, how hard it may press the apiserver)", &s.Kubernetes.RewriteWorkers},
+		{"kubernetes.insecureSkipTLSVerify", "DANGEROUS: allow a kubeconfig whose cluster has insecure-skip-tls-verify: true (accept any certificate from the API)", &s.Kubernetes.InsecureSkipTLSVerify},
+		{"kubernetes.insecureAllowHTTP", "DANGEROUS: allow a kubeconfig whose server is http://: Secrets cross the network in plaintext", &s.Kubernetes.InsecureAllowHTTP},
 
 		{"ssh.keyFile", "SSH private key for the nodes; overrides cluster.yml's ssh_key_path", &s.SSH.KeyFile},
 		{"ssh.knownHostsFile", "known_hosts file that verifies every node's SSH host key", &s.SSH.KnownHostsFile},

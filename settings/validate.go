@@ -9,6 +9,7 @@ import (
 	"path"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -187,13 +188,51 @@ func GitTransport(raw string) string {
 	return ""
 }
 
+// allowHint names a DANGEROUS setting in every form it can be given.
+func allowHint(key string) string {
+	return fmt.Sprintf("or, DANGEROUS, allow it with %s (--%s, %s)", key, FlagName(key), EnvName(key))
+}
+
+// VaultAddress is the address atrest's Vault client uses and where it comes
+// from: vault.address, else VAULT_AGENT_ADDR, else VAULT_ADDR (the keystore
+// builds its client in that order). from is "vault.address" or the name of
+// the environment variable; both are empty when none is set.
+func (s *Settings) VaultAddress() (addr, from string) {
+	if s.Vault.Address != "" {
+		return s.Vault.Address, "vault.address"
+	}
+	for _, env := range []string{"VAULT_AGENT_ADDR", "VAULT_ADDR"} {
+		if a := os.Getenv(env); a != "" {
+			return a, env
+		}
+	}
+	return "", ""
+}
+
 func (v *validator) vault() {
 	vs := v.s.Vault
-	if vs.Address == "" && os.Getenv("VAULT_ADDR") == "" {
+	addr, from := v.s.VaultAddress()
+	switch {
+	case addr == "":
 		v.add("vault.address", "required (or VAULT_ADDR): where Vault listens")
-	} else if vs.Address != "" {
+	case from == "vault.address":
 		if u, err := url.Parse(vs.Address); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 			v.add("vault.address", "%q is not an http(s):// URL", vs.Address)
+		} else if u.Scheme == "http" && !vs.InsecureAllowHTTP {
+			v.add("vault.address", "%q is plain http: the Vault token and every key would cross the network unencrypted; use an https:// address (with vault.caFile for a private CA) %s", vs.Address, allowHint("vault.insecureAllowHTTP"))
+		}
+	default:
+		if u, err := url.Parse(addr); err == nil && u.Scheme == "http" && !vs.InsecureAllowHTTP {
+			v.problems = append(v.problems, fmt.Sprintf("%s: %q (environment variable) is plain http: the Vault token and every key would cross the network unencrypted; set an https:// address there or in vault.address (with vault.caFile for a private CA) %s", from, addr, allowHint("vault.insecureAllowHTTP")))
+		}
+	}
+	if env := os.Getenv("VAULT_SKIP_VERIFY"); env != "" {
+		skip, err := strconv.ParseBool(env)
+		switch {
+		case err != nil:
+			v.problems = append(v.problems, fmt.Sprintf("VAULT_SKIP_VERIFY: %q (environment variable) is not true or false", env))
+		case skip && !vs.InsecureSkipTLSVerify:
+			v.problems = append(v.problems, fmt.Sprintf("VAULT_SKIP_VERIFY: %q (environment variable) turns off the verification of Vault's certificate, so anyone on the path could pose as Vault and be handed the token and every key; unset it and give Vault's CA with vault.caFile (or VAULT_CACERT) %s", env, allowHint("vault.insecureSkipTLSVerify")))
 		}
 	}
 	for _, k := range []struct{ key, val string }{
@@ -241,6 +280,9 @@ func (v *validator) etcd() {
 			continue
 		}
 		tls = tls || u.Scheme == "https"
+		if u.Scheme == "http" && !e.InsecureAllowHTTP {
+			v.add("etcd.endpoints", "%q is plaintext: snapshots and every object read from etcd, Secrets included, would cross the network unencrypted, from an etcd nothing authenticates; use https:// with etcd.caFile %s", ep, allowHint("etcd.insecureAllowHTTP"))
+		}
 	}
 	v.file("etcd.caFile", e.CAFile)
 	v.file("etcd.certFile", e.CertFile)
@@ -314,4 +356,33 @@ func (v *validator) listen() {
 	if v.s.Daemon.MaxBackoff <= 0 {
 		v.add("daemon.maxBackoff", "must be positive, not %s", v.s.Daemon.MaxBackoff)
 	}
+}
+
+// Insecurity is a DANGEROUS setting in effect: Key names it, What says
+// what it lets through.
+type Insecurity struct{ Key, What string }
+
+// Insecure lists the DANGEROUS settings of Vault and etcd that are in
+// effect for the parts needs names, for a warning at every start (the
+// kubeconfig's are known once it is loaded).
+func (s *Settings) Insecure(needs ...Need) []Insecurity {
+	var out []Insecurity
+	for _, n := range needs {
+		switch n {
+		case NeedVault:
+			if addr, _ := s.VaultAddress(); s.Vault.InsecureAllowHTTP && strings.HasPrefix(strings.ToLower(addr), "http://") {
+				out = append(out, Insecurity{"vault.insecureAllowHTTP", "Vault at " + addr + " is reached over plain http"})
+			}
+			if s.Vault.InsecureSkipTLSVerify {
+				out = append(out, Insecurity{"vault.insecureSkipTLSVerify", "Vault's TLS certificate is not verified"})
+			}
+		case NeedEtcd:
+			for _, ep := range s.Etcd.Endpoints {
+				if s.Etcd.InsecureAllowHTTP && strings.HasPrefix(strings.ToLower(ep), "http://") {
+					out = append(out, Insecurity{"etcd.insecureAllowHTTP", "etcd at " + ep + " is reached in plaintext"})
+				}
+			}
+		}
+	}
+	return out
 }

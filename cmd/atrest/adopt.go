@@ -53,7 +53,7 @@ unreadable. Let atrest own encryption from then on.`,
 			if err := s.Validate(settings.NeedSSH, settings.NeedKubernetes); err != nil {
 				return errorExit(err)
 			}
-			rc, err := restConfig(s)
+			rc, err := restConfig(s, log)
 			if err != nil {
 				return errorExit(err)
 			}

@@ -154,7 +154,7 @@ func TestIdentityRefusedBeforeAnythingOpens(t *testing.T) {
 	known := write("known_hosts", "")
 	kubeconfig := write("kubeconfig", "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n")
 	settingsFile := write("settings.yaml", "cluster:\n  name: prod\nvault:\n  address: "+vault.URL+"\n  tokenFile: "+write("token", "s.test")+
-		"\netcd:\n  endpoints: [http://127.0.0.1:1]\nkubernetes:\n  kubeconfig: "+kubeconfig+"\nssh:\n  knownHostsFile: "+known+"\n  timeout: 1s\nsnapshots:\n  dir: "+dir+"\n")
+		"\n  insecureAllowHTTP: true\netcd:\n  endpoints: [http://127.0.0.1:1]\n  insecureAllowHTTP: true\nkubernetes:\n  kubeconfig: "+kubeconfig+"\nssh:\n  knownHostsFile: "+known+"\n  timeout: 1s\nsnapshots:\n  dir: "+dir+"\n")
 
 	commands := [][]string{
 		{"plan"}, {"apply"}, {"rotate-key"}, {"status"}, {"snapshot", "save"},

@@ -61,6 +61,14 @@ a minute; the journal records the step, and the next start resumes it).`,
 
 func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 	log := newLogger(s, cmd.ErrOrStderr())
+	// At start, before anything is reached: each (re)connection to the
+	// cluster warns again as it builds its clients.
+	for _, in := range s.Insecure(settings.NeedVault, settings.NeedEtcd) {
+		log.Warn("INSECURE: "+in.What, "setting", in.Key)
+	}
+	if _, err := restConfig(s, log); err != nil {
+		return err
+	}
 	var secret []byte
 	if s.Listen.Webhook != "" {
 		raw, err := os.ReadFile(s.Listen.WebhookSecretFile)

@@ -200,13 +200,14 @@ func open(ctx context.Context, s *settings.Settings, cfg *cluster.Config, policy
 			e.Close()
 		}
 	}()
-	if e.rest, err = restConfig(s); err != nil {
+	if e.rest, err = restConfig(s, log); err != nil {
 		return nil, err
 	}
 	if e.keys, err = openKeystore(ctx, s, cfg, log); err != nil {
 		return nil, err
 	}
-	if e.etcd, err = etcdsnap.Dial(ctx, etcdsnap.Config{Endpoints: s.Etcd.Endpoints, CAFile: s.Etcd.CAFile, CertFile: s.Etcd.CertFile, KeyFile: s.Etcd.KeyFile, Logger: log}); err != nil {
+	if e.etcd, err = etcdsnap.Dial(ctx, etcdsnap.Config{Endpoints: s.Etcd.Endpoints, CAFile: s.Etcd.CAFile, CertFile: s.Etcd.CertFile, KeyFile: s.Etcd.KeyFile,
+		InsecureAllowHTTP: s.Etcd.InsecureAllowHTTP, Logger: log}); err != nil {
 		return nil, err
 	}
 	if e.snaps, err = etcdsnap.NewLocalDir(s.Snapshots.Dir); err != nil {
@@ -256,6 +257,7 @@ func openLedger(ctx context.Context, s *settings.Settings, log *slog.Logger) (*k
 	v := s.Vault
 	return keystore.Open(ctx, keystore.Config{
 		Address: v.Address, CAFile: v.CAFile, ClientCertFile: v.ClientCertFile, ClientKeyFile: v.ClientKeyFile, Namespace: v.Namespace,
+		InsecureAllowHTTP: v.InsecureAllowHTTP, InsecureSkipTLSVerify: v.InsecureSkipTLSVerify,
 		AuthMethod: v.AuthMethod, TokenFile: v.TokenFile,
 		AppRoleMount: v.AppRoleMount, AppRoleID: v.AppRoleID, AppRoleSecretIDFile: v.AppRoleSecretIDFile, AppRoleWrapped: v.AppRoleWrapped,
 		KubernetesMount: v.KubernetesMount, KubernetesRole: v.KubernetesRole, KubernetesTokenFile: v.KubernetesTokenFile,
@@ -267,25 +269,84 @@ func openLedger(ctx context.Context, s *settings.Settings, log *slog.Logger) (*k
 var _ gitsource.Ledger = (*keystore.Store)(nil)
 
 // restConfig reaches the cluster's API: the kubeconfig, or the pod's
-// service account.
-func restConfig(s *settings.Settings) (*rest.Config, error) {
+// service account. It reads only the kubeconfig, and refuses one that
+// does not verify the API (see checkREST) before anything is reached.
+func restConfig(s *settings.Settings, log *slog.Logger) (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
+	origin := "the in-cluster config"
 	if s.Kubernetes.InCluster {
 		cfg, err = rest.InClusterConfig()
 	} else {
 		kubeconfig := s.Kubernetes.Kubeconfig
+		origin = "kubeconfig " + kubeconfig + " (kubernetes.kubeconfig, " + s.Source("kubernetes.kubeconfig") + ")"
 		if kubeconfig == "" {
 			kubeconfig = os.Getenv("KUBECONFIG")
+			origin = "kubeconfig " + kubeconfig + " (environment variable KUBECONFIG)"
 		}
 		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err == nil {
+			origin += kubeCluster(kubeconfig)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
+	if err := checkREST(s, cfg, origin, log); err != nil {
+		return nil, err
+	}
 	cfg.QPS, cfg.Burst = float32(s.Kubernetes.QPS), s.Kubernetes.Burst
 	cfg.UserAgent = "atrest/" + version
 	return cfg, nil
+}
+
+// kubeCluster names the cluster entry of a kubeconfig's current context,
+// for messages: `, cluster "c" of context "x"`.
+func kubeCluster(kubeconfig string) string {
+	raw, err := clientcmd.LoadFromFile(kubeconfig)
+	if err != nil || raw.Contexts[raw.CurrentContext] == nil {
+		return ""
+	}
+	return fmt.Sprintf(", cluster %q of context %q", raw.Contexts[raw.CurrentContext].Cluster, raw.CurrentContext)
+}
+
+// checkREST refuses a client config that would not verify the API: a
+// server reached over http (client-go picks http for a bare host:port
+// without a CA or a client certificate), or insecure-skip-tls-verify,
+// unless kubernetes.insecureAllowHTTP or kubernetes.insecureSkipTLSVerify
+// admits it; then it warns. The API's answers include every Secret, and
+// its credentials are sent with every request.
+func checkREST(s *settings.Settings, cfg *rest.Config, origin string, log *slog.Logger) error {
+	u, _, err := rest.DefaultServerUrlFor(cfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client config: %s: server %q: %w", origin, cfg.Host, err)
+	}
+	hint := func(key string) string {
+		return fmt.Sprintf("or, DANGEROUS, allow it with %s (--%s, %s)", key, settings.FlagName(key), settings.EnvName(key))
+	}
+	var problems []string
+	if u.Scheme == "http" {
+		if !s.Kubernetes.InsecureAllowHTTP {
+			problems = append(problems, fmt.Sprintf("%s: server %s is plain http: every Secret atrest reads and rewrites, and its credentials, would cross the network unencrypted; use the API's https:// address with its certificate-authority(-data) %s",
+				origin, u.Redacted(), hint("kubernetes.insecureAllowHTTP")))
+		} else {
+			log.Warn("INSECURE: the Kubernetes API is reached over plain http: anyone who can see the traffic gets every Secret and the credentials",
+				"server", u.Redacted(), "setting", "kubernetes.insecureAllowHTTP")
+		}
+	}
+	if cfg.Insecure {
+		if !s.Kubernetes.InsecureSkipTLSVerify {
+			problems = append(problems, fmt.Sprintf("%s: insecure-skip-tls-verify: true turns off the verification of the API's certificate, so anyone on the path could pose as the API; remove it and give the cluster's certificate-authority(-data) %s",
+				origin, hint("kubernetes.insecureSkipTLSVerify")))
+		} else {
+			log.Warn("INSECURE: TLS certificate verification of the Kubernetes API is OFF: anyone who can intercept the connection can pose as the API",
+				"server", u.Redacted(), "setting", "kubernetes.insecureSkipTLSVerify")
+		}
+	}
+	if len(problems) > 0 {
+		return errors.New("invalid settings:\n  " + strings.Join(problems, "\n  "))
+	}
+	return nil
 }
 
 func newLogger(s *settings.Settings, w io.Writer) *slog.Logger {

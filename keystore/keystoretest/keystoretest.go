@@ -13,7 +13,7 @@ import (
 // the sandbox's settings lay it out: mount secret, prefix atrest), so that
 // a test can check none of them shows in what the code under test said.
 func Keys(ctx context.Context, sb *sandbox.Sandbox, clusterName string) ([]cluster.Key, error) {
-	ks, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, AuthMethod: keystore.AuthToken,
+	ks, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, InsecureAllowHTTP: sb.Vault.PlainHTTP(), AuthMethod: keystore.AuthToken,
 		TokenFile: sb.Vault.TokenFile, KVMount: "secret", Prefix: "atrest", Cluster: clusterName})
 	if err != nil {
 		return nil, err

@@ -20,7 +20,7 @@ func ClearEnv(t *testing.T) {
 			t.Setenv(name, "")
 		}
 	}
-	for _, name := range []string{"VAULT_ADDR", "VAULT_TOKEN", "KUBECONFIG"} {
+	for _, name := range []string{"VAULT_ADDR", "VAULT_AGENT_ADDR", "VAULT_TOKEN", "VAULT_SKIP_VERIFY", "KUBECONFIG"} {
 		t.Setenv(name, "")
 	}
 }

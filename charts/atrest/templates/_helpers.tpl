@@ -101,6 +101,9 @@ only crash.
 {{- if not $v.vault.address }}
 {{- $errs = append $errs "vault.address: required: where Vault listens (https://vault.example.com:8200)" }}
 {{- end }}
+{{- if and (hasPrefix "http://" (lower $v.vault.address)) (not $v.vault.insecureAllowHTTP) }}
+{{- $errs = append $errs (printf "vault.address: %q is plain http: the Vault token and every key would cross the network unencrypted; use https:// (with vault.ca for a private CA) or, DANGEROUS, set vault.insecureAllowHTTP" $v.vault.address) }}
+{{- end }}
 {{- if and (eq $v.vault.authMethod "kubernetes") (not $v.vault.kubernetes.role) }}
 {{- $errs = append $errs "vault.kubernetes.role: required for authMethod kubernetes: the Vault role bound to this chart's service account" }}
 {{- end }}
@@ -117,6 +120,11 @@ only crash.
 {{- end }}
 {{- if not $v.etcd.endpoints }}
 {{- $errs = append $errs "etcd.endpoints: required: the etcd client URLs (https://10.0.0.1:2379, one per member)" }}
+{{- end }}
+{{- range $v.etcd.endpoints }}
+{{- if and (hasPrefix "http://" (lower .)) (not $v.etcd.insecureAllowHTTP) }}
+{{- $errs = append $errs (printf "etcd.endpoints: %q is plaintext: snapshots and every object read from etcd would cross the network unencrypted; use https:// or, DANGEROUS, set etcd.insecureAllowHTTP" .) }}
+{{- end }}
 {{- end }}
 {{- if not $v.etcd.existingSecret }}
 {{- $errs = append $errs (printf "etcd.existingSecret: required: a Secret with etcd's CA (%s) and a client certificate (%s, %s)" $v.etcd.caKey $v.etcd.certKey $v.etcd.keyKey) }}
@@ -169,6 +177,12 @@ file it names is one the Deployment mounts.
 {{- if $v.vault.namespace }}
 {{- $_ := set $vault "namespace" $v.vault.namespace }}
 {{- end }}
+{{- if $v.vault.insecureAllowHTTP }}
+{{- $_ := set $vault "insecureAllowHTTP" true }}
+{{- end }}
+{{- if $v.vault.insecureSkipTLSVerify }}
+{{- $_ := set $vault "insecureSkipTLSVerify" true }}
+{{- end }}
 {{- if $v.vault.ca.existingSecret }}
 {{- $_ := set $vault "caFile" (printf "%s/vault-ca/ca.crt" $d) }}
 {{- end }}
@@ -191,6 +205,9 @@ file it names is one the Deployment mounts.
 {{- $_ := set $vault "tokenFile" (printf "%s/vault-token/token" $d) }}
 {{- end }}
 {{- $etcd := dict "endpoints" $v.etcd.endpoints "caFile" (printf "%s/etcd/ca.crt" $d) "certFile" (printf "%s/etcd/tls.crt" $d) "keyFile" (printf "%s/etcd/tls.key" $d) }}
+{{- if $v.etcd.insecureAllowHTTP }}
+{{- $_ := set $etcd "insecureAllowHTTP" true }}
+{{- end }}
 {{- $ssh := dict "keyFile" (printf "%s/ssh/identity" $d) "knownHostsFile" (printf "%s/ssh/known_hosts" $d) "timeout" $v.ssh.timeout }}
 {{- $listen := dict "metrics" (printf "0.0.0.0:%d" (int $v.metrics.port)) }}
 {{- if $v.webhook.enabled }}
