@@ -337,6 +337,10 @@ func TestOutputs(t *testing.T) {
 	if err := s.Validate(settings.NeedGit, settings.NeedVault, settings.NeedEtcd, settings.NeedKubernetes, settings.NeedSSH, settings.NeedSnapshots, settings.NeedListen); err != nil {
 		t.Fatalf("the sandbox's settings.yaml is not valid: %v", err)
 	}
+	// The tests and the demo rotate every few seconds and disable.
+	if s.Policy.MinRotationInterval != 10*time.Second || !s.Policy.AllowDisable {
+		t.Errorf("the sandbox's policy settings: %+v, want minRotationInterval 10s and allowDisable", s.Policy)
+	}
 	out, err := exec.Command("go", "run", "../cmd/atrest", "validate", "--config", sb.ClusterYML).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "3 controlplane node(s) (node1, node2, node3), encryption disabled") {
 		t.Fatalf("atrest validate of the sandbox cluster.yml: %v: %s", err, out)
