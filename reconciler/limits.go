@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -106,40 +107,55 @@ func ruleKMS(in Input) error {
 }
 
 // ruleDisable: a commit stops encrypting what is encrypted now only where
-// policy.allowDisable. Turning encryption off is enabled: false, or a
-// custom_config that writes a resource plain (its first provider is
-// identity, or it does not list the resource) while a node writes it
-// encrypted or the census finds it stored encrypted.
+// policy.allowDisable. A resource is encrypted now when a node writes it
+// with a provider other than identity, or the census finds it stored
+// under one; the commit stops it with enabled: false, with a custom_config
+// that writes it plain (identity first, or the resource not listed), or
+// with managed keys, which encrypt secrets only, where a custom config
+// encrypted more.
 func ruleDisable(in Input) error {
 	if in.Limits.AllowDisable {
 		return nil
 	}
-	switch in.Desired.Mode {
-	case cluster.Disabled:
-		for _, r := range observedResources(in.Live) {
-			if how, ok := encryptedNow(in.Live, r); ok {
-				return beyond("cluster.yml: services.kube-api.secrets_encryption_config.enabled is false, but encryption at rest is in force (%s %s): the operator does not allow turning it off (settings policy.allowDisable false); enable it again in cluster.yml, or set policy.allowDisable true",
-					r, how)
-			}
+	for _, r := range observedResources(in.Live) {
+		if writesEncrypted(in.Desired, r) {
+			continue
 		}
-	case cluster.Custom:
-		for _, r := range observedResources(in.Live) {
-			if in.Desired.Custom[r].Writer() != cluster.PrefixIdentity {
-				continue
-			}
-			if how, ok := encryptedNow(in.Live, r); ok {
-				return beyond("cluster.yml: custom_config writes %s plain (its first provider is identity, or it lists no provider for them), but they are encrypted now (%s): the operator does not allow turning encryption off (settings policy.allowDisable false); put an encrypting provider first for %s, or set policy.allowDisable true",
-					r, how, r)
-			}
+		how, ok := encryptedNow(in.Live, r)
+		if !ok {
+			continue
+		}
+		const bound = "the operator does not allow turning encryption off (settings policy.allowDisable false)"
+		switch in.Desired.Mode {
+		case cluster.Disabled:
+			return beyond("cluster.yml: services.kube-api.secrets_encryption_config.enabled is false, but encryption at rest is in force (%s %s): %s; enable it again in cluster.yml, or set policy.allowDisable true",
+				r, how, bound)
+		case cluster.Custom:
+			return beyond("cluster.yml: custom_config writes %s plain (its first provider is identity, or it lists no provider for them), but they are encrypted now (%s): %s; put an encrypting provider first for %s, or set policy.allowDisable true",
+				r, how, bound, r)
+		default:
+			return beyond("cluster.yml: managed keys encrypt %s only, but %s are encrypted now (%s): %s; keep the custom_config that encrypts them, or set policy.allowDisable true",
+				strings.Join(cluster.ManagedResources, ", "), r, how, bound)
 		}
 	}
 	return nil
 }
 
+// writesEncrypted reports whether d has resource r written encrypted.
+func writesEncrypted(d Desired, r string) bool {
+	switch d.Mode {
+	case cluster.Custom:
+		return d.Custom[r].Writer() != cluster.PrefixIdentity
+	case cluster.Managed:
+		return slices.Contains(cluster.ManagedResources, r)
+	}
+	return false
+}
+
 // observedResources are the resources a node's config names or the census
 // counts, sorted.
 func observedResources(l Live) []string {
-	var live cluster.Chains = cluster.Chains{}
+	live := cluster.Chains{}
 	for _, n := range l.Nodes {
 		for r, c := range n.Running() {
 			live[r] = c

@@ -128,6 +128,8 @@ func TestRuleDisable(t *testing.T) {
 	// One that encrypts configmaps only: secrets, no longer listed, are
 	// written plain.
 	otherResource := Desired{Mode: cluster.Custom, Custom: cluster.Chains{"configmaps": old["secrets"]}}
+	// A custom config that encrypts secrets and configmaps, as it runs.
+	customLive := Live{Nodes: []NodeLive{node("cp1", mustChains(customTwoResources))}}
 	runLimitRule(t, ruleDisable, []limitCase{
 		{"allowed", Input{Desired: disabled, Live: encrypted, Limits: Limits{AllowDisable: true}}, nil},
 		{"nothing encrypted", Input{Desired: disabled, Live: plain}, nil},
@@ -142,6 +144,9 @@ func TestRuleDisable(t *testing.T) {
 		{"custom writes plain", Input{Desired: plainCustom, Live: encrypted}, []string{
 			"cluster.yml: custom_config writes secrets plain", "encrypted now (written with aescbc:v1:k-old01 on node cp1)", "put an encrypting provider first for secrets, or set policy.allowDisable true"}},
 		{"custom drops a resource", Input{Desired: otherResource, Live: encrypted}, []string{"custom_config writes secrets plain"}},
+		{"managed keys after a custom config of more", Input{Desired: enable("r1"), Live: customLive}, []string{
+			"cluster.yml: managed keys encrypt secrets only, but configmaps are encrypted now (written with aescbc:v1:k-git01 on node cp1)", "keep the custom_config that encrypts them, or set policy.allowDisable true"}},
+		{"managed keys after a custom config of more, allowed", Input{Desired: enable("r1"), Live: customLive, Limits: Limits{AllowDisable: true}}, nil},
 	})
 }
 
