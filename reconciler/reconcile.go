@@ -282,8 +282,6 @@ func (r *Reconciler) onStep(transition string, step Step, done bool, err error) 
 	}
 }
 
-// rotationServed reports whether the keyring already records d's rotation
-// request: a request is served once, whatever crashed after.
 // Input is what the planner decides from, for d as observed: the rotation
 // request still pending, and the operator's Limits. Every plan is made
 // from it, so none escapes the limits.
@@ -293,6 +291,8 @@ func (r *Reconciler) Input(d Desired, live Live, kr *keystore.Keyring, now time.
 	return in
 }
 
+// rotationServed reports whether the keyring already records d's rotation
+// request: a request is served once, whatever crashed after.
 func rotationServed(kr *keystore.Keyring, d Desired) bool {
 	return kr.RotationServed(d.RotateRequest)
 }
