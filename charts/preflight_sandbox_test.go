@@ -92,7 +92,8 @@ func reconcilerAs(t *testing.T, ctx context.Context, cfg *cluster.Config, as *re
 		t.Fatal(err)
 	}
 	return &reconciler.Reconciler{Nodes: nodes, Keys: keys, Etcd: etcd, Snapshots: snaps, Rewriter: rw,
-		Locks: reconciler.StoreLocker(keys), Holder: "charts preflight test", Logger: log}, keys
+		Locks: reconciler.StoreLocker(keys), Holder: "charts preflight test", Logger: log,
+		Limits: reconciler.Limits{AllowCustomConfig: true}}, keys
 }
 
 // TestPreflightRefusesWithoutRBAC: as the chart's service account without
@@ -186,7 +187,7 @@ func TestPreflightRefusesWithoutRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan, err := reconciler.MakePlan(reconciler.Input{Desired: want, Live: live, Keyring: reconciler.KeyringState(kr)})
+	plan, err := reconciler.MakePlan(rec.Input(want, live, kr, time.Now()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	appsv1 "k8s.io/api/apps/v1"
@@ -130,6 +131,11 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 			}
 			if !s.Kubernetes.InCluster {
 				t.Error("kubernetes.inCluster is not set: atrest would look for a kubeconfig in the pod")
+			}
+			// The values' policy reaches the settings: the operator's, not
+			// the committer's, bounds.
+			if want := (settings.Policy{MinRotationInterval: time.Hour, MinSnapshotRetention: 2, AllowCustomConfig: true, AllowKMS: true}); s.Policy != want || s.Source("policy.allowDisable") != "settings file "+file {
+				t.Errorf("policy settings %+v (allowDisable from %s), want the values' %+v from the settings file", s.Policy, s.Source("policy.allowDisable"), want)
 			}
 
 			dir := t.TempDir()

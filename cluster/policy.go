@@ -46,6 +46,50 @@ func (p *Policy) Next(t time.Time) (time.Time, bool) {
 	return p.schedule.Next(t), true
 }
 
+// MinRotationGap returns the shortest gap between two firings of the
+// policy's schedule (ScheduleMinGap), and false when it has none.
+func (p *Policy) MinRotationGap() (time.Duration, bool) {
+	if p.schedule == nil {
+		return 0, false
+	}
+	return ScheduleMinGap(p.schedule), true
+}
+
+// gapFirings bounds ScheduleMinGap's walk: 500 firings cover more than a
+// year of a daily schedule (every weekday pattern and a DST change) and 41
+// years of a monthly one, at a cost of microseconds.
+const gapFirings = 500
+
+// gapFrom is where ScheduleMinGap starts: a fixed time, so the same
+// schedule always gets the same answer, whenever it is asked.
+var gapFrom = time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)
+
+// ScheduleMinGap is the shortest gap between two consecutive firings of
+// sched: exact for @every (a constant delay); for cron fields, the
+// shortest over the first gapFirings firings after a fixed reference
+// time; 0 for a schedule that does not fire twice.
+func ScheduleMinGap(sched cron.Schedule) time.Duration {
+	if c, ok := sched.(cron.ConstantDelaySchedule); ok {
+		return c.Delay
+	}
+	var gap time.Duration
+	prev := sched.Next(gapFrom)
+	for range gapFirings {
+		if prev.IsZero() {
+			break
+		}
+		next := sched.Next(prev)
+		if next.IsZero() {
+			break
+		}
+		if d := next.Sub(prev); gap == 0 || d < gap {
+			gap = d
+		}
+		prev = next
+	}
+	return gap
+}
+
 var policyKeys = []string{"provider", "rotation", "snapshots", "suspend"}
 
 type rawPolicy struct {

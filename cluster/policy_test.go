@@ -80,3 +80,47 @@ func TestParsePolicyInvalid(t *testing.T) {
 		})
 	}
 }
+
+func TestScheduleMinGap(t *testing.T) {
+	for _, tt := range []struct {
+		schedule string
+		want     time.Duration
+	}{
+		{"0 3 * * *", 24 * time.Hour},
+		{"*/5 * * * *", 5 * time.Minute},
+		{"* * * * *", time.Minute},
+		// February is the shortest month.
+		{"CRON_TZ=UTC 0 3 1 * *", 28 * 24 * time.Hour},
+		{"@monthly", 28 * 24 * time.Hour},
+		{"@every 30s", 30 * time.Second},
+		{"@every 720h", 720 * time.Hour},
+		// The gap is the shortest, not the usual one: Friday to Monday is
+		// three days, Monday to Tuesday one.
+		{"0 3 * * 1-5", 24 * time.Hour},
+		{"0 3,4 * * *", time.Hour},
+		// Both fields restricted fire on either (cron's rule): the 1st and
+		// every Monday, a day apart when the 1st is a Sunday or a Tuesday.
+		{"0 0 1 * 1", 24 * time.Hour},
+		// A zone with daylight saving: 01:30 to 03:30 local is one hour
+		// of real time on the night the clocks go forward.
+		{"CRON_TZ=Europe/Berlin 30 1,3 * * *", time.Hour},
+	} {
+		sched, err := ParseSchedule(tt.schedule)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.schedule, err)
+		}
+		if got := ScheduleMinGap(sched); got != tt.want {
+			t.Errorf("ScheduleMinGap(%q) = %s, want %s", tt.schedule, got, tt.want)
+		}
+		p, err := ParsePolicy("atrest.yaml", []byte("rotation:\n  schedule: \""+tt.schedule+"\"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := p.MinRotationGap(); !ok || got != tt.want {
+			t.Errorf("MinRotationGap of %q = %s, %v", tt.schedule, got, ok)
+		}
+	}
+	if _, ok := DefaultPolicy().MinRotationGap(); ok {
+		t.Error("a policy without a schedule has a rotation gap")
+	}
+}

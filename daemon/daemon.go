@@ -79,6 +79,12 @@ type Config struct {
 	MaxBackoff time.Duration
 	// Suspend stops changes; the daemon keeps observing and reporting.
 	Suspend bool
+	// MinRotationInterval is the operator's floor on the gap between two
+	// firings of the rotation schedule (settings
+	// policy.minRotationInterval): a schedule beyond it is never armed.
+	// The planner refuses such a commit before the schedule is looked at;
+	// this keeps the cron from waking the loop for it all the same.
+	MinRotationInterval time.Duration
 	// WebhookSecret is the webhook's HMAC secret.
 	WebhookSecret []byte
 
@@ -483,11 +489,18 @@ func (d *Daemon) schedule(p *cluster.Policy, log *slog.Logger) {
 		d.cronEntry = 0
 	}
 	d.cronSpec = p.Schedule
+	spec := p.Schedule
+	if gap, ok := p.MinRotationGap(); ok && gap < d.cfg.MinRotationInterval {
+		log.Error("rotation schedule not armed: it fires more often than settings policy.minRotationInterval allows", "schedule", p.Schedule, "gap", gap.String(), "minRotationInterval", d.cfg.MinRotationInterval.String())
+		spec = ""
+	}
 	d.mu.Lock()
-	d.state.Schedule = p.Schedule
+	d.state.Schedule = spec
 	d.mu.Unlock()
-	if p.Schedule == "" {
-		log.Info("no rotation schedule")
+	if spec == "" {
+		if p.Schedule == "" {
+			log.Info("no rotation schedule")
+		}
 		return
 	}
 	d.cronEntry = d.cron.Schedule(policySchedule{p}, cron.FuncJob(func() { d.trigger(d.rotateNow) }))

@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/robfig/cron/v3"
 
 	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/gitsource"
@@ -285,6 +288,34 @@ func TestWaiting(t *testing.T) {
 	for _, tt := range tests {
 		if got := waiting(tt.err); got != tt.want {
 			t.Errorf("%s: waiting = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// A schedule beyond settings policy.minRotationInterval is never armed:
+// the cron does not wake the loop for it, and the state names none. One
+// within it is armed, and a later one beyond it disarms it.
+func TestScheduleBeyondTheFloorNotArmed(t *testing.T) {
+	d := newTestDaemon(t)
+	d.cfg.MinRotationInterval = time.Hour
+	d.cron = cron.New()
+	log := slog.New(slog.DiscardHandler)
+	for _, tt := range []struct {
+		schedule string
+		armed    bool
+	}{
+		{"@every 30s", false},
+		{"0 3 * * *", true},
+		{"*/5 * * * *", false},
+		{"@every 1h", true},
+	} {
+		d.schedule(policy(t, tt.schedule), log)
+		entries := d.cron.Entries()
+		if armed := len(entries) == 1 && d.cronEntry != 0; armed != tt.armed || len(entries) > 1 {
+			t.Errorf("%q: %d cron entries (entry %d), want armed %v", tt.schedule, len(entries), d.cronEntry, tt.armed)
+		}
+		if want := map[bool]string{true: tt.schedule}[tt.armed]; d.State().Schedule != want {
+			t.Errorf("%q: state schedule %q, want %q", tt.schedule, d.State().Schedule, want)
 		}
 	}
 }

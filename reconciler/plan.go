@@ -38,6 +38,12 @@ type Desired struct {
 	// EtcdPrefix is the --etcd-prefix cluster.yml gives kube-apiserver
 	// (extra_args, or services.etcd.path), "" when it gives none.
 	EtcdPrefix string
+	// Schedule is atrest.yaml's rotation.schedule as written ("" for
+	// none), ScheduleGap the shortest gap between two of its firings, and
+	// Retention its snapshots.retention: what the operator's Limits bound.
+	Schedule    string
+	ScheduleGap time.Duration
+	Retention   int
 }
 
 // Live is what the cluster runs and stores.
@@ -260,6 +266,8 @@ type Input struct {
 	// Now is the time the plan is made at, for the age of the snapshot in
 	// flight; the zero time leaves age out.
 	Now time.Time
+	// Limits are the operator's bounds on what Desired may ask for.
+	Limits Limits
 }
 
 // MakePlan decides the steps from in.Live to in.Desired. It refuses, with a
@@ -267,10 +275,12 @@ type Input struct {
 // cluster it cannot see: the rules of refusalRules (a node not ready, a
 // config that does not parse, nodes that disagree on their etcd prefix, an
 // apiserver that serves but is not managed, a key name with two materials),
-// or objects stored under a key that no config and no keyring holds.
+// then the operator's limits (limitRules: a commit that asks for more than
+// in.Limits allow), or objects stored under a key that no config and no
+// keyring holds.
 func MakePlan(in Input) (*Plan, error) {
 	p := &Plan{}
-	for _, rule := range refusalRules {
+	for _, rule := range append(slices.Clip(refusalRules), limitRules...) {
 		if err := rule(in); err != nil {
 			return nil, err
 		}

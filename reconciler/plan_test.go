@@ -27,10 +27,15 @@ type world struct {
 	// crashAfter, when >0, stops the next rolling deploy after that many
 	// nodes (a crash mid-rollout); the next plan must resume.
 	crashAfter int
+	// limits are the operator's; unlimited unless a test bounds them.
+	limits Limits
 }
 
+// unlimited bounds no commit: the planner's own tests plan what they ask.
+var unlimited = Limits{AllowDisable: true, AllowCustomConfig: true, AllowKMS: true}
+
 func newWorld(t *testing.T, nodes int, live cluster.Chains, census map[string]map[string]int64) *world {
-	w := &world{t: t, census: census}
+	w := &world{t: t, census: census, limits: unlimited}
 	for i := range nodes {
 		n := NodeLive{Name: fmt.Sprintf("node%d", i+1), Ready: true, EtcdPrefix: "/registry"}
 		if len(live) > 0 {
@@ -54,7 +59,7 @@ func cloneChains(cs cluster.Chains) cluster.Chains {
 
 func (w *world) plan() *Plan {
 	w.t.Helper()
-	p, err := MakePlan(Input{Desired: w.desired, Live: Live{Nodes: w.nodes, Census: w.census}, Keyring: w.keyring})
+	p, err := MakePlan(Input{Desired: w.desired, Live: Live{Nodes: w.nodes, Census: w.census}, Keyring: w.keyring, Limits: w.limits})
 	if err != nil {
 		w.t.Fatalf("plan: %v", err)
 	}

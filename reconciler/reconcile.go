@@ -79,6 +79,10 @@ type Reconciler struct {
 	Cluster string
 	// Retention is how many snapshots to keep (the policy's).
 	Retention int
+	// Limits are the operator's bounds on what a commit may ask for
+	// (settings policy.*): every plan this Reconciler makes, for apply,
+	// plan, status or the daemon, is refused beyond them.
+	Limits Limits
 	// OnStep, when set, is called as each step starts (done false) and
 	// ends (done true, with its error): the daemon's metrics and state.
 	OnStep func(transition string, step Step, done bool, err error)
@@ -169,9 +173,7 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 		if err != nil {
 			return res, err
 		}
-		in := Input{Desired: d, Live: live, Keyring: KeyringState(kr), Now: time.Now()}
-		in.Desired.RotateRequested = d.RotateRequest != "" && !rotationServed(kr, d)
-		plan, err := MakePlan(in)
+		plan, err := MakePlan(r.Input(d, live, kr, time.Now()))
 		if err != nil {
 			var refusal *Refusal
 			if errors.As(err, &refusal) && len(refusal.Preserve) > 0 {
@@ -278,6 +280,15 @@ func (r *Reconciler) onStep(transition string, step Step, done bool, err error) 
 	if r.OnStep != nil {
 		r.OnStep(transition, step, done, err)
 	}
+}
+
+// Input is what the planner decides from, for d as observed: the rotation
+// request still pending, and the operator's Limits. Every plan is made
+// from it, so none escapes the limits.
+func (r *Reconciler) Input(d Desired, live Live, kr *keystore.Keyring, now time.Time) Input {
+	in := Input{Desired: d, Live: live, Keyring: KeyringState(kr), Now: now, Limits: r.Limits}
+	in.Desired.RotateRequested = d.RotateRequest != "" && !rotationServed(kr, d)
+	return in
 }
 
 // rotationServed reports whether the keyring already records d's rotation

@@ -314,7 +314,7 @@ func newExecutor() *executor {
 	e := &executor{nodes: nodes, keys: newFakeKeys(), etcd: etcd, locker: &fakeLocker{}}
 	e.rw = &fakeRewriter{etcd: etcd}
 	e.r = &Reconciler{Nodes: nodes, Keys: e.keys, Etcd: etcd, Snapshots: fakeStore{}, Rewriter: e.rw,
-		Locks: e.locker, Holder: "test"}
+		Locks: e.locker, Holder: "test", Limits: unlimited}
 	return e
 }
 

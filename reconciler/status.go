@@ -87,8 +87,7 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 	st.LastRotation = kr.LastRotation
 	st.DeployedHash = kr.DeployedHash
 	st.Stall, st.Failure = standingStall(kr, d), kr.Failure
-	in := Input{Desired: d, Live: live, Keyring: KeyringState(kr)}
-	in.Desired.RotateRequested = d.RotateRequest != "" && !rotationServed(kr, d)
+	in := r.Input(d, live, kr, time.Time{})
 	st.RotationPending = in.Desired.RotateRequested
 	if plan, err := MakePlan(in); err != nil {
 		st.PlanError, st.PlanReason = err.Error(), ReasonOf(err)

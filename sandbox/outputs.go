@@ -89,6 +89,12 @@ snapshots:
   dir: {{.Dir}}/snapshots
 listen:
   metrics: {{.MetricsAddress}}
+# The sandbox is for trying and testing every transition: its commits
+# rotate every few seconds and turn encryption off, which the defaults
+# (1h, no disable) refuse on a real cluster.
+policy:
+  minRotationInterval: 10s
+  allowDisable: true
 `))
 
 var envTmpl = template.Must(template.New("env").Parse(`# Written by the atrest sandbox. Use: source {{.EnvFile}}

@@ -341,6 +341,10 @@ func TestOutputs(t *testing.T) {
 	if s.Vault.InsecureAllowHTTP != sb.Vault.PlainHTTP() || s.Vault.InsecureSkipTLSVerify || s.Etcd.InsecureAllowHTTP || s.Kubernetes.InsecureSkipTLSVerify || s.Kubernetes.InsecureAllowHTTP {
 		t.Errorf("the sandbox's settings allow %+v %+v %+v for Vault at %s", s.Vault, s.Etcd, s.Kubernetes, sb.Vault.Address)
 	}
+	// The tests and the demo rotate every few seconds and disable.
+	if s.Policy.MinRotationInterval != 10*time.Second || !s.Policy.AllowDisable {
+		t.Errorf("the sandbox's policy settings: %+v, want minRotationInterval 10s and allowDisable", s.Policy)
+	}
 	out, err := exec.Command("go", "run", "../cmd/atrest", "validate", "--config", sb.ClusterYML).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "3 controlplane node(s) (node1, node2, node3), encryption disabled") {
 		t.Fatalf("atrest validate of the sandbox cluster.yml: %v: %s", err, out)

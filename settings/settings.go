@@ -32,6 +32,7 @@ type Settings struct {
 	Snapshots  Snapshots  `json:"snapshots"`
 	Listen     Listen     `json:"listen"`
 	Daemon     Daemon     `json:"daemon"`
+	Policy     Policy     `json:"policy"`
 	Log        Log        `json:"log"`
 
 	// sources records where each set value came from, for error messages.
@@ -156,6 +157,34 @@ type Daemon struct {
 	StallAfter int `json:"stallAfter"`
 }
 
+// Policy is the operator's bounds on what a commit may ask for. Git holds
+// the policy (atrest.yaml, cluster.yml), but whoever can push to it should
+// not decide alone how destructive a change may be: a commit beyond these
+// bounds is refused, and changes nothing, until a commit within them.
+type Policy struct {
+	// MinRotationInterval is the shortest gap between two firings that
+	// atrest.yaml's rotation.schedule may have: each rotation is a
+	// snapshot, a deploy to every node and a rewrite of every object.
+	MinRotationInterval time.Duration `json:"minRotationInterval"`
+	// MinSnapshotRetention is the fewest snapshots atrest.yaml's
+	// snapshots.retention may keep.
+	MinSnapshotRetention int `json:"minSnapshotRetention"`
+	// AllowDisable lets a commit turn encryption off where it is in force
+	// (enabled: false, or a custom_config that writes plain).
+	AllowDisable bool `json:"allowDisable"`
+	// AllowCustomConfig lets a commit give a custom_config; AllowKMS lets
+	// one name a kms provider (a plugin outside atrest's custody).
+	AllowCustomConfig bool `json:"allowCustomConfig"`
+	AllowKMS          bool `json:"allowKMS"`
+}
+
+// DefaultMinSnapshotRetention is policy.minSnapshotRetention's default. A
+// snapshot is taken before each transition, so a retention of 1 keeps only
+// the restore point of the latest change: a bad commit followed by any
+// other transition (a scheduled rotation, say) would leave no snapshot
+// from before the bad one. Two keep that one.
+const DefaultMinSnapshotRetention = 2
+
 // Log is the shape of atrest's own logs.
 type Log struct {
 	Format string `json:"format"`
@@ -178,6 +207,7 @@ func Default() *Settings {
 		SSH:        SSH{Timeout: 30 * time.Second, ReadyTimeout: 3 * time.Minute},
 		Listen:     Listen{Metrics: "127.0.0.1:9795"},
 		Daemon:     Daemon{MaxBackoff: 10 * time.Minute, StallAfter: 3},
+		Policy:     Policy{MinRotationInterval: time.Hour, MinSnapshotRetention: DefaultMinSnapshotRetention, AllowCustomConfig: true, AllowKMS: true},
 		Log:        Log{Format: "text", Level: "info"},
 	}
 }
@@ -260,6 +290,12 @@ func (s *Settings) fields() []field {
 		{"daemon.suspend", "observe and report, but change nothing (as suspend: true in atrest.yaml)", &s.Daemon.Suspend},
 		{"daemon.maxBackoff", "longest wait before retrying after failed reconciles (the wait doubles from git.interval / 4)", &s.Daemon.MaxBackoff},
 		{"daemon.stallAfter", "stall a transition once the same step failed this many times with the same inputs (apply too); atrest resume lifts it", &s.Daemon.StallAfter},
+
+		{"policy.minRotationInterval", "refuse a commit whose atrest.yaml rotation.schedule can fire twice within this (each rotation is a snapshot, a deploy and a rewrite of every object)", &s.Policy.MinRotationInterval},
+		{"policy.minSnapshotRetention", "refuse a commit whose atrest.yaml snapshots.retention keeps fewer snapshots than this", &s.Policy.MinSnapshotRetention},
+		{"policy.allowDisable", "let a commit turn encryption at rest off where it is in force (enabled: false, or a custom_config that writes plain)", &s.Policy.AllowDisable},
+		{"policy.allowCustomConfig", "let a commit give cluster.yml a custom_config (false: managed keys only)", &s.Policy.AllowCustomConfig},
+		{"policy.allowKMS", "let a commit's custom_config name a kms provider", &s.Policy.AllowKMS},
 
 		{"log.format", "log format: text or json", &s.Log.Format},
 		{"log.level", "log level: debug, info, warn or error", &s.Log.Level},

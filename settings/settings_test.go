@@ -20,6 +20,8 @@ func TestNames(t *testing.T) {
 		{"kubernetes.qps", "ATREST_KUBERNETES_QPS", "kubernetes-qps"},
 		{"git.caFile", "ATREST_GIT_CA_FILE", "git-ca-file"},
 		{"cluster.name", "ATREST_CLUSTER_NAME", "cluster-name"},
+		{"policy.minRotationInterval", "ATREST_POLICY_MIN_ROTATION_INTERVAL", "policy-min-rotation-interval"},
+		{"policy.allowKMS", "ATREST_POLICY_ALLOW_KMS", "policy-allow-kms"},
 	}
 	for _, tt := range tests {
 		if got := EnvName(tt.key); got != tt.env {
@@ -167,6 +169,12 @@ func TestValidate(t *testing.T) {
 		{"cluster name leading dash", []string{"--cluster-name", "-prod"}, []Need{NeedCluster}, []string{`cluster.name: "-prod" must be letters`}},
 		{"cluster name ok", []string{"--cluster-name", "prod-eu-1.example_2"}, []Need{NeedCluster}, nil},
 		{"cluster name RKE's default", []string{"--cluster-name", "local"}, []Need{NeedCluster}, nil},
+		// The bounds on commits are checked whatever the command needs.
+		{"policy negative rotation floor", []string{"--policy-min-rotation-interval", "-1h"}, nil, []string{"policy.minRotationInterval: must not be negative, not -1h0m0s (0 sets no floor) (from flag --policy-min-rotation-interval)"}},
+		{"policy no rotation floor", []string{"--policy-min-rotation-interval", "0s"}, nil, nil},
+		{"policy retention floor none", []string{"--policy-min-snapshot-retention", "0"}, nil, []string{"policy.minSnapshotRetention: must be between 1 and 1000", "not 0 (from flag --policy-min-snapshot-retention)"}},
+		{"policy retention floor past the bound", []string{"--policy-min-snapshot-retention", "1001"}, nil, []string{"policy.minSnapshotRetention: must be between 1 and 1000"}},
+		{"policy retention floor 1", []string{"--policy-min-snapshot-retention", "1"}, nil, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -193,6 +201,36 @@ func TestValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The policy group parses from each source, with defaults that bound a
+// commit unless the operator says otherwise.
+func TestPolicySettings(t *testing.T) {
+	s, err := load(t, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Policy{MinRotationInterval: time.Hour, MinSnapshotRetention: 2, AllowCustomConfig: true, AllowKMS: true}
+	if s.Policy != want {
+		t.Errorf("defaults = %+v, want %+v", s.Policy, want)
+	}
+	file := filepath.Join(t.TempDir(), "settings.yaml")
+	writeFile(t, file, "policy:\n  minRotationInterval: 10s\n  minSnapshotRetention: 3\n  allowDisable: true\n  allowKMS: false\n")
+	s, err = load(t, []string{"--settings", file, "--policy-allow-custom-config=false"}, map[string]string{"ATREST_POLICY_MIN_SNAPSHOT_RETENTION": "4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = Policy{MinRotationInterval: 10 * time.Second, MinSnapshotRetention: 4, AllowDisable: true}
+	if s.Policy != want || s.Source("policy.allowDisable") != "settings file "+file || s.Source("policy.allowCustomConfig") != "flag --policy-allow-custom-config" {
+		t.Errorf("loaded %+v (allowDisable from %s, allowCustomConfig from %s), want %+v", s.Policy, s.Source("policy.allowDisable"), s.Source("policy.allowCustomConfig"), want)
+	}
+	writeFile(t, file, "policy:\n  minRotationInterval: hourly\n  allowDisable: sometimes\n")
+	_, err = load(t, []string{"--settings", file}, nil)
+	for _, w := range []string{`policy.minRotationInterval: "hourly" is not a duration`, `policy.allowDisable: "sometimes" is not true or false`} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("error does not say %q: %v", w, err)
+		}
 	}
 }
 

@@ -38,6 +38,7 @@ func (s *Settings) Validate(needs ...Need) error {
 	v := &validator{s: s}
 	v.oneOf("log.format", s.Log.Format, "text", "json")
 	v.oneOf("log.level", s.Log.Level, "debug", "info", "warn", "error")
+	v.policy()
 	for _, n := range needs {
 		switch n {
 		case NeedGit:
@@ -385,4 +386,20 @@ func (s *Settings) Insecure(needs ...Need) []Insecurity {
 		}
 	}
 	return out
+}
+
+// maxMinSnapshotRetention is atrest.yaml's own bound on snapshots.retention:
+// a floor above it would refuse every atrest.yaml.
+const maxMinSnapshotRetention = 1000
+
+// policy checks the bounds on commits. Every command checks them: plan and
+// status refuse by them as apply and the daemon do.
+func (v *validator) policy() {
+	p := v.s.Policy
+	if p.MinRotationInterval < 0 {
+		v.add("policy.minRotationInterval", "must not be negative, not %s (0 sets no floor)", p.MinRotationInterval)
+	}
+	if p.MinSnapshotRetention < 1 || p.MinSnapshotRetention > maxMinSnapshotRetention {
+		v.add("policy.minSnapshotRetention", "must be between 1 and %d (atrest.yaml's own bounds on snapshots.retention), not %d", maxMinSnapshotRetention, p.MinSnapshotRetention)
+	}
 }

@@ -46,9 +46,7 @@ preflight.`,
 		if err != nil {
 			return errorExit(err)
 		}
-		in := reconciler.Input{Desired: want, Live: live, Keyring: reconciler.KeyringState(kr)}
-		in.Desired.RotateRequested = want.RotateRequest != "" && !kr.RotationServed(want.RotateRequest)
-		plan, err := reconciler.MakePlan(in)
+		plan, err := reconciler.MakePlan(e.rec.Input(want, live, kr, time.Time{}))
 		if err != nil {
 			return errorExit(err)
 		}

@@ -101,7 +101,7 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 			}
 			return &daemonCluster{env: e}, nil
 		},
-		Interval: s.Git.Interval, MaxBackoff: s.Daemon.MaxBackoff, Suspend: s.Daemon.Suspend,
+		Interval: s.Git.Interval, MaxBackoff: s.Daemon.MaxBackoff, Suspend: s.Daemon.Suspend, MinRotationInterval: s.Policy.MinRotationInterval,
 		WebhookSecret: secret, Instance: host, Version: version, Logger: log,
 	})
 	if err != nil {

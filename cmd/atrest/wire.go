@@ -229,8 +229,20 @@ func open(ctx context.Context, s *settings.Settings, cfg *cluster.Config, policy
 		Nodes: e.nodes, Keys: e.keys, Etcd: e.etcd, Snapshots: e.snaps, Rewriter: rw, Locks: reconciler.StoreLocker(e.keys), Cluster: s.Cluster.Name,
 		Holder:       fmt.Sprintf("atrest %s pid %d on %s", version, os.Getpid(), host),
 		FeatureGates: cfg.KubeAPI.ExtraArgs["feature-gates"], Retention: policy.Retention, StallAfter: s.Daemon.StallAfter, Logger: log,
+		Limits: limits(s),
 	}
 	return e, nil
+}
+
+// limits are the operator's bounds on commits, from the settings' policy
+// group: the one place they reach the planner, for every command and the
+// daemon.
+func limits(s *settings.Settings) reconciler.Limits {
+	p := s.Policy
+	return reconciler.Limits{
+		MinRotationInterval: p.MinRotationInterval, MinSnapshotRetention: p.MinSnapshotRetention,
+		AllowDisable: p.AllowDisable, AllowCustomConfig: p.AllowCustomConfig, AllowKMS: p.AllowKMS,
+	}
 }
 
 // openKeystore logs in to Vault and opens the keyring of cluster.name, the

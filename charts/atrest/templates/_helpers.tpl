@@ -224,6 +224,7 @@ file it names is one the Deployment mounts.
   "snapshots" (dict "dir" (include "atrest.snapshotsDir" .))
   "listen" $listen
   "daemon" (dict "suspend" $v.daemon.suspend "maxBackoff" $v.daemon.maxBackoff)
+  "policy" (dict "minRotationInterval" $v.policy.minRotationInterval "minSnapshotRetention" $v.policy.minSnapshotRetention "allowDisable" $v.policy.allowDisable "allowCustomConfig" $v.policy.allowCustomConfig "allowKMS" $v.policy.allowKMS)
   "log" (dict "format" $v.log.format "level" $v.log.level)
 }}
 {{- toYaml $settings }}
