@@ -341,6 +341,11 @@ func testDestroyRetired(t *testing.T, ctx context.Context, root *vault.Client, l
 	if _, err := ks.Key(ctx, k.Name); err != nil {
 		t.Fatalf("the daemon's policy destroyed %s: %v", k.Name, err)
 	}
+	if refs, err := root.Logical().ReadWithContext(ctx, "secret/data/atrest/"+name+"/snapshots"); err != nil || refs == nil {
+		t.Errorf("the snapshot references: %v %v", refs, err)
+	} else if data, _ := refs.Data["data"].(map[string]any); data["destroying"] != nil {
+		t.Errorf("the refused destruction left its announcement: %v", data["destroying"])
+	}
 
 	code, out = atrest(t, opEnv, "keys", "destroy-retired", "--dry-run", "--config", config)
 	leak.Note(out)
