@@ -252,6 +252,17 @@ func TestTemplateRefusesBadValues(t *testing.T) {
 			[]string{`vault.address: "http://vault.example.com:8200" is plain http`, "DANGEROUS, set vault.insecureAllowHTTP"}},
 		{"a plaintext etcd endpoint", []string{minimalValues}, []string{"etcd.endpoints={https://10.0.0.11:2379,http://10.0.0.12:2379}"},
 			[]string{`etcd.endpoints: "http://10.0.0.12:2379" is plaintext`, "DANGEROUS, set etcd.insecureAllowHTTP"}},
+		{"Kubernetes auth with the pod's API token", []string{minimalValues}, []string{"vault.kubernetes.audience="},
+			[]string{"at '/vault/kubernetes/audience'"}},
+		{"a projected token shorter-lived than the kubelet allows", []string{minimalValues}, []string{"vault.kubernetes.tokenExpirationSeconds=60"},
+			[]string{"at '/vault/kubernetes/tokenExpirationSeconds'"}},
+		{"a NetworkPolicy without addresses", []string{minimalValues}, []string{"networkPolicy.enabled=true", "networkPolicy.egress.vault.cidrs={10.0.5.20/32}"},
+			[]string{"networkPolicy.egress.git.cidrs: required with networkPolicy.enabled", "networkPolicy.egress.etcd.cidrs: required",
+				"networkPolicy.egress.ssh.cidrs: required", "networkPolicy.egress.kubernetes.cidrs: required"}},
+		{"a NetworkPolicy with a host name for a CIDR", []string{minimalValues}, []string{"networkPolicy.egress.vault.cidrs={vault.example.com}"},
+			[]string{"at '/networkPolicy/egress/vault/cidrs/0'", "does not match pattern"}},
+		{"a NetworkPolicy field the chart does not know", []string{minimalValues}, []string{"networkPolicy.egress.vault.cidr=10.0.5.20/32"},
+			[]string{"at '/networkPolicy/egress/vault': additional properties 'cidr' not allowed"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := []string{"template", "t", "./atrest"}
@@ -304,7 +315,7 @@ func TestTemplate(t *testing.T) {
 				t.Errorf("container runs %s %v", c.Image, c.Args)
 			}
 		}},
-		{name: "full", files: []string{fullValues}, kinds: append(slices.Clone(base), "ServiceMonitor"), check: func(t *testing.T, objs []*unstructured.Unstructured) {
+		{name: "full", files: []string{fullValues}, kinds: append(slices.Clone(base), "NetworkPolicy", "ServiceMonitor"), check: func(t *testing.T, objs []*unstructured.Unstructured) {
 			svc := typed[corev1.Service](t, find(t, objs, "Service", ""))
 			if len(svc.Spec.Ports) != 2 {
 				t.Errorf("service ports %v: want metrics and webhook", svc.Spec.Ports)

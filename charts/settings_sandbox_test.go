@@ -32,7 +32,7 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 		"git.sshKeyFile": "atrest-git/identity", "git.knownHostsFile": "atrest-git/known_hosts",
 		"etcd.caFile": "atrest-etcd/ca.crt", "etcd.certFile": "atrest-etcd/tls.crt", "etcd.keyFile": "atrest-etcd/tls.key",
 		"ssh.keyFile": "atrest-ssh/ssh-privatekey", "ssh.knownHostsFile": "atrest-ssh/known_hosts",
-		"vault.kubernetesTokenFile": saToken,
+		"vault.kubernetesTokenFile": "projected token for audience vault",
 	}
 	with := func(base map[string]string, kv ...string) map[string]string {
 		m := maps.Clone(base)
@@ -50,7 +50,7 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 		name  string
 		files []string
 		sets  []string
-		want  map[string]string // file setting -> where it comes from: "secret/key", a projected token's audience, or saToken
+		want  map[string]string // file setting -> where it comes from: "secret/key", a projected token's audience, or saToken (the default of a setting only Kubernetes auth reads)
 		env   map[string]string // variables the Deployment sets from Secrets -> "secret/key"
 	}{
 		{name: "minimal", files: []string{minimalValues}, want: minimal},
@@ -61,9 +61,9 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 			"vault.clientCertFile", "atrest-vault-client/tls.crt", "vault.clientKeyFile", "atrest-vault-client/tls.key",
 			"vault.kubernetesTokenFile", "projected token for audience vault", "listen.webhookSecretFile", "atrest-webhook/secret")},
 		{name: "AppRole", files: []string{minimalValues}, sets: []string{"vault.authMethod=approle", "vault.approle.roleID=role-id", "vault.approle.existingSecret=atrest-approle", "vault.approle.secretIDKey=sid"},
-			want: with(minimal, "vault.approleSecretIDFile", "atrest-approle/sid")},
+			want: with(minimal, "vault.approleSecretIDFile", "atrest-approle/sid", "vault.kubernetesTokenFile", saToken)},
 		{name: "token", files: []string{minimalValues}, sets: []string{"vault.authMethod=token", "vault.token.existingSecret=atrest-vault-token"},
-			want: with(minimal, "vault.tokenFile", "atrest-vault-token/token")},
+			want: with(minimal, "vault.tokenFile", "atrest-vault-token/token", "vault.kubernetesTokenFile", saToken)},
 		{name: "Git over HTTPS with a password", files: []string{minimalValues}, sets: https,
 			want: with(minimal, "git.sshKeyFile", "", "git.knownHostsFile", "", "git.passwordFile", "atrest-git-https/password"),
 			env:  map[string]string{"ATREST_GIT_USERNAME": "atrest-git-https/username"}},

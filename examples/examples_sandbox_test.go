@@ -4,6 +4,7 @@ package examples
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -26,6 +27,7 @@ import (
 	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/internal/leaktest"
+	"github.com/atrest-io/atrest/keystore"
 	"github.com/atrest-io/atrest/keystore/keystoretest"
 	"github.com/atrest-io/atrest/sandbox"
 	"github.com/atrest-io/atrest/sandbox/sandboxtest"
@@ -52,6 +54,10 @@ const (
 	serviceAccount   = "atrest"
 	policyName       = "atrest"
 	roleName         = "atrest"
+	// chartAudience is the chart's vault.kubernetes.audience default.
+	chartAudience = "vault"
+	// destroyPolicyName is vault-policy-destroy.hcl's, the operator's.
+	destroyPolicyName = "atrest-destroy"
 )
 
 // TestVaultPolicy sets Vault up with the examples (vault-policy.hcl through
@@ -88,20 +94,33 @@ func TestVaultPolicy(t *testing.T) {
 		"ATREST_VAULT_AUTH_MOUNT=kubernetes-example", "KUBERNETES_HOST="+sb.Nodes[0].APIServerURL,
 		"KUBERNETES_CA_CERT_FILE="+sb.CAFile, "TOKEN_REVIEWER_JWT_FILE="+writeFile(t, "reviewer-jwt", reviewer))
 
-	jwt, err := sb.ServiceAccountToken(ctx, releaseNamespace, serviceAccount, time.Hour)
+	// The chart's pod logs in with a token projected for the audience
+	// vault (the chart's and the script's default), as the kubelet
+	// requests it; its API token is for kube-apiserver's own audiences.
+	jwt, err := sb.ServiceAccountTokenFor(ctx, releaseNamespace, serviceAccount, time.Hour, chartAudience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiToken, err := sb.ServiceAccountToken(ctx, releaseNamespace, serviceAccount, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mount := range []string{"kubernetes", "kubernetes-example"} {
 		auth, err := login(ctx, root, mount, jwt)
 		if err != nil {
-			t.Fatalf("log in at auth/%s with role %s as %s/%s: %v", mount, roleName, releaseNamespace, serviceAccount, err)
+			t.Fatalf("log in at auth/%s with role %s as %s/%s with a token for audience %s: %v", mount, roleName, releaseNamespace, serviceAccount, chartAudience, err)
 		}
 		if !slices.Equal(auth.Policies, []string{policyName}) {
 			t.Errorf("auth/%s: the role's token has policies %v, want only %q (not Vault's default)", mount, auth.Policies, policyName)
 		}
+		if _, err := login(ctx, root, mount, apiToken); err == nil {
+			t.Errorf("auth/%s: the role accepts %s/%s's API token (kube-apiserver's audience): it must require audience %s", mount, releaseNamespace, serviceAccount, chartAudience)
+		}
 	}
-	other, err := sb.ServiceAccountToken(ctx, releaseNamespace, "not-atrest", time.Hour)
+	if data, err := root.Logical().ReadWithContext(ctx, "auth/kubernetes/role/"+roleName); err != nil || data == nil || data.Data["audience"] != chartAudience {
+		t.Errorf("the role's audience: %v %v, want %s", data, err, chartAudience)
+	}
+	other, err := sb.ServiceAccountTokenFor(ctx, releaseNamespace, "not-atrest", time.Hour, chartAudience)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +182,7 @@ func TestVaultPolicy(t *testing.T) {
 		docs := []string{"update", "read"}
 		meta := []string{"create", "update"}
 		metaDir := []string{"create", "update", "delete", "list"}
+		metaKeys := []string{"create", "update", "list"} // key material is never deleted by the daemon
 		deny := []string{"deny"}
 		want := map[string][]string{
 			"secret/data/" + base + "/keyring":              docs,
@@ -175,8 +195,8 @@ func TestVaultPolicy(t *testing.T) {
 			"secret/metadata/" + base + "/snapshots":        meta,
 			"secret/data/" + base + "/revision":             docs,
 			"secret/metadata/" + base + "/revision":         meta,
-			"secret/metadata/" + base + "/keys/k-abcde":     metaDir,
-			"secret/metadata/" + base + "/keys/":            metaDir,
+			"secret/metadata/" + base + "/keys/k-abcde":     metaKeys,
+			"secret/metadata/" + base + "/keys/":            metaKeys,
 			"secret/metadata/" + base + "/daemons/atrest-0": metaDir,
 			"secret/metadata/" + base + "/daemons/":         metaDir,
 			"auth/token/lookup-self":                        {"read"},
@@ -237,6 +257,14 @@ func TestVaultPolicy(t *testing.T) {
 				_, err := c.Logical().DeleteWithContext(ctx, "secret/metadata/"+base+"/keyring")
 				return err
 			}},
+			{"destroy a key's material, every version", func(ctx context.Context) error {
+				_, err := c.Logical().DeleteWithContext(ctx, "secret/metadata/"+base+"/keys/"+someKey(t, ctx, name))
+				return err
+			}},
+			{"destroy a key's versions", func(ctx context.Context) error {
+				_, err := c.Logical().WriteWithContext(ctx, "secret/destroy/"+base+"/keys/"+someKey(t, ctx, name), map[string]any{"versions": []int{1}})
+				return err
+			}},
 			{"read the mounts", func(ctx context.Context) error {
 				_, err := c.Logical().ReadWithContext(ctx, "sys/mounts")
 				return err
@@ -253,7 +281,156 @@ func TestVaultPolicy(t *testing.T) {
 				t.Errorf("%s with the example policy: %v, want 403 permission denied", r.what, err)
 			}
 		}
+		if keys, err := keystoretest.Keys(ctx, sb, name); err != nil || len(keys) == 0 {
+			t.Errorf("the keys after the refused requests: %d, %v", len(keys), err)
+		}
 	})
+
+	t.Run("destroy-retired", func(t *testing.T) {
+		testDestroyRetired(t, ctx, root, leak, name, config, env)
+	})
+}
+
+// TestVaultPolicy's last part, in its own function for reading:
+// destroy-retired with the real binary. The daemon's policy cannot destroy
+// a retired key; the operator's vault-policy-destroy.hcl can, and is no
+// more than that.
+func testDestroyRetired(t *testing.T, ctx context.Context, root *vault.Client, leak *leaktest.Watch, name, config string, daemonEnv []string) {
+	policy, err := os.ReadFile("vault-policy-destroy.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().PutPolicyWithContext(ctx, destroyPolicyName, string(policy)); err != nil {
+		t.Fatal(err)
+	}
+	op, err := root.Auth().Token().CreateWithContext(ctx, &vault.TokenCreateRequest{Policies: []string{destroyPolicyName}, NoDefaultPolicy: true, TTL: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opEnv := []string{"ATREST_SETTINGS=" + sb.SettingsFile, "ATREST_CLUSTER_NAME=" + name, "ATREST_VAULT_TOKEN_FILE=" + writeFile(t, "operator-token", op.Auth.ClientToken)}
+
+	// A retired key no snapshot needs, beside the deployed primary (which
+	// the snapshots saved above need).
+	ks, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, AuthMethod: keystore.AuthToken,
+		TokenFile: sb.Vault.TokenFile, KVMount: "secret", Prefix: "atrest", Cluster: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	before, err := keystoretest.Keys(ctx, sb, name)
+	if err != nil || len(before) == 0 {
+		t.Fatalf("the deployed keys: %v %v", before, err)
+	}
+	k, err := ks.NewKey(ctx, cluster.AESCBC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leak.Key(k)
+	kr, err := ks.Keyring(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr.Keys = append(kr.Keys, keystore.InfoOf(k, keystore.RoleRetired))
+	if err := ks.UpdateKeyring(ctx, kr); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out := atrest(t, daemonEnv, "keys", "destroy-retired", "--config", config)
+	leak.Note(out)
+	if code != 2 || !strings.Contains(out, "permission denied") {
+		t.Errorf("destroy-retired with the daemon's policy: exit %d, want 2 and permission denied:\n%s", code, out)
+	}
+	if _, err := ks.Key(ctx, k.Name); err != nil {
+		t.Fatalf("the daemon's policy destroyed %s: %v", k.Name, err)
+	}
+	if refs, err := root.Logical().ReadWithContext(ctx, "secret/data/atrest/"+name+"/snapshots"); err != nil || refs == nil {
+		t.Errorf("the snapshot references: %v %v", refs, err)
+	} else if data, _ := refs.Data["data"].(map[string]any); data["destroying"] != nil {
+		t.Errorf("the refused destruction left its announcement: %v", data["destroying"])
+	}
+
+	code, out = atrest(t, opEnv, "keys", "destroy-retired", "--dry-run", "--config", config)
+	leak.Note(out)
+	if code != 0 || !strings.Contains(out, k.Name+" (aescbc "+k.Fingerprint()) || !strings.Contains(out, ": would destroy") || !strings.Contains(out, "dry run: nothing was changed") {
+		t.Errorf("destroy-retired --dry-run with the destroy policy: exit %d:\n%s", code, out)
+	}
+	code, out = atrest(t, opEnv, "keys", "destroy-retired", "-o", "json", "--config", config)
+	leak.Note(out)
+	var report struct {
+		Cluster string
+		Keys    []keystore.RetiredKey
+	}
+	if code != 0 {
+		t.Fatalf("destroy-retired with the destroy policy: exit %d:\n%s", code, out)
+	}
+	start := strings.Index(out, "{\n  \"cluster\"") // the report, after any log line
+	if start < 0 {
+		t.Fatalf("destroy-retired -o json printed no report:\n%s", out)
+	}
+	if err := json.NewDecoder(strings.NewReader(out[start:])).Decode(&report); err != nil {
+		t.Fatalf("destroy-retired -o json: %v\n%s", err, out)
+	}
+	if report.Cluster != name || len(report.Keys) != 1 || report.Keys[0].Name != k.Name || report.Keys[0].Action != keystore.RetiredDestroyed {
+		t.Errorf("destroy-retired reports %+v, want %s destroyed", report, k.Name)
+	}
+	if _, err := ks.Key(ctx, k.Name); !errors.Is(err, keystore.ErrNotFound) {
+		t.Errorf("key %s after destroy-retired: %v, want it gone", k.Name, err)
+	}
+	if sec, err := root.Logical().ReadWithContext(ctx, "secret/metadata/atrest/"+name+"/keys/"+k.Name); err != nil || sec != nil {
+		t.Errorf("the metadata of %s after destroy-retired: %v %v, want none (every version destroyed)", k.Name, sec, err)
+	}
+	after, err := keystoretest.Keys(ctx, sb, name)
+	if err != nil || len(after) != len(before) {
+		t.Fatalf("the deployed keys after destroy-retired: %d keys, %v; want the %d before", len(after), err, len(before))
+	}
+	for i := range before {
+		if after[i].Fingerprint() != before[i].Fingerprint() {
+			t.Errorf("deployed key %s changed", before[i].Name)
+		}
+	}
+
+	base := "atrest/" + name
+	deny := []string{"deny"}
+	want := map[string][]string{
+		"secret/data/" + base + "/keyring":            {"read", "update"},
+		"secret/data/" + base + "/lock":               {"read", "update"},
+		"secret/metadata/" + base + "/lock":           {"create", "update"},
+		"secret/data/" + base + "/snapshots":          {"read", "update"},
+		"secret/metadata/" + base + "/snapshots":      {"create", "update"},
+		"secret/metadata/" + base + "/keys/k-abcde":   {"delete"},
+		"secret/data/" + base + "/keys/k-abcde":       deny, // no key material is read
+		"secret/metadata/" + base + "/keys/":          {"delete"},
+		"secret/metadata/" + base + "/keyring":        deny,
+		"secret/data/" + base + "/daemons/atrest-0":   deny,
+		"secret/data/" + base + "/preserved/k/fp":     deny,
+		"secret/metadata/atrest/other-cluster/keys/k": deny,
+		"secret/destroy/" + base + "/keys/k-abcde":    deny,
+		"auth/token/lookup-self":                      {"read"},
+		"auth/token/renew-self":                       {"update"},
+		"sys/policies/acl/" + destroyPolicyName:       deny,
+		"auth/token/create":                           deny,
+	}
+	for _, p := range slices.Sorted(maps.Keys(want)) {
+		got, err := root.Sys().CapabilitiesWithContext(ctx, op.Auth.ClientToken, p)
+		if err != nil {
+			t.Fatalf("capabilities of the operator's token on %s: %v", p, err)
+		}
+		slices.Sort(got)
+		if w := slices.Sorted(slices.Values(want[p])); !slices.Equal(got, w) {
+			t.Errorf("%s: vault-policy-destroy.hcl grants %v, want %v", p, got, w)
+		}
+	}
+}
+
+// someKey is the name of a key of the cluster's keyring (atrest's apply
+// made it), or a name no key has.
+func someKey(t *testing.T, ctx context.Context, name string) string {
+	keys, err := keystoretest.Keys(ctx, sb, name)
+	if err != nil || len(keys) == 0 {
+		t.Logf("no key in the keyring of %s (%v): using a made-up name", name, err)
+		return "k-abcde"
+	}
+	return keys[0].Name
 }
 
 // runScript runs vault-kubernetes-auth.sh with the vault CLI as the

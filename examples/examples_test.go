@@ -134,45 +134,68 @@ func TestSettingsExample(t *testing.T) {
 	}
 }
 
-// TestVaultPolicyScope checks, without Vault, that the example policy names
-// only the example cluster's documents and atrest's own token: a policy
-// that reached other clusters' keys would pass the sandbox test too. The
-// sandbox tier proves the capabilities with a real Vault.
+// TestVaultPolicyScope checks, without Vault, that the example policies
+// (the daemon's and the operator's for destroy-retired) name only the
+// example cluster's documents and the token's own: a policy that reached
+// other clusters' keys would pass the sandbox test too. Neither reads what
+// it should not: the daemon's cannot delete key material, the destroy
+// policy reads none. The sandbox tier proves the capabilities with a real
+// Vault.
 func TestVaultPolicyScope(t *testing.T) {
 	cfg, err := cluster.Load("cluster.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err := os.ReadFile("vault-policy.hcl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pathRE := regexp.MustCompile(`(?m)^path "([^"]+)" \{\n  capabilities = \[([^\]]*)\]\n\}`)
-	blocks := pathRE.FindAllStringSubmatch(string(data), -1)
-	if n := strings.Count(string(data), "\npath "); n != len(blocks) {
-		t.Fatalf("vault-policy.hcl has %d path blocks, %d of them in the form this test reads", n, len(blocks))
-	}
 	base := "atrest/" + cfg.ClusterName + "/"
-	allowed := []string{"secret/data/" + base, "secret/metadata/" + base}
-	var paths []string
-	for _, b := range blocks {
-		p, caps := b[1], b[2]
-		paths = append(paths, p)
-		switch {
-		case p == "auth/token/lookup-self" || p == "auth/token/renew-self":
-		case slices.ContainsFunc(allowed, func(a string) bool { return strings.HasPrefix(p, a) }):
-			if strings.Contains(strings.TrimPrefix(p, "secret/"), "+") || strings.Count(p, "*") > 1 || (strings.Contains(p, "*") && !strings.HasSuffix(p, "/*")) {
-				t.Errorf("path %q: a wildcard other than a trailing /* reaches beyond one cluster's documents", p)
+	keys := "secret/metadata/" + base + "keys/*"
+	for _, file := range []string{"vault-policy.hcl", "vault-policy-destroy.hcl"} {
+		t.Run(file, func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
 			}
-		default:
-			t.Errorf("path %q is neither under %v nor atrest's own token", p, allowed)
-		}
-		if strings.Contains(caps, "sudo") || strings.Contains(caps, "deny") {
-			t.Errorf("path %q: capabilities [%s]", p, caps)
-		}
-	}
-	if len(paths) != len(slices.Compact(slices.Sorted(slices.Values(paths)))) {
-		t.Errorf("a path is listed twice: %v", paths)
+			pathRE := regexp.MustCompile(`(?m)^path "([^"]+)" \{\n  capabilities = \[([^\]]*)\]\n\}`)
+			blocks := pathRE.FindAllStringSubmatch(string(data), -1)
+			if n := strings.Count(string(data), "\npath "); n != len(blocks) {
+				t.Fatalf("%s has %d path blocks, %d of them in the form this test reads", file, n, len(blocks))
+			}
+			allowed := []string{"secret/data/" + base, "secret/metadata/" + base}
+			var paths []string
+			caps := map[string]string{}
+			for _, b := range blocks {
+				p, c := b[1], b[2]
+				paths = append(paths, p)
+				caps[p] = c
+				switch {
+				case p == "auth/token/lookup-self" || p == "auth/token/renew-self":
+				case slices.ContainsFunc(allowed, func(a string) bool { return strings.HasPrefix(p, a) }):
+					if strings.Contains(strings.TrimPrefix(p, "secret/"), "+") || strings.Count(p, "*") > 1 || (strings.Contains(p, "*") && !strings.HasSuffix(p, "/*")) {
+						t.Errorf("path %q: a wildcard other than a trailing /* reaches beyond one cluster's documents", p)
+					}
+				default:
+					t.Errorf("path %q is neither under %v nor the token's own", p, allowed)
+				}
+				if strings.Contains(c, "sudo") || strings.Contains(c, "deny") {
+					t.Errorf("path %q: capabilities [%s]", p, c)
+				}
+			}
+			if len(paths) != len(slices.Compact(slices.Sorted(slices.Values(paths)))) {
+				t.Errorf("a path is listed twice: %v", paths)
+			}
+			switch file {
+			case "vault-policy.hcl":
+				if c, ok := caps[keys]; !ok || strings.Contains(c, "delete") {
+					t.Errorf("%s: the daemon's policy grants [%s] on %s: it must not delete key material", file, c, keys)
+				}
+			case "vault-policy-destroy.hcl":
+				if caps[keys] != `"delete"` {
+					t.Errorf("%s grants [%s] on %s, want exactly delete", file, caps[keys], keys)
+				}
+				if c, ok := caps["secret/data/"+base+"keys/*"]; ok {
+					t.Errorf("%s grants [%s] on the key material: destroy-retired reads none", file, c)
+				}
+			}
+		})
 	}
 }
 

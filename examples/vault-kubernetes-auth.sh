@@ -16,8 +16,11 @@
 #   ATREST_VAULT_ROLE        atrest          the role (vault.kubernetes.role)
 #   ATREST_VAULT_POLICY      atrest          the policy's name
 #   ATREST_VAULT_POLICY_FILE vault-policy.hcl beside this script
-#   ATREST_TOKEN_AUDIENCE    (none)          the role's audience; set the same in
-#                                            the chart's vault.kubernetes.audience
+#   ATREST_TOKEN_AUDIENCE    vault           the audience the role requires of a
+#                                            token: the chart's default
+#                                            vault.kubernetes.audience. The pod's
+#                                            own API token (audience: the
+#                                            kube-apiserver) is refused.
 #   ATREST_TOKEN_TTL         1h              TTL of the tokens the role hands
 #   ATREST_TOKEN_MAX_TTL     24h             out; atrest renews, then logs in again
 #
@@ -38,7 +41,7 @@ mount=${ATREST_VAULT_AUTH_MOUNT:-kubernetes}
 role=${ATREST_VAULT_ROLE:-atrest}
 policy=${ATREST_VAULT_POLICY:-atrest}
 policy_file=${ATREST_VAULT_POLICY_FILE:-$here/vault-policy.hcl}
-audience=${ATREST_TOKEN_AUDIENCE:-}
+audience=${ATREST_TOKEN_AUDIENCE:-vault}
 ttl=${ATREST_TOKEN_TTL:-1h}
 max_ttl=${ATREST_TOKEN_MAX_TTL:-24h}
 
@@ -61,18 +64,18 @@ fi
 vault policy write "$policy" "$policy_file"
 
 # Exactly one service account in one namespace may log in with this role,
+# only with a token issued for Vault's audience (the chart projects one),
 # and its tokens carry atrest's policy only (not Vault's "default").
+: "${audience:?ATREST_TOKEN_AUDIENCE must not be empty: the role would accept the API token of the pod}"
 args=(
   bound_service_account_names="$service_account"
   bound_service_account_namespaces="$namespace"
+  audience="$audience"
   token_policies="$policy"
   token_no_default_policy=true
   token_ttl="$ttl"
   token_max_ttl="$max_ttl"
 )
-if [[ -n $audience ]]; then
-  args+=(audience="$audience")
-fi
 vault write "auth/$mount/role/$role" "${args[@]}"
 
-echo "Vault role $role at auth/$mount logs in $namespace/$service_account with policy $policy." >&2
+echo "Vault role $role at auth/$mount logs in $namespace/$service_account (tokens for audience $audience) with policy $policy." >&2

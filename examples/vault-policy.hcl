@@ -51,9 +51,12 @@ path "secret/data/atrest/prod-eu-1/preserved/*" {
 }
 
 # Their metadata: set once when a document is created (again if that was
-# interrupted). A key is destroyed, every version, once nothing needs it any
-# more (no deployed config, no retained snapshot), and a daemon's document
-# once that daemon is gone for good. Listing finds keys and daemons.
+# interrupted). Listing finds keys and daemons; a daemon's document is
+# deleted once that daemon is gone for good. Key material is never deleted
+# or destroyed with this policy: no "delete" on keys/*, and nothing at all
+# on secret/delete/, secret/destroy/ or secret/undelete/. Retired keys are
+# destroyed by an operator, once no kept snapshot needs them, with
+# `atrest keys destroy-retired` and vault-policy-destroy.hcl.
 path "secret/metadata/atrest/prod-eu-1/keyring" {
   capabilities = ["create", "update"]
 }
@@ -67,7 +70,7 @@ path "secret/metadata/atrest/prod-eu-1/revision" {
   capabilities = ["create", "update"]
 }
 path "secret/metadata/atrest/prod-eu-1/keys/*" {
-  capabilities = ["create", "update", "delete", "list"]
+  capabilities = ["create", "update", "list"]
 }
 path "secret/metadata/atrest/prod-eu-1/daemons/*" {
   capabilities = ["create", "update", "delete", "list"]

@@ -206,17 +206,25 @@ func (s *Store) DestroyKey(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.kvDestroy(ctx, op, keyRel(name)); err != nil {
-		return err
-	}
-	s.log.Info("key destroyed", "key_name", name)
-	return s.updateRefs(ctx, op, func(r *refsDoc) (bool, error) {
+	unannounce := func(r *refsDoc) (bool, error) {
 		if _, ok := r.Destroying[name]; !ok {
 			return false, nil
 		}
 		delete(r.Destroying, name)
 		return true, nil
-	})
+	}
+	if err := s.kvDestroy(ctx, op, keyRel(name)); err != nil {
+		if errors.Is(err, ErrPermissionDenied) {
+			// Refused, so nothing was deleted (the daemon's policy, say):
+			// withdraw the announcement, and the key may be referenced again.
+			if uerr := s.updateRefs(ctx, op, unannounce); uerr != nil {
+				s.log.Warn("withdraw the announced destruction", "key_name", name, "err", uerr)
+			}
+		}
+		return err
+	}
+	s.log.Info("key destroyed", "key_name", name)
+	return s.updateRefs(ctx, op, unannounce)
 }
 
 // checkKey checks a key's name, provider and size.

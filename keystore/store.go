@@ -18,10 +18,12 @@
 //
 // A token needs, under the cluster's <mount>/data/<prefix>/<cluster>, read
 // and update on keyring, lock, snapshots, keys/* and daemons/*, and under
-// <mount>/metadata/..., create and update on each (delete and list on keys/*
-// and daemons/*): every document's metadata is written first, so its data
-// write is an update. examples/vault-policy.hcl is that policy, tested
-// against a real Vault.
+// <mount>/metadata/..., create and update on each (list on keys/*, delete
+// and list on daemons/*): every document's metadata is written first, so
+// its data write is an update. examples/vault-policy.hcl is that policy,
+// tested against a real Vault. Only DestroyKey (and DestroyRetired, for
+// `atrest keys destroy-retired`) deletes key material, which needs delete
+// on metadata keys/*: examples/vault-policy-destroy.hcl, an operator's.
 package keystore
 
 import (

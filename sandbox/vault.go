@@ -241,7 +241,7 @@ func (sb *Sandbox) enableKubernetesAuth(ctx context.Context) error {
 	}, nil); err != nil {
 		return err
 	}
-	jwt, err := kube.token(ctx, ns, sa, 7*24*time.Hour)
+	jwt, err := kube.token(ctx, ns, sa, 7*24*time.Hour, nil)
 	if err != nil {
 		return err
 	}

@@ -107,6 +107,16 @@ only crash.
 {{- if and (eq $v.vault.authMethod "kubernetes") (not $v.vault.kubernetes.role) }}
 {{- $errs = append $errs "vault.kubernetes.role: required for authMethod kubernetes: the Vault role bound to this chart's service account" }}
 {{- end }}
+{{- if and (eq $v.vault.authMethod "kubernetes") (not $v.vault.kubernetes.audience) }}
+{{- $errs = append $errs "vault.kubernetes.audience: required for authMethod kubernetes: the audience of the token atrest logs in to Vault with (the Vault role's audience, default vault); the pod's own API token is never sent to Vault" }}
+{{- end }}
+{{- if $v.networkPolicy.enabled }}
+{{- range $name := list "git" "vault" "etcd" "ssh" "kubernetes" }}
+{{- if not (index $v.networkPolicy.egress $name).cidrs }}
+{{- $errs = append $errs (printf "networkPolicy.egress.%s.cidrs: required with networkPolicy.enabled: the addresses of %s, or atrest cannot reach them" $name (get (dict "git" "the Git server" "vault" "Vault" "etcd" "every etcd member" "ssh" "every controlplane node (SSH)" "kubernetes" "the kube-apiservers") $name)) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if eq $v.vault.authMethod "approle" }}
 {{- if not $v.vault.approle.roleID }}
 {{- $errs = append $errs "vault.approle.roleID: required for authMethod approle" }}
@@ -193,9 +203,7 @@ file it names is one the Deployment mounts.
 {{- if eq $v.vault.authMethod "kubernetes" }}
 {{- $_ := set $vault "kubernetesMount" $v.vault.kubernetes.mount }}
 {{- $_ := set $vault "kubernetesRole" $v.vault.kubernetes.role }}
-{{- if $v.vault.kubernetes.audience }}
 {{- $_ := set $vault "kubernetesTokenFile" (printf "%s/vault-token/token" $d) }}
-{{- end }}
 {{- else if eq $v.vault.authMethod "approle" }}
 {{- $_ := set $vault "approleMount" $v.vault.approle.mount }}
 {{- $_ := set $vault "approleRoleID" $v.vault.approle.roleID }}
