@@ -28,6 +28,7 @@ import (
 // needs.
 func TestSettingsNameMountedFiles(t *testing.T) {
 	const saToken = "the pod's service-account token"
+	const allowed = "0123456789abcdef0123456789abcdef01234567"
 	minimal := map[string]string{
 		"git.sshKeyFile": "atrest-git/identity", "git.knownHostsFile": "atrest-git/known_hosts",
 		"etcd.caFile": "atrest-etcd/ca.crt", "etcd.certFile": "atrest-etcd/tls.crt", "etcd.keyFile": "atrest-etcd/tls.key",
@@ -54,6 +55,7 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 		env   map[string]string // variables the Deployment sets from Secrets -> "secret/key"
 	}{
 		{name: "minimal", files: []string{minimalValues}, want: minimal},
+		{name: "one revision allowed", files: []string{minimalValues}, sets: []string{"git.allowRevision=" + allowed}, want: minimal},
 		{name: "full", files: []string{fullValues}, want: with(minimal,
 			"git.sshKeyFile", "atrest-git-ssh/identity", "git.knownHostsFile", "atrest-git-ssh/known_hosts",
 			"git.caFile", "atrest-git-ca/ca.crt", "git.allowedSignersFile", "atrest-git-signers/allowed_signers",
@@ -131,6 +133,9 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 			}
 			if !s.Kubernetes.InCluster {
 				t.Error("kubernetes.inCluster is not set: atrest would look for a kubeconfig in the pod")
+			}
+			if want := map[bool]string{true: allowed}[slices.Contains(tt.sets, "git.allowRevision="+allowed)]; s.Git.AllowRevision != want {
+				t.Errorf("git.allowRevision is %q, want %q", s.Git.AllowRevision, want)
 			}
 			// The values' policy reaches the settings: the operator's, not
 			// the committer's, bounds.

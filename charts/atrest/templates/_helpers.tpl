@@ -180,6 +180,9 @@ file it names is one the Deployment mounts.
 {{- if $v.git.verify.allowedSigners.existingSecret }}
 {{- $_ := set $git "allowedSignersFile" (printf "%s/git-allowed-signers/allowed_signers" $d) }}
 {{- end }}
+{{- if $v.git.allowRevision }}
+{{- $_ := set $git "allowRevision" $v.git.allowRevision }}
+{{- end }}
 {{- if $v.git.verify.openPGPKeyring.existingSecret }}
 {{- $_ := set $git "openPGPKeyringFile" (printf "%s/git-openpgp/keyring.asc" $d) }}
 {{- end }}
