@@ -311,7 +311,7 @@ func testDestroyRetired(t *testing.T, ctx context.Context, root *vault.Client, l
 
 	// A retired key no snapshot needs, beside the deployed primary (which
 	// the snapshots saved above need).
-	ks, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, AuthMethod: keystore.AuthToken,
+	ks, err := keystore.Open(ctx, keystore.Config{Address: sb.Vault.Address, CAFile: sb.Vault.CAFile, AuthMethod: keystore.AuthToken, InsecureAllowHTTP: sb.Vault.PlainHTTP(),
 		TokenFile: sb.Vault.TokenFile, KVMount: "secret", Prefix: "atrest", Cluster: name})
 	if err != nil {
 		t.Fatal(err)
