@@ -140,13 +140,7 @@ func TestIdentityRefusedBeforeAnythingOpens(t *testing.T) {
 	defer vault.Close()
 
 	dir := t.TempDir()
-	write := func(name, data string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := fileWriter(t, dir)
 	nodes := "nodes: [{address: 127.0.0.1, user: rke, role: [controlplane, etcd]}]\nservices: {kube-api: {secrets_encryption_config: {enabled: true}}}\n"
 	ours := write("ours.yml", "cluster_name: prod\n"+nodes)
 	other := write("other.yml", "cluster_name: prod-2\n"+nodes)

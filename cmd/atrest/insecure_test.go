@@ -88,13 +88,7 @@ func TestCommandsRefuseInsecureVault(t *testing.T) {
 	}))
 	defer vault.Close()
 	dir := t.TempDir()
-	write := func(name, data string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := fileWriter(t, dir)
 	config := write("cluster.yml", "cluster_name: prod\nnodes: [{address: 127.0.0.1, user: rke, role: [controlplane, etcd]}]\n")
 	token := write("token", "s.test")
 	for _, tt := range []struct {
@@ -132,13 +126,7 @@ func TestCommandsRefuseInsecureVault(t *testing.T) {
 func TestRunWarnsAndRefusesAtStart(t *testing.T) {
 	settingstest.ClearEnv(t)
 	dir := t.TempDir()
-	write := func(name, data string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := fileWriter(t, dir)
 	kubeconfig := write("kubeconfig", "apiVersion: v1\nkind: Config\nclusters: [{name: rke, cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: admin, context: {cluster: rke, user: u}}]\ncurrent-context: admin\n")
 	settingsFile := write("settings.yaml", "cluster:\n  name: prod\ngit:\n  url: "+filepath.Join(dir, "no-repo")+"\nvault:\n  address: http://127.0.0.1:1\n  insecureAllowHTTP: true\n  tokenFile: "+write("token", "s.test")+
 		"\netcd:\n  endpoints: [http://127.0.0.1:1]\n  insecureAllowHTTP: true\nkubernetes:\n  kubeconfig: "+kubeconfig+"\nssh:\n  knownHostsFile: "+write("known_hosts", "")+"\nsnapshots:\n  dir: "+dir+"\nlisten:\n  metrics: 127.0.0.1:0\n")

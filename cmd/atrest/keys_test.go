@@ -42,10 +42,9 @@ func TestManifestKeys(t *testing.T) {
 	manifest("etcd-unlabelled", "", "k-ccccc")
 	manifest("etcd-other", "other", "k-ddddd")
 	manifest("etcd-keyless", "demo")
-	s := &settings.Settings{}
+	s := settings.Default()
 	s.Cluster.Name = "demo"
 	s.Snapshots.Dir = dir
-	s.Log.Format, s.Log.Level = "text", "info"
 	got, err := manifestKeys(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)

@@ -133,3 +133,16 @@ func TestRunRefusesBadSettings(t *testing.T) {
 		})
 	}
 }
+
+// fileWriter returns a function that writes a file of data under dir,
+// mode 0600 (tests keep tokens in such files), and returns its path.
+func fileWriter(t *testing.T, dir string) func(name, data string) string {
+	return func(name, data string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+}
