@@ -28,6 +28,11 @@ func TestParseErrorsNeverEchoAValue(t *testing.T) {
 		"the key as a top-level field": "nodes: []\n" + secret + ": 1\n",
 		"the key as a node field":      "nodes:\n- address: 10.0.0.1\n  " + secret + ": x\n",
 		"the key as an address":        "nodes:\n- address: " + secret + "\n  user: rke\n  role: [controlplane]\n",
+		"a null key above the config":  strings.Replace(head, "      custom_config:\n", "      ~: 1\n      custom_config:\n", 1) + "                secret: " + secret + "\n" + tail,
+		"a null key in the config":     head + "                secret: " + secret + "\n                ~: " + secret + "\n" + tail,
+		"secret without its colon":     head + "                secret " + secret + ": x\n" + tail,
+		"a flow mapping without colon": head[:strings.Index(head, "              - name: k1")] + "              - {name: k1, secret " + secret + "}\n" + tail,
+		"JSON style":                   head + "                \"secret\": \"" + secret + "\"\n\t" + tail,
 	}
 	for name, data := range tests {
 		t.Run(name, func(t *testing.T) {

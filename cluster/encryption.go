@@ -401,7 +401,7 @@ func redactIn(msg string, secrets []string) string {
 	for _, s := range secrets {
 		msg = strings.ReplaceAll(msg, s, redacted)
 	}
-	return msg
+	return scrub(msg)
 }
 
 // renderInternal renders a decoded config in canonical v1 form.

@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 )
 
@@ -74,13 +75,29 @@ func (l *errorList) add(field, format string, args ...any) {
 func (l *errorList) addAll(es Errors) { l.errs = append(l.errs, es...) }
 
 // unknownName is how an error names a field that is not known: as
-// written, unless it looks like key material (a key pasted one line off
-// becomes a mapping key), which is never echoed.
+// written, unless it holds something that looks like key material (a key
+// pasted one line off becomes a mapping key, "secret c2Vj...:" a field
+// name), which is never echoed.
 func unknownName(name string) string {
-	if looksLikeMaterial(name) {
-		return fmt.Sprintf("<a %d-character name that looks like key material>", len(name))
+	if scrub(name) != name {
+		return fmt.Sprintf("<a %d-character name that holds what looks like key material>", len(name))
 	}
 	return name
+}
+
+// materialRun is a run of base64 or hex long enough to be key material.
+var materialRun = regexp.MustCompile(`[A-Za-z0-9+/=_-]{16,}`)
+
+// scrub replaces every run in msg that looks like key material: the net
+// for parser messages that quote what they failed on (sigs.k8s.io/yaml
+// prints a mapping's whole value for a key it cannot convert, such as ~).
+func scrub(msg string) string {
+	return materialRun.ReplaceAllStringFunc(msg, func(run string) string {
+		if looksLikeMaterial(run) {
+			return redacted
+		}
+		return run
+	})
 }
 
 // looksLikeMaterial: long, all base64 or hex, with a digit, and an upper

@@ -40,7 +40,7 @@ func yamlToJSON(data []byte, l *errorList) []byte {
 		if strings.Contains(msg, "found character that cannot start any token") && bytes.ContainsRune(data, '\t') {
 			msg += " (YAML does not allow tabs for indentation: use spaces)"
 		}
-		l.add("", "not valid YAML: %s", msg)
+		l.add("", "not valid YAML: %s", scrub(redactIn(msg, collectSecrets(data))))
 		return nil
 	}
 	j = bytes.TrimSpace(j)
