@@ -136,8 +136,16 @@ func forms(s []byte) []form {
 		{"hex", h},
 		{"upper-case hex", strings.ToUpper(h)},
 		{"raw bytes", string(s)},
+		{"decimal bytes", fmt.Sprint(s)},
+		{"a truncated base64 prefix", prefix(base64.StdEncoding.EncodeToString(s))},
+		{"a truncated hex prefix", prefix(h)},
 	}
 }
+
+// prefix is the first 16 characters of an encoding: what code that cuts
+// long values short (to 512 bytes, to a log line) would still print of a
+// key. 16 characters of random material do not appear by chance.
+func prefix(enc string) string { return enc[:min(len(enc), 16)] }
 
 // base64Run is a run of base64 (either alphabet) long enough to hold key
 // material encoded once more.

@@ -88,6 +88,9 @@ func TestScanFindsEncodedAgain(t *testing.T) {
 		{"a config in MIME base64, 76 to a line", wrap(base64.StdEncoding.EncodeToString(config("")), 76), true},
 		{"a config Go-quoted", fmt.Sprintf("%q", string(config(""))), true},
 		{"a config in base64, in base64", base64.StdEncoding.EncodeToString([]byte(base64.StdEncoding.EncodeToString(config("")))), true},
+		{"bytes printed with %v", fmt.Sprintf("key bytes %v", []byte(k.Secret)), true},
+		{"a config cut short", string(config(""))[:strings.Index(string(config("")), b64)+20], true},
+		{"hex cut short", "hex " + hex.EncodeToString(k.Secret)[:20] + "...", true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got := Scan(tt.text, k.Secret)
