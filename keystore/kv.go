@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -177,6 +178,54 @@ func (s *Store) kvList(ctx context.Context, op, rel string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// readDoc reads the current version of the document at rel into v and
+// returns that version; 0 when there is none, v then left as it is.
+func (s *Store) readDoc(ctx context.Context, op, rel string, v any) (int, error) {
+	e, err := s.kvRead(ctx, op, rel, 0)
+	if err != nil {
+		return 0, err
+	}
+	if e.version > 0 {
+		if err := s.decode(op, rel, e, v); err != nil {
+			return 0, err
+		}
+	}
+	return e.version, nil
+}
+
+// docRetries bounds the read-modify-write retries of a document that
+// concurrent, unrelated changes share (another snapshot recorded, a
+// revision recorded by another process): a conflict there only means the
+// change is redone on what is there now.
+const docRetries = 5
+
+// updateDoc applies change to the document read reads, and writes it at
+// rel with check-and-set against the version read, redoing both on a
+// conflict. change reports whether it changed anything; an error from it
+// aborts with nothing written.
+func updateDoc[T any](ctx context.Context, s *Store, op, rel string, maxVersions int, read func(context.Context, string) (*T, int, error), change func(*T) (bool, error)) error {
+	p := s.path("data", rel)
+	for range docRetries {
+		doc, v, err := read(ctx, op)
+		if err != nil {
+			return err
+		}
+		changed, err := change(doc)
+		if err != nil {
+			return &OpError{Op: op, Path: p, Err: err}
+		}
+		if !changed {
+			return nil
+		}
+		_, err = s.kvPut(ctx, op, rel, v, maxVersions, doc)
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		return err
+	}
+	return &OpError{Op: op, Path: p, Err: fmt.Errorf("%w %d times in a row", ErrConflict, docRetries)}
 }
 
 // decode unmarshals a read document, naming the path on failure.

@@ -2,7 +2,6 @@ package keystore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -39,52 +38,24 @@ func (r *refsDoc) referencing(name string) []string {
 
 // readRefs reads the references document and its version (0: none yet).
 func (s *Store) readRefs(ctx context.Context, op string) (*refsDoc, int, error) {
-	e, err := s.kvRead(ctx, op, refsRel, 0)
+	r := &refsDoc{}
+	v, err := s.readDoc(ctx, op, refsRel, r)
 	if err != nil {
 		return nil, 0, err
-	}
-	r := &refsDoc{}
-	if e.version > 0 {
-		if err := s.decode(op, refsRel, e, r); err != nil {
-			return nil, 0, err
-		}
 	}
 	if r.Snapshots == nil {
 		r.Snapshots = map[string]snapRef{}
 	}
-	return r, e.version, nil
+	return r, v, nil
 }
 
-// refsRetries bounds the read-modify-write retries of the references
-// document: a conflict there only means a concurrent, unrelated change
-// (another snapshot recorded), so the change is simply redone.
-const refsRetries = 5
-
 // updateRefs applies change to the references document with check-and-set,
-// redoing it on a conflict. change reports whether it changed anything; an
-// error from it aborts with nothing written.
+// redoing it on a conflict (updateDoc).
 func (s *Store) updateRefs(ctx context.Context, op string, change func(*refsDoc) (bool, error)) error {
-	p := s.path("data", refsRel)
-	for range refsRetries {
-		r, v, err := s.readRefs(ctx, op)
-		if err != nil {
-			return err
-		}
-		changed, err := change(r)
-		if err != nil {
-			return &OpError{Op: op, Path: p, Err: err}
-		}
-		if !changed {
-			return nil
-		}
+	return updateDoc(ctx, s, op, refsRel, refsMaxVersions, s.readRefs, func(r *refsDoc) (bool, error) {
 		r.Schema = 1
-		_, err = s.kvPut(ctx, op, refsRel, v, refsMaxVersions, r)
-		if errors.Is(err, ErrConflict) {
-			continue
-		}
-		return err
-	}
-	return &OpError{Op: op, Path: p, Err: fmt.Errorf("%w %d times in a row", ErrConflict, refsRetries)}
+		return change(r)
+	})
 }
 
 // AddSnapshotRef records that the retained snapshot needs keyNames to be

@@ -2,8 +2,6 @@ package keystore
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"time"
 )
 
@@ -36,17 +34,12 @@ func (s *Store) RevisionInForce(ctx context.Context) (string, time.Time, error) 
 }
 
 func (s *Store) readRevision(ctx context.Context, op string) (*revisionDoc, int, error) {
-	e, err := s.kvRead(ctx, op, revisionRel, 0)
+	d := &revisionDoc{}
+	v, err := s.readDoc(ctx, op, revisionRel, d)
 	if err != nil {
 		return nil, 0, err
 	}
-	d := &revisionDoc{}
-	if e.version > 0 {
-		if err := s.decode(op, revisionRel, e, d); err != nil {
-			return nil, 0, err
-		}
-	}
-	return d, e.version, nil
+	return d, v, nil
 }
 
 // RecordRevision records commit (of ref, committed at committed) as the
@@ -54,24 +47,16 @@ func (s *Store) readRevision(ctx context.Context, op string) (*revisionDoc, int,
 // and overwritten, because the caller has just checked that commit
 // descends from what it read, and the newest check wins.
 func (s *Store) RecordRevision(ctx context.Context, commit, ref string, committed time.Time) error {
-	op := "record the revision in force"
-	for range refsRetries {
-		d, v, err := s.readRevision(ctx, op)
-		if err != nil {
-			return err
+	recorded := false
+	err := updateDoc(ctx, s, "record the revision in force", revisionRel, revisionMaxVersions, s.readRevision, func(d *revisionDoc) (bool, error) {
+		if recorded = d.Commit != commit; !recorded {
+			return false, nil
 		}
-		if d.Commit == commit {
-			return nil
-		}
-		doc := revisionDoc{Schema: 1, Commit: commit, Ref: ref, Committed: committed.UTC(), Accepted: time.Now().UTC()}
-		_, err = s.kvPut(ctx, op, revisionRel, v, revisionMaxVersions, doc)
-		if errors.Is(err, ErrConflict) {
-			continue
-		}
-		if err == nil {
-			s.log.Info("revision in force recorded", "revision", commit, "ref", ref)
-		}
-		return err
+		*d = revisionDoc{Schema: 1, Commit: commit, Ref: ref, Committed: committed.UTC(), Accepted: time.Now().UTC()}
+		return true, nil
+	})
+	if err == nil && recorded {
+		s.log.Info("revision in force recorded", "revision", commit, "ref", ref)
 	}
-	return &OpError{Op: op, Path: s.path("data", revisionRel), Err: fmt.Errorf("%w %d times in a row", ErrConflict, refsRetries)}
+	return err
 }
