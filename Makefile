@@ -35,7 +35,8 @@ unit:
 deps:
 	sandbox/install-deps.sh
 
-# The real kube-apiserver, kubectl, Vault and helm, built once per version into a cache.
+# The real kube-apiserver (the current release and v1.32), kubectl, Vault and
+# helm, built once per version into a cache.
 tools:
 	tools/build.sh all
 
@@ -43,6 +44,7 @@ tools:
 # nodes, etcd, Vault and Git. One package at a time: each starts a sandbox.
 test: deps
 	ATREST_KUBE_APISERVER=$$(tools/build.sh kube-apiserver) \
+	ATREST_KUBE_APISERVER_V1_32=$$(tools/build.sh kube-apiserver-v1.32) \
 	ATREST_VAULT=$$(tools/build.sh vault) \
 	ATREST_HELM=$$(tools/build.sh helm) \
 	$(GO) test -count=1 -tags sandbox -p 1 -timeout 60m ./...

@@ -449,6 +449,37 @@ func resolveBastion(rb *rawBastion, l *errorList) *Bastion {
 	return b
 }
 
+// FlagAutomaticReload is the kube-apiserver flag that reloads the provider
+// file without a restart.
+const FlagAutomaticReload = "encryption-provider-config-automatic-reload"
+
+// AutomaticReload is what services.kube-api.extra_args says of
+// --encryption-provider-config-automatic-reload: set says whether it is
+// there at all, on whether it is true. `rke up` recreates kube-apiserver
+// with exactly the flags cluster.yml gives, so a flag atrest set and
+// cluster.yml lacks is gone after the next `rke up`.
+func (c *Config) AutomaticReload() (on, set bool) {
+	v, ok := c.KubeAPI.ExtraArgs[FlagAutomaticReload]
+	if !ok {
+		return false, false
+	}
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	return err == nil && b, true
+}
+
+// ReloadAdvice is what an operator should add to cluster.yml so that
+// provider files keep reloading without restarts after `rke up`; "" when
+// nothing is to add.
+func (c *Config) ReloadAdvice() string {
+	switch on, set := c.AutomaticReload(); {
+	case on:
+		return ""
+	case set:
+		return "services.kube-api.extra_args." + FlagAutomaticReload + " is not \"true\": atrest keeps every node on the restart path, and restarts each kube-apiserver for every provider file"
+	}
+	return "add " + FlagAutomaticReload + `: "true" to services.kube-api.extra_args: atrest sets the flag at its first change to a node (that change restarts kube-apiserver, later ones reload without a restart), and ` + "`rke up`" + ` drops it unless cluster.yml has it`
+}
+
 // flagsAtrestOwns are kube-apiserver flags that atrest sets itself; setting
 // them in extra_args as well would make the two fight.
 var flagsAtrestOwns = []string{"encryption-provider-config"}

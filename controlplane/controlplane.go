@@ -59,6 +59,15 @@ type Options struct {
 	Timeout time.Duration
 	// ReadyTimeout bounds the wait for /readyz after a restart.
 	ReadyTimeout time.Duration
+	// RestartOnly keeps every change on the restart path: atrest never
+	// sets --encryption-provider-config-automatic-reload and restarts
+	// kube-apiserver to load each provider file. Off, the first change
+	// to a node sets the flag (its one restart), and later stages reload
+	// on every node at once, proven by each node's metrics.
+	RestartOnly bool
+	// ReloadTimeout bounds the wait for a node's kube-apiserver to prove
+	// it reloaded a provider file (DefaultReloadTimeout).
+	ReloadTimeout time.Duration
 	// APIServer holds the credentials and CA for every node's
 	// kube-apiserver; its Host is replaced by https://ADDRESS:6443 of
 	// each node.
@@ -91,6 +100,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.ReadyTimeout <= 0 {
 		o.ReadyTimeout = DefaultReadyTimeout
+	}
+	if o.ReloadTimeout <= 0 {
+		o.ReloadTimeout = DefaultReloadTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -140,6 +152,11 @@ func Connect(ctx context.Context, cfg *cluster.Config, opts Options) (*Cluster, 
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if on, set := cfg.AutomaticReload(); set && !on && !opts.RestartOnly {
+		// cluster.yml turns the flag off: setting it would fight `rke up`.
+		opts.Logger.Info("cluster.yml sets --" + flagAutomaticReload + " to false: every change restarts kube-apiserver")
+		opts.RestartOnly = true
 	}
 	cps := cfg.ControlPlaneNodes()
 	if len(cps) == 0 {

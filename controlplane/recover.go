@@ -112,7 +112,7 @@ func (n *Node) recoverFile(ctx context.Context, bak ProviderFile) error {
 	if c.State.Running {
 		err := n.WaitReady(ctx)
 		if err == nil {
-			if (NodeState{File: cur, APIServer: describe(c, n.file)}).FileChangedSinceStart() {
+			if s, _ := n.loadState(ctx, cur, describe(c, n.file)); s != LoadInForce {
 				n.log.Warn("kube-apiserver is ready but has not loaded the provider file an interrupted run wrote: keeping it, for a reload", "file", cur)
 			} else {
 				n.log.Warn("kube-apiserver is ready with the provider file an interrupted run wrote: keeping it", "file", cur)

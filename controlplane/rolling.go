@@ -18,7 +18,11 @@ type NodeState struct {
 	APIServer APIServer
 	Ready     bool
 	NotReady  string // why /readyz failed, when not Ready
-	Err       error  // what could not be observed; nil when all was
+	// Load is what kube-apiserver is proven to run against File.
+	Load LoadState
+	// LoadErr says why Load could not be read (no get on /metrics, ...).
+	LoadErr string
+	Err     error // what could not be observed; nil when all was
 }
 
 // FileChangedSinceStart reports whether the node's provider file was
@@ -26,11 +30,53 @@ type NodeState struct {
 // runs with the file: on the restart path kube-apiserver reads the file
 // only at start, so what it runs is then unknown (the file on disk is not
 // proof). With --encryption-provider-config-automatic-reload the file is
-// read again without a restart, and this says nothing.
+// read again without a restart, and this says nothing: see Load.
 func (s NodeState) FileChangedSinceStart() bool {
 	a := s.APIServer
-	return s.File.Present && a.ProviderConfigSet() && !a.AutomaticReload &&
-		!s.File.ModTime.IsZero() && !a.StartedAt.IsZero() && s.File.ModTime.After(a.StartedAt)
+	return s.File.Present && a.ProviderConfigSet() && !a.AutomaticReload && changedSinceStart(s.File, a)
+}
+
+func changedSinceStart(f ProviderFile, a APIServer) bool {
+	return !f.ModTime.IsZero() && !a.StartedAt.IsZero() && f.ModTime.After(a.StartedAt)
+}
+
+// Unloaded reports whether the node's kube-apiserver runs with the
+// provider file but is not proven to run the file on disk: written after
+// it started, and, with automatic reload, its metrics do not show it
+// loaded (Load).
+func (s NodeState) Unloaded() bool {
+	a := s.APIServer
+	if !s.File.Present || !a.ProviderConfigSet() {
+		return false
+	}
+	if !a.AutomaticReload {
+		return s.FileChangedSinceStart()
+	}
+	return s.Load != LoadInForce
+}
+
+// loadState is what the node's kube-apiserver (a) is proven to run against
+// the provider file f: on the restart path, the file if it was written
+// before the start; with automatic reload, what its metrics prove.
+func (n *Node) loadState(ctx context.Context, f ProviderFile, a APIServer) (LoadState, error) {
+	if !f.Present || !a.ProviderConfigSet() {
+		return LoadUnknown, nil
+	}
+	if !changedSinceStart(f, a) {
+		return LoadInForce, nil
+	}
+	if !a.AutomaticReload {
+		return LoadUnknown, nil
+	}
+	v, err := n.ServerVersion(ctx)
+	if err != nil {
+		return LoadUnknown, err
+	}
+	m, err := n.ReloadMetrics(ctx)
+	if err != nil {
+		return LoadUnknown, err
+	}
+	return reloadState(v, f, a.StartedAt, m), nil
 }
 
 // Observe reads every node's live state in parallel: its provider file,
@@ -55,6 +101,9 @@ func (c *Cluster) Observe(ctx context.Context) ([]NodeState, error) {
 				s.NotReady = err.Error()
 			} else {
 				s.Ready = true
+				if s.Load, err = n.loadState(ctx, s.File, s.APIServer); err != nil {
+					s.LoadErr = err.Error()
+				}
 			}
 			s.Err = errors.Join(errs...)
 			states[i] = s
@@ -158,6 +207,11 @@ func (c *Cluster) RollingApply(ctx context.Context, file []byte, want string) er
 	if want == "" {
 		return errors.New("controlplane: rolling apply: no expected canary prefix")
 	}
+	if nodes, why := c.reloadable(ctx); nodes != nil {
+		return c.reloadApply(ctx, nodes, file, want)
+	} else {
+		c.opts.Logger.Info("this stage restarts kube-apiserver", "why", why)
+	}
 	sum := newProviderFile(file).SHA256
 	c.opts.Logger.Info("rolling out provider file", "sha256", sum, "nodes", len(c.nodes), "want", want)
 	return c.rollout(ctx, "rolling apply of provider file sha256 "+sum, func(ctx context.Context, n *Node) (bool, error) {
@@ -253,7 +307,11 @@ func (n *Node) apply(ctx context.Context, file []byte, want string) (changed boo
 		return false, nodeErr(n.name, op, nil, fmt.Errorf("not a provider file this kube-apiserver accepts: %w", err))
 	}
 	newSum := newProviderFile(file).SHA256
-	loaded := !(NodeState{File: prev, APIServer: a}).FileChangedSinceStart()
+	state, err := n.loadState(ctx, prev, a)
+	if err != nil {
+		n.log.Warn("what kube-apiserver runs is unknown: deploying as if it did not run the file", "error", err)
+	}
+	loaded := state == LoadInForce
 	if prev.SHA256 == newSum && a.ProviderConfigSet() && loaded {
 		// Already deployed, perhaps by an interrupted run, and
 		// kube-apiserver started after the file was written: the canary
@@ -276,14 +334,15 @@ func (n *Node) apply(ctx context.Context, file []byte, want string) (changed boo
 	if err := n.WriteProviderFile(ctx, file); err != nil {
 		return fail(err)
 	}
-	if a.ProviderConfigSet() {
+	cmd, why := n.command(ctx, a)
+	if slices.Equal(cmd, a.cmd) {
 		if err := n.Restart(ctx); err != nil {
 			return fail(err)
 		}
 		if err := n.WaitReady(ctx); err != nil {
 			return fail(err)
 		}
-	} else if err := n.replace(ctx, old, setFlag(a.cmd, flagProviderConfig, a.ProviderFileInContainer), "set --"+flagProviderConfig); err != nil {
+	} else if err := n.replace(ctx, old, cmd, why); err != nil {
 		return fail(err)
 	}
 	canaryWritten = true
@@ -297,6 +356,30 @@ func (n *Node) apply(ctx context.Context, file []byte, want string) (changed boo
 	n.log.Info("provider file in effect", "sha256", newSum, "canary", got)
 	n.dropBackup(ctx)
 	return true, nil
+}
+
+// command is the kube-apiserver command apply runs the node with, and
+// what it changes: --encryption-provider-config at the node's file, and,
+// unless Options.RestartOnly, the reload flag on a version whose metrics
+// prove a reload, so that this restart is the node's last for a provider
+// file.
+func (n *Node) command(ctx context.Context, a APIServer) (cmd []string, why string) {
+	cmd = a.cmd
+	var set []string
+	if !a.ProviderConfigSet() {
+		cmd = setFlag(cmd, flagProviderConfig, a.ProviderFileInContainer)
+		set = append(set, "--"+flagProviderConfig)
+	}
+	if !n.opts.RestartOnly && !a.AutomaticReload {
+		switch v, err := n.ServerVersion(ctx); {
+		case err != nil:
+			n.log.Warn("kube-apiserver's version unknown: leaving --"+flagAutomaticReload+" unset, this node stays on the restart path", "error", err)
+		case v.ReloadProvable():
+			cmd = setFlag(cmd, flagAutomaticReload, "true")
+			set = append(set, "--"+flagAutomaticReload)
+		}
+	}
+	return cmd, "set " + strings.Join(set, " and ")
 }
 
 // rollbackApply puts the node back as it was before apply: its previous

@@ -339,7 +339,7 @@ func TestFlagOnAndOffByRecreation(t *testing.T) {
 		_ = n.RemoveProviderFile(ctx)
 	})
 	// A replacement left by an interrupted run is cleaned up first.
-	if _, err := sb.Docker(ctx, i, "create", "--name=kube-apiserver-atrest-next", sandbox.KubeAPIServerImage, "/usr/local/bin/kube-apiserver"); err != nil {
+	if _, err := sb.Docker(ctx, i, "create", "--name=kube-apiserver-atrest-next", sb.KubeAPIServerImage(), "/usr/local/bin/kube-apiserver"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -550,8 +550,17 @@ func TestRollingApplyAESCBC(t *testing.T) {
 		}
 	}
 
-	// A rotation: the flag is already set, so each node restarts in place
-	// (same container) and then writes with the new key.
+	// The first change set the reload flag beside the provider config:
+	// that was each node's one restart.
+	for _, s := range states {
+		if !s.APIServer.AutomaticReload {
+			t.Errorf("%s runs without --encryption-provider-config-automatic-reload after the first change", s.Node)
+		}
+	}
+
+	// A rotation: every node reloads the file without a restart (same
+	// container, same start), proven by its metrics, then writes with the
+	// new key.
 	key2, err := cluster.NewKey(cluster.AESCBC, []string{key.Name})
 	if err != nil {
 		t.Fatal(err)
@@ -565,12 +574,55 @@ func TestRollingApplyAESCBC(t *testing.T) {
 		errs = append(errs, err)
 		t.Fatal(err)
 	}
-	for _, s := range observe(t, c) {
-		if s.APIServer.ContainerID != ids[s.Node] {
-			t.Errorf("%s: the container was replaced where a restart does", s.Node)
+	for i, s := range observe(t, c) {
+		if s.APIServer.ContainerID != ids[s.Node] || !s.APIServer.StartedAt.Equal(states[i].APIServer.StartedAt) {
+			t.Errorf("%s: kube-apiserver was restarted or replaced for a reload", s.Node)
 		}
-		if s.File.SHA256 != sha256Hex(file2) || !s.Ready {
+		if s.File.SHA256 != sha256Hex(file2) || !s.Ready || s.Load != controlplane.LoadInForce {
 			t.Errorf("%s after the rotation: %+v", s.Node, s)
+		}
+	}
+	if !strings.Contains(logs.String(), "without a restart") {
+		t.Error("the rotation did not take the reload path")
+	}
+
+	// A file kube-apiserver refuses on reload (a KMS plugin that is not
+	// there: the health check of new transformers fails) is put back on
+	// every node, without a restart, and the error says which.
+	refused := strings.Replace(string(file2), "  - identity: {}\n", `  - kms:
+      apiVersion: v2
+      name: missing-plugin
+      endpoint: unix:///run/atrest-no-such-kms-plugin.sock
+      timeout: 3s
+  - identity: {}
+`, 1)
+	if _, err := cluster.ParseEncryptionConfig("refused", "", []byte(refused), ""); err != nil {
+		t.Fatalf("the refused file does not parse: %v", err)
+	}
+	err = c.RollingApply(ctx, []byte(refused), key2.Prefix())
+	if err == nil {
+		t.Fatal("a file kube-apiserver refuses was reloaded")
+	}
+	t.Log(err)
+	errs = append(errs, err)
+	var re *controlplane.ReloadError
+	if !errors.As(err, &re) || len(re.Reverted) != 3 || re.Revert != nil || !errors.Is(err, controlplane.ErrConfigRefused) || errors.Is(err, controlplane.ErrRollbackFailed) {
+		t.Fatalf("error: %#v", err)
+	}
+	if !strings.Contains(err.Error(), "kube-apiserver says") {
+		t.Error("the error does not give kube-apiserver's reason")
+	}
+	for i, s := range observe(t, c) {
+		if s.APIServer.ContainerID != ids[s.Node] || !s.APIServer.StartedAt.Equal(states[i].APIServer.StartedAt) {
+			t.Errorf("%s: kube-apiserver was restarted or replaced", s.Node)
+		}
+		if s.File.SHA256 != sha256Hex(file2) || s.Load != controlplane.LoadInForce {
+			t.Errorf("%s: the previous file is not back in force: %+v", s.Node, s)
+		}
+	}
+	for _, n := range c.Nodes() {
+		if got, err := n.Canary(ctx); err != nil || got != key2.Prefix() {
+			t.Errorf("%s writes the canary as %s (%v) after the revert, want %s", n.Name(), got, err, key2.Prefix())
 		}
 	}
 }

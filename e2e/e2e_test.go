@@ -36,6 +36,7 @@ import (
 	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/sandbox"
 	"github.com/atrest-io/atrest/sandbox/sandboxtest"
+	"github.com/atrest-io/atrest/settings"
 )
 
 var (
@@ -373,14 +374,31 @@ func checkReadable(t *testing.T) {
 
 func transition(t *testing.T, name string, want string, args ...string) string {
 	t.Helper()
+	return transitionEnv(t, nil, name, want, args...)
+}
+
+// restartOnly is the environment that keeps atrest on the restart path,
+// as ssh.restartOnly: true in the settings does.
+var restartOnly = []string{settings.EnvName("ssh.restartOnly") + "=true"}
+
+// transitionEnv runs one transition with env added to atrest's
+// environment, with traffic through every node, and logs what it cost:
+// wall time, kube-apiserver starts (restarts and replacements, counted by
+// each node's Docker engine), and requests refused or failed.
+func transitionEnv(t *testing.T, env []string, name string, want string, args ...string) string {
+	t.Helper()
 	tr := startTraffic(t)
 	start := time.Now()
-	code, out := run(t, args...)
+	code, out := runEnv(t, env, args...)
+	took := time.Since(start)
 	tr.finish(t, name)
 	if code != 0 {
 		t.Fatalf("%s: exit %d:\n%s", name, code, out)
 	}
-	t.Logf("%s took %s", name, time.Since(start).Round(time.Second))
+	starts := startsSince(t, start)
+	t.Logf("%s took %s", name, took.Round(time.Second))
+	t.Logf("MEASURE %s: %s, %d kube-apiserver starts on %d nodes, %d requests refused or failed (%d reads, %d writes)",
+		name, took.Round(time.Second), starts, len(sb.Nodes), tr.restarting.Load()+tr.keyFails.Load(), tr.reads.Load(), tr.writes.Load())
 	prefix := checkStored(t, want)
 	checkReadable(t)
 	// Converged: the plan is empty.
@@ -388,6 +406,27 @@ func transition(t *testing.T, name string, want string, args ...string) string {
 		t.Fatalf("%s: plan after the transition: exit %d:\n%s", name, code, out)
 	}
 	return prefix
+}
+
+// startsSince counts the kube-apiserver containers each node's Docker
+// engine started since since: a restart, or a replacement taking over.
+func startsSince(t *testing.T, since time.Time) int {
+	t.Helper()
+	n := 0
+	until := time.Now()
+	for i := range sb.Nodes {
+		out, err := sb.Docker(context.Background(), i, "events", "--since", since.Format(time.RFC3339Nano), "--until", until.Format(time.RFC3339Nano),
+			"--filter", "type=container", "--filter", "event=start", "--format", "{{.Actor.Attributes.name}}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range strings.Fields(out) {
+			if strings.HasPrefix(name, "kube-apiserver") {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 func TestTransitions(t *testing.T) {
@@ -402,8 +441,9 @@ func TestTransitions(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "plan (enable)") {
 		t.Fatalf("plan before enable: exit %d:\n%s", code, out)
 	}
-	k1 := transition(t, "enable", "aescbc:v1:", "apply", "--config", managed)
-	k2 := transition(t, "rotate", "aescbc:v1:", "rotate-key", "--config", managed)
+	// Restart path, as RKE does: every stage restarts every kube-apiserver.
+	k1 := transitionEnv(t, restartOnly, "enable (restart path)", "aescbc:v1:", "apply", "--config", managed)
+	k2 := transitionEnv(t, restartOnly, "rotate (restart path)", "aescbc:v1:", "rotate-key", "--config", managed)
 	if k1 == k2 {
 		t.Fatalf("rotate-key kept %s", k1)
 	}
@@ -421,13 +461,23 @@ func TestTransitions(t *testing.T) {
 		t.Fatal("an invalid cluster.yml changed a node's provider file")
 	}
 
+	// From here the default: the first change sets the reload flag (each
+	// node's one restart), later stages reload on every node at once.
 	transition(t, "custom", "aescbc:v1:k-fw5hn", "apply", "--config", custom)
 	code, out = run(t, "rotate-key", "--config", custom)
 	if code != 2 || !strings.Contains(out, "custom_config") {
 		t.Fatalf("rotate-key on a custom config: exit %d:\n%s", code, out)
 	}
 	transition(t, "back to managed", "aescbc:v1:", "apply", "--config", managed)
+	k3 := transition(t, "rotate (reload path)", "aescbc:v1:", "rotate-key", "--config", managed)
+	if k3 == k2 {
+		t.Fatalf("rotate-key kept %s", k3)
+	}
 	transition(t, "disable", "identity", "apply", "--config", disabled)
+	// Enable sets the provider file flag, so each node restarts once; every
+	// later stage of it reloads.
+	transition(t, "enable (reload path)", "aescbc:v1:", "apply", "--config", managed)
+	transition(t, "disable again", "identity", "apply", "--config", disabled)
 
 	code, out = run(t, "status", "--config", disabled)
 	if code != 0 || !strings.Contains(out, "in sync") || !strings.Contains(out, "retired") {

@@ -106,10 +106,25 @@ func TestRefusedConfigStalls(t *testing.T) {
 	}
 	notAPlugin(t)
 	kms := clusterFile(t, "kms.yml", kmsBlock)
+	// Without restarts: every node reloads the file, its kube-apiserver
+	// refuses it (the new KMS plugin fails its health check), the previous
+	// file goes back on every node, and the refusal stalls at once.
+	before = apiserverStarts(t)
+	code, out = run(t, "apply", "--config", kms)
+	if code != 2 || !strings.Contains(out, "stalled (ConfigRefused)") || !strings.Contains(out, "kube-apiserver says") || apiserverStarts(t) != before {
+		t.Fatalf("apply of a config kube-apiserver refuses on reload: exit %d, restarted %v:\n%s", code, apiserverStarts(t) != before, out)
+	}
+	checkStored(t, "aescbc:v1:k-fw5hn")
+	checkReadable(t)
+	if code, out := run(t, "resume", "--config", kms); code != 0 || !strings.Contains(out, "lifted the stall ConfigRefused") {
+		t.Fatalf("resume: exit %d:\n%s", code, out)
+	}
+	// On the restart path each attempt restarts a node and rolls it back;
+	// the same step failing three times stalls.
 	restarted := 0
 	for i := 1; i <= 5; i++ {
 		before := apiserverStarts(t)
-		code, out := run(t, "apply", "--config", kms, "--ssh-ready-timeout", "20s")
+		code, out := runEnv(t, restartOnly, "apply", "--config", kms, "--ssh-ready-timeout", "20s")
 		if code != 2 {
 			t.Fatalf("attempt %d: exit %d:\n%s", i, code, out)
 		}

@@ -250,7 +250,7 @@ func deployProviderConfig(t *testing.T, config []byte) {
 		t.Fatal(err)
 	}
 	args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
-		"--volume=/etc/kubernetes:/etc/kubernetes:z", sandbox.KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
+		"--volume=/etc/kubernetes:/etc/kubernetes:z", sb.KubeAPIServerImage(), "/usr/local/bin/kube-apiserver"}
 	args = append(append(args, sb.APIServerArgs(sb.Nodes[0])...), extra...)
 	if _, err := sb.Docker(ctx, 0, args...); err != nil {
 		t.Fatal(err)

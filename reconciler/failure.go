@@ -51,6 +51,11 @@ const (
 	// ReasonRollbackFailed: a node could not be put back after a failed
 	// change and needs a person.
 	ReasonRollbackFailed = "RollbackFailed"
+	// ReasonConfigRefused: a node's kube-apiserver refused a provider file
+	// it was to reload (or did not prove it loaded it); the previous file
+	// is back in force on every node. The same file would be refused
+	// again, so it is not retried.
+	ReasonConfigRefused = "ConfigRefused"
 	// ReasonStepFailedRepeatedly: the same step failed with the same
 	// inputs MaxStepFailures times in a row.
 	ReasonStepFailedRepeatedly = "StepFailedRepeatedly"
@@ -138,6 +143,10 @@ func countFailure(prev *keystore.Failure, step, inputs, revision string, err err
 	if errors.Is(err, controlplane.ErrRollbackFailed) {
 		return prev, &keystore.Stall{Reason: ReasonRollbackFailed, Step: step, Inputs: inputs, Revision: revision, Since: now,
 			Message: keystore.CapText(fmt.Sprintf("%s: a node could not be put back after the change failed and needs manual repair: %v", step, err))}
+	}
+	if errors.Is(err, controlplane.ErrConfigRefused) {
+		return prev, &keystore.Stall{Reason: ReasonConfigRefused, Step: step, Inputs: inputs, Revision: revision, Since: now,
+			Message: keystore.CapText(fmt.Sprintf("%s: kube-apiserver refused the provider file, and the previous one is back in force; fix the config (or the KMS plugin it names), then push a new revision or run `atrest resume`: %v", step, err))}
 	}
 	if transient(err) {
 		return prev, nil

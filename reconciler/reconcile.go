@@ -730,7 +730,7 @@ func (r *Reconciler) Observe(ctx context.Context, d Desired) (Live, *keystore.Ke
 	}
 	for _, s := range states {
 		n := NodeLive{Name: s.Node, Ready: s.Ready, Flag: s.APIServer.ProviderConfigSet(), File: s.File.Present,
-			Unloaded: s.FileChangedSinceStart(), EtcdPrefix: etcdPrefixOf(s)}
+			Unloaded: s.Unloaded(), EtcdPrefix: etcdPrefixOf(s)}
 		if s.File.Present {
 			chains, err := r.parseNodeFile(s)
 			if err != nil {

@@ -421,6 +421,8 @@ func TestStallRuleFailures(t *testing.T) {
 		{"other inputs count afresh", &keystore.Failure{Step: "s", Inputs: "other", Count: 2}, refused, 1, "", false},
 		{"other step counts afresh", &keystore.Failure{Step: "other", Inputs: "i", Count: 2}, refused, 1, "", false},
 		{"failed rollback stalls at once", nil, &controlplane.RollbackError{Node: "cp1", Cause: errors.New("x"), Rollback: errors.New("y")}, 0, ReasonRollbackFailed, true},
+		{"refused reload stalls at once", nil, &controlplane.ReloadError{What: "reload", Failed: map[string]error{"cp1": fmt.Errorf("x: %w", controlplane.ErrConfigRefused)}, Reverted: []string{"cp1"}}, 0, ReasonConfigRefused, true},
+		{"refused reload whose revert failed needs repair", nil, &controlplane.ReloadError{What: "reload", Failed: map[string]error{"cp1": fmt.Errorf("x: %w", controlplane.ErrConfigRefused)}, Reverted: []string{"cp1"}, Revert: errors.New("y")}, 0, ReasonRollbackFailed, true},
 		{"unreachable node is transient", &keystore.Failure{Step: "s", Inputs: "i", Count: 2}, fmt.Errorf("x: %w", controlplane.ErrUnreachable), 2, "", true},
 		{"lost lock is transient", nil, fmt.Errorf("x: %w", keystore.ErrLockLost), 0, "", true},
 		{"cancelled is transient", nil, context.Canceled, 0, "", true},

@@ -36,7 +36,8 @@ func (sb *Sandbox) RecreateAPIServer(ctx context.Context, i int, extra ...string
 	}
 	args := []string{"run", "--detach", "--name=kube-apiserver", "--network=host", "--restart=always",
 		"--label=io.rancher.rke.container.name=kube-apiserver",
-		"--volume=/etc/kubernetes:/etc/kubernetes:z", KubeAPIServerImage, "/usr/local/bin/kube-apiserver"}
+		"--env=ATREST_SANDBOX_RELOAD_POLL=" + sb.opts.ReloadPoll.String(),
+		"--volume=/etc/kubernetes:/etc/kubernetes:z", sb.KubeAPIServerImage(), "/usr/local/bin/kube-apiserver"}
 	args = append(append(args, sb.APIServerArgs(sb.Nodes[i])...), extra...)
 	if _, err := sb.Docker(ctx, i, args...); err != nil {
 		return err

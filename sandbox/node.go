@@ -24,13 +24,30 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// KubeAPIServerVersion is the Kubernetes version the sandbox runs; the image
-// tag says it, and tools/build.sh builds it.
-const KubeAPIServerVersion = "v1.37.2"
-
 // KubeAPIServerImage is the image the nodes run kube-apiserver from, made
-// with `docker import` of a rootfs holding the binary.
-const KubeAPIServerImage = "atrest-sandbox/kube-apiserver:" + KubeAPIServerVersion
+// with `docker import` of a rootfs holding the binary; its tag is the
+// binary's version (Sandbox.KubeAPIServerVersion).
+func (sb *Sandbox) KubeAPIServerImage() string {
+	return "atrest-sandbox/kube-apiserver:" + sb.KubeAPIServerVersion
+}
+
+// DefaultReloadPoll is how often the sandbox's kube-apiservers poll their
+// provider file under --encryption-provider-config-automatic-reload
+// (Options.ReloadPoll); the release polls once a minute.
+const DefaultReloadPoll = 2 * time.Second
+
+// binaryVersion is what `kube-apiserver --version` says: "v1.32.13".
+func binaryVersion(ctx context.Context, bin string) (string, error) {
+	out, err := exec.CommandContext(ctx, bin, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w", bin, err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 2 || f[0] != "Kubernetes" || !strings.HasPrefix(f[1], "v") {
+		return "", fmt.Errorf("%s --version: %q is not \"Kubernetes vX.Y.Z\"", bin, out)
+	}
+	return f[1], nil
+}
 
 // nodeInit runs as PID 1 of a node's PID namespace, in its own mount and
 // UTS namespace: it gives the node its own host name (kube-apiserver names
@@ -295,7 +312,7 @@ func (sb *Sandbox) startAPIServers(ctx context.Context) error {
 	errs := make([]error, len(sb.Nodes))
 	for i := range sb.Nodes {
 		wg.Go(func() {
-			if _, err := sb.Docker(ctx, i, "import", rootfs, KubeAPIServerImage); err != nil {
+			if _, err := sb.Docker(ctx, i, "import", rootfs, sb.KubeAPIServerImage()); err != nil {
 				errs[i] = err
 				return
 			}

@@ -46,6 +46,11 @@ type Options struct {
 	// KubeAPIServer and Vault are the binaries to run (see tools/build.sh).
 	// Empty: $ATREST_KUBE_APISERVER and $ATREST_VAULT.
 	KubeAPIServer, Vault string
+	// ReloadPoll is how often the kube-apiservers poll their provider
+	// file under automatic reload (default DefaultReloadPoll): the
+	// sandbox's kube-apiserver (tools/build.sh) takes it from
+	// $ATREST_SANDBOX_RELOAD_POLL, the release polls once a minute.
+	ReloadPoll time.Duration
 	// Log receives progress lines (default: discarded).
 	Log io.Writer
 }
@@ -55,6 +60,9 @@ type Sandbox struct {
 	Dir   string
 	Slot  int    // the sandbox owns 127.0.<Slot>.0/24
 	Nodes []Node // the controlplane nodes
+	// KubeAPIServerVersion is what the nodes' kube-apiserver says it is:
+	// "v1.37.2".
+	KubeAPIServerVersion string
 
 	EtcdEndpoint string // https://127.0.S.2:2379
 	EtcdPrefix   string // kube-apiserver's --etcd-prefix: keys are PREFIX/secrets/NS/NAME
@@ -153,6 +161,9 @@ func Start(ctx context.Context, opts Options) (sb *Sandbox, err error) {
 	if opts.Vault == "" {
 		opts.Vault = os.Getenv("ATREST_VAULT")
 	}
+	if opts.ReloadPoll <= 0 {
+		opts.ReloadPoll = DefaultReloadPoll
+	}
 	for name, bin := range map[string]string{"kube-apiserver": opts.KubeAPIServer, "vault": opts.Vault} {
 		if bin == "" {
 			return nil, fmt.Errorf("sandbox: no %s binary: build it with tools/build.sh %s and set Options or $ATREST_%s", name, name, strings.ToUpper(strings.ReplaceAll(name, "-", "_")))
@@ -175,7 +186,11 @@ func Start(ctx context.Context, opts Options) (sb *Sandbox, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	sb = &Sandbox{Dir: dir, EtcdPrefix: opts.EtcdPrefix, opts: opts}
+	version, err := binaryVersion(ctx, opts.KubeAPIServer)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: kube-apiserver binary: %w", err)
+	}
+	sb = &Sandbox{Dir: dir, EtcdPrefix: opts.EtcdPrefix, KubeAPIServerVersion: version, opts: opts}
 	if sb.Slot, err = claimSlot(dir); err != nil {
 		return nil, err
 	}

@@ -132,8 +132,14 @@ type SSH struct {
 	Timeout        time.Duration `json:"timeout"`
 	// ReadyTimeout bounds the wait for a restarted kube-apiserver's
 	// /readyz before the node is rolled back.
-	ReadyTimeout                    time.Duration `json:"readyTimeout"`
-	InsecureSkipHostKeyVerification bool          `json:"insecureSkipHostKeyVerification"`
+	ReadyTimeout time.Duration `json:"readyTimeout"`
+	// ReloadTimeout bounds the wait for a node's kube-apiserver to prove,
+	// by its metrics, that it reloaded a provider file.
+	ReloadTimeout time.Duration `json:"reloadTimeout"`
+	// RestartOnly keeps every change on the restart path: atrest never
+	// sets --encryption-provider-config-automatic-reload.
+	RestartOnly                     bool `json:"restartOnly"`
+	InsecureSkipHostKeyVerification bool `json:"insecureSkipHostKeyVerification"`
 }
 
 // Snapshots is where etcd snapshots and their manifests are kept.
@@ -204,7 +210,7 @@ func Default() *Settings {
 		Git:        Git{Ref: "main", Path: ".", Interval: time.Minute, Timeout: time.Minute},
 		Vault:      Vault{AuthMethod: AuthToken, AppRoleMount: "approle", KubernetesMount: "kubernetes", KubernetesTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token", KVMount: "secret", Prefix: "atrest"},
 		Kubernetes: Kubernetes{QPS: 200, Burst: 400, RewriteWorkers: 16},
-		SSH:        SSH{Timeout: 30 * time.Second, ReadyTimeout: 3 * time.Minute},
+		SSH:        SSH{Timeout: 30 * time.Second, ReadyTimeout: 3 * time.Minute, ReloadTimeout: 3*time.Minute + 30*time.Second},
 		Listen:     Listen{Metrics: "127.0.0.1:9795"},
 		Daemon:     Daemon{MaxBackoff: 10 * time.Minute, StallAfter: 3},
 		Policy:     Policy{MinRotationInterval: time.Hour, MinSnapshotRetention: DefaultMinSnapshotRetention, AllowCustomConfig: true, AllowKMS: true},
@@ -279,6 +285,8 @@ func (s *Settings) fields() []field {
 		{"ssh.knownHostsFile", "known_hosts file that verifies every node's SSH host key", &s.SSH.KnownHostsFile},
 		{"ssh.timeout", "timeout of each SSH or Docker call to a node", &s.SSH.Timeout},
 		{"ssh.readyTimeout", "how long a restarted kube-apiserver may take to be ready before its node is rolled back", &s.SSH.ReadyTimeout},
+		{"ssh.reloadTimeout", "how long a kube-apiserver may take to prove it reloaded a provider file (it polls once a minute) before the stage is undone", &s.SSH.ReloadTimeout},
+		{"ssh.restartOnly", "restart kube-apiserver to load each provider file; never set --encryption-provider-config-automatic-reload", &s.SSH.RestartOnly},
 		{"ssh.insecureSkipHostKeyVerification", "DANGEROUS: accept any SSH host key from the nodes", &s.SSH.InsecureSkipHostKeyVerification},
 
 		{"snapshots.dir", "directory for etcd snapshots and their manifests", &s.Snapshots.Dir},

@@ -334,6 +334,11 @@ func (v *validator) ssh() {
 	if s.ReadyTimeout <= 0 {
 		v.add("ssh.readyTimeout", "must be positive, not %s", s.ReadyTimeout)
 	}
+	// kube-apiserver polls its provider file once a minute: less could
+	// undo a stage that was about to be proven.
+	if s.ReloadTimeout < time.Minute+10*time.Second && !s.RestartOnly {
+		v.add("ssh.reloadTimeout", "must be at least 1m10s (kube-apiserver polls its provider file once a minute), not %s", s.ReloadTimeout)
+	}
 	// Where a node is changed, a step that keeps failing must stall.
 	if v.s.Daemon.StallAfter < 1 {
 		v.add("daemon.stallAfter", "must be at least 1, not %d", v.s.Daemon.StallAfter)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a pinned tool binary once per version into a cache outside the repo.
 #
-#   tools/build.sh kube-apiserver|kubectl|vault|helm|all
+#   tools/build.sh kube-apiserver|kube-apiserver-v1.32|kubectl|vault|helm|all
 #
 # Prints the binary path(s) on stdout; logs go to stderr. Versions come from
 # each tool's module under tools/ (via `go list -m`), so bumping a tool is a
@@ -45,25 +45,30 @@ build_in() {
   echo "$out"
 }
 
-# k8s NAME: build k8s.io/kubernetes/cmd/NAME from tools/kube-apiserver's
-# module (kube-apiserver, kubectl), stamped as the release.
+# k8s MODULE NAME PKG: build PKG from tools/MODULE's module (kube-apiserver,
+# kubectl), stamped as the release of k8s.io/kubernetes it pins.
 k8s() {
-  local name=$1 v date
-  v=$(modinfo kube-apiserver k8s.io/kubernetes '{{.Version}}')
+  local module=$1 name=$2 pkg=$3 v date
+  v=$(modinfo "$module" k8s.io/kubernetes '{{.Version}}')
   # The tag's commit time, not now: keeps the binary reproducible.
-  date=$(modinfo kube-apiserver k8s.io/kubernetes '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}')
+  date=$(modinfo "$module" k8s.io/kubernetes '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}')
   local major=${v#v}; major=${major%%.*}
   local minor=${v#v*.}; minor=${minor%%.*}
   # What hack/lib/version.sh stamps, minus gitCommit (the module zip has none;
   # empty beats the "$Format:%H$" placeholder). --version prints gitVersion.
-  local ld="-s -w" pkg k
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  local ld="-s -w" p k
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     for k in gitVersion=$v gitMajor=$major gitMinor=$minor gitTreeState=clean \
       buildDate=$date gitCommit=; do
-      ld+=" -X $pkg.$k"
+      ld+=" -X $p.$k"
     done
   done
-  build_in kube-apiserver "$name" "$v" "k8s.io/kubernetes/cmd/$name" "$ld"
+  # The cache directory names what was built: a release command is
+  # $name-$v, the sandbox's kube-apiserver (./sandboxapiserver, the
+  # release's command with the reload poll as a knob) is $name-$v-sandbox2.
+  local tag=$v
+  [[ $pkg == ./sandboxapiserver ]] && tag=$v-sandbox2
+  build_in "$module" "$name" "$tag" "$pkg" "$ld"
 }
 
 vault() {
@@ -94,10 +99,14 @@ helm() {
 }
 
 case ${1:-} in
-  kube-apiserver|kubectl) k8s "$1" ;;
+  # The sandbox's kube-apiserver at the current release, and at v1.32, RKE1's
+  # last Kubernetes line.
+  kube-apiserver) k8s kube-apiserver kube-apiserver ./sandboxapiserver ;;
+  kube-apiserver-v1.32) k8s kube-apiserver-v1.32 kube-apiserver ./sandboxapiserver ;;
+  kubectl) k8s kube-apiserver kubectl k8s.io/kubernetes/cmd/kubectl ;;
   vault) vault ;;
   helm) helm ;;
   # Sequential on purpose: each build already uses every core.
-  all) k8s kube-apiserver; k8s kubectl; vault; helm ;;
-  *) echo "usage: $0 kube-apiserver|kubectl|vault|helm|all" >&2; exit 2 ;;
+  all) "$0" kube-apiserver; "$0" kube-apiserver-v1.32; "$0" kubectl; vault; helm ;;
+  *) echo "usage: $0 kube-apiserver|kube-apiserver-v1.32|kubectl|vault|helm|all" >&2; exit 2 ;;
 esac

@@ -31,16 +31,18 @@ func TestValidate(t *testing.T) {
 	policyDir := filepath.Join(dir, "withpolicy")
 	write("withpolicy/cluster.yml", "cluster_name: demo\nnodes: [{address: 127.0.0.11, user: atrest, role: [controlplane, etcd]}]\nservices: {kube-api: {secrets_encryption_config: {enabled: true}}}\n")
 	write("withpolicy/atrest.yaml", "provider: secretbox\nrotation: {schedule: \"@monthly\"}\n")
+	reloading := write("reloading.yml", "cluster_name: demo\nnodes: [{address: 127.0.0.11, user: atrest, role: [controlplane, etcd]}]\nservices: {kube-api: {extra_args: {encryption-provider-config-automatic-reload: \"true\"}, secrets_encryption_config: {enabled: true}}}\n")
 	badPolicy := write("bad-atrest.yaml", "rotation: {schedule: \"every month\"}\n")
 	broken := write("broken.yml", "nodes:\n  - address: a\n    role: [controlplane]\nservices:\n  kube-api:\n    secrets_encryption_config:\n      enabled: true\n      custom_config:\n        apiVersion: apiserver.config.k8s.io/v1\n        kind: EncryptionConfiguration\n        resources:\n          - resources: [secrets]\n            providers:\n              - aescbc:\n                  keys:\n                    - name: k1\n                      secret: c2VjcmV0MTI=\n")
 
 	tests := []struct {
-		name    string
-		args    []string
-		code    int
-		stdout  []string
-		stderr  []string
-		secrets []string // must appear nowhere
+		name      string
+		args      []string
+		code      int
+		stdout    []string
+		notStdout []string
+		stderr    []string
+		secrets   []string // must appear nowhere
 	}{
 		{name: "managed doc example", args: []string{"validate", "--config", "../../cluster/testdata/managed.yml"}, code: 0,
 			stdout: []string{"managed.yml: valid: cluster \"demo\", 2 controlplane node(s) (10.0.0.1, 10.0.0.2), encryption managed; no atrest.yaml, defaults: managed provider aescbc"}},
@@ -53,6 +55,8 @@ func TestValidate(t *testing.T) {
 			stdout: []string{"kms:v2:aws-encryption-provider"}},
 		{name: "policy found beside cluster.yml", args: []string{"validate", "--config", filepath.Join(policyDir, "cluster.yml")}, code: 0,
 			stdout: []string{"atrest.yaml: managed provider secretbox, rotation \"@monthly\" (next "}},
+		{name: "managed, reload flag kept by rke up: no note", args: []string{"validate", "--config", reloading}, code: 0,
+			stdout: []string{"reloading.yml: valid"}, notStdout: []string{"note:"}},
 		{name: "every error at once", args: []string{"validate", "--config", broken, "--policy", badPolicy}, code: 2,
 			stderr: []string{
 				"broken.yml: nodes[0].user: required",
@@ -76,6 +80,11 @@ func TestValidate(t *testing.T) {
 					t.Errorf("stdout does not contain %q:\n%s", w, stdout)
 				}
 			}
+			for _, w := range tt.notStdout {
+				if strings.Contains(stdout, w) {
+					t.Errorf("stdout contains %q:\n%s", w, stdout)
+				}
+			}
 			for _, w := range tt.stderr {
 				if !strings.Contains(stderr, w) {
 					t.Errorf("stderr does not contain %q:\n%s", w, stderr)
@@ -86,8 +95,12 @@ func TestValidate(t *testing.T) {
 					t.Errorf("output shows key material %q", s)
 				}
 			}
-			if tt.code == 0 && strings.Count(strings.TrimSpace(stdout), "\n") != 0 && tt.args[0] == "validate" {
-				t.Errorf("validate should print one line, got:\n%s", stdout)
+			if tt.code == 0 && tt.args[0] == "validate" {
+				// One summary line, then at most the note on the reload flag.
+				lines := strings.Split(strings.TrimSpace(stdout), "\n")
+				if len(lines) > 2 || len(lines) == 2 && !strings.HasPrefix(lines[1], "note: add encryption-provider-config-automatic-reload: \"true\" to services.kube-api.extra_args") {
+					t.Errorf("validate should print one line and the reload note, got:\n%s", stdout)
+				}
 			}
 		})
 	}

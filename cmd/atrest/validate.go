@@ -34,6 +34,9 @@ It never prints key material.`,
 				policyDesc = policy.file + ": " + policy.Summary(time.Now())
 			}
 			fmt.Fprintf(out, "%s: valid: %s; %s\n", configFile, cfg.Summary(), policyDesc)
+			if advice := cfg.ReloadAdvice(); advice != "" && cfg.Desired.Mode != cluster.Disabled {
+				fmt.Fprintf(out, "note: %s\n", advice)
+			}
 			return nil
 		},
 	}

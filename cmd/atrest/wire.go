@@ -216,6 +216,7 @@ func open(ctx context.Context, s *settings.Settings, cfg *cluster.Config, policy
 	if e.nodes, err = controlplane.Connect(ctx, cfg, controlplane.Options{
 		KnownHostsFile: s.SSH.KnownHostsFile, InsecureSkipHostKeyVerification: s.SSH.InsecureSkipHostKeyVerification,
 		KeyFile: s.SSH.KeyFile, Timeout: s.SSH.Timeout, ReadyTimeout: s.SSH.ReadyTimeout, APIServer: e.rest,
+		ReloadTimeout: s.SSH.ReloadTimeout, RestartOnly: s.SSH.RestartOnly,
 		Failpoint: failpoint(), Storage: e.etcd, Logger: log,
 	}); err != nil {
 		return nil, err

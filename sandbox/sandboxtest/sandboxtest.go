@@ -57,23 +57,35 @@ func binaries(opts *sandbox.Options) error {
 		if *dst != "" {
 			continue
 		}
-		if v := os.Getenv("ATREST_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); v != "" {
-			*dst = v
-			continue
-		}
-		root, err := moduleRoot()
+		bin, err := Binary(name)
 		if err != nil {
 			return err
 		}
-		cmd := exec.Command(filepath.Join(root, "tools", "build.sh"), name)
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
-		if err != nil {
-			return fmt.Errorf("build %s with tools/build.sh: %w", name, err)
-		}
-		*dst = strings.TrimSpace(string(out))
+		*dst = bin
 	}
 	return nil
+}
+
+// Binary is the tool tools/build.sh builds as name (kube-apiserver,
+// kube-apiserver-v1.32, vault, ...): $ATREST_NAME (upper case, - and . as
+// _) when set, as make test sets them, else built (or found cached) by
+// tools/build.sh.
+func Binary(name string) (string, error) {
+	env := "ATREST_" + strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(name))
+	if v := os.Getenv(env); v != "" {
+		return v, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command(filepath.Join(root, "tools", "build.sh"), name)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("build %s with tools/build.sh (or set $%s): %w", name, env, err)
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 func moduleRoot() (string, error) {
