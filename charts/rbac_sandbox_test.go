@@ -128,6 +128,26 @@ func TestRBACIsEnoughAndNoMore(t *testing.T) {
 		}
 	})
 
+	t.Run("each kube-apiserver's version and reload metrics", func(t *testing.T) {
+		cfg, err := cluster.Load(sb.ClusterYML)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes, err := controlplane.Connect(ctx, cfg, controlplane.Options{KnownHostsFile: sb.KnownHostsFile, KeyFile: sb.SSHKeyFile, APIServer: as})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nodes.Close()
+		for _, n := range nodes.Nodes() {
+			if _, err := n.ServerVersion(ctx); err != nil {
+				t.Errorf("/version as the chart's service account: %v", err)
+			}
+			if _, err := n.ReloadMetrics(ctx); err != nil {
+				t.Errorf("/metrics as the chart's service account: %v", err)
+			}
+		}
+	})
+
 	t.Run("nothing more", func(t *testing.T) {
 		secret := func(ns, name string) *corev1.Secret {
 			return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}

@@ -22,6 +22,9 @@ type NodeState struct {
 	Load LoadState
 	// LoadErr says why Load could not be read (no get on /metrics, ...).
 	LoadErr string
+	// RestartOnly: changes to this node restart kube-apiserver, as the
+	// settings or cluster.yml ask (Options.RestartOnly).
+	RestartOnly bool
 	Err     error // what could not be observed; nil when all was
 }
 
@@ -88,7 +91,7 @@ func (c *Cluster) Observe(ctx context.Context) ([]NodeState, error) {
 	var wg sync.WaitGroup
 	for i, n := range c.nodes {
 		wg.Go(func() {
-			s := NodeState{Node: n.name}
+			s := NodeState{Node: n.name, RestartOnly: c.opts.RestartOnly}
 			var errs []error
 			var err error
 			if s.File, err = n.ReadProviderFile(ctx); err != nil {

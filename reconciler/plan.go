@@ -80,6 +80,11 @@ type NodeLive struct {
 	Unloaded bool
 	// EtcdPrefix is the node's kube-apiserver --etcd-prefix.
 	EtcdPrefix string
+	// Reloads: kube-apiserver runs with the provider file and
+	// --encryption-provider-config-automatic-reload, so a deploy reloads
+	// it without a restart. RestartOnly: atrest will not set that flag
+	// (ssh.restartOnly, or cluster.yml turns it off).
+	Reloads, RestartOnly bool
 }
 
 // Running is the config the node's kube-apiserver uses: its file when the
@@ -200,6 +205,9 @@ type Step struct {
 	Reason string
 	// Node to reload.
 	Node string
+	// Restarts names the nodes a deploy restarts kube-apiserver on; the
+	// others reload the file without a restart, all at once.
+	Restarts []string
 }
 
 // TouchesNodes reports whether the step changes a node.
@@ -225,7 +233,12 @@ func (s Step) String() string {
 		for _, r := range s.Chains.Resources() {
 			parts = append(parts, r+" "+s.Chains[r].String())
 		}
-		return "deploy " + strings.Join(parts, ", ") + " to every node, one at a time; canary must be " + s.Expect
+		d := "deploy " + strings.Join(parts, ", ")
+		if len(s.Restarts) == 0 {
+			return d + " to every node at once, reloaded without a restart and proven by each node's metrics; canary must be " + s.Expect
+		}
+		return d + " to every node, one at a time, restarting kube-apiserver on " + strings.Join(s.Restarts, ", ") +
+			" (no --encryption-provider-config-automatic-reload yet: this restart sets it where the version proves reloads, unless restart-only); canary must be " + s.Expect
 	case StepRewrite:
 		return "rewrite every object of " + strings.Join(s.Resources, ", ")
 	case StepVerify:
@@ -495,7 +508,28 @@ func MakePlan(in Input) (*Plan, error) {
 	}
 
 	p.insertSnapshot(in, generate)
+	markRestarts(p.Steps, in.Live.Nodes)
 	return p, nil
+}
+
+// markRestarts says, on each deploy, which nodes it restarts: the first
+// restarts every node whose kube-apiserver does not reload (and sets the
+// reload flag there, unless atrest runs restart-only); the later ones
+// restart only the nodes that stay on the restart path.
+func markRestarts(steps []Step, nodes []NodeLive) {
+	first := true
+	for i := range steps {
+		if steps[i].Kind != StepDeploy {
+			continue
+		}
+		steps[i].Restarts = nil
+		for _, n := range nodes {
+			if !n.Reloads && (first || n.RestartOnly) {
+				steps[i].Restarts = append(steps[i].Restarts, n.Name)
+			}
+		}
+		first = false
+	}
 }
 
 // insertSnapshot puts a snapshot before the first step that touches a

@@ -643,3 +643,32 @@ func TestSnapshotCovers(t *testing.T) {
 		})
 	}
 }
+
+func TestMarkRestarts(t *testing.T) {
+	deploys := func() []Step {
+		return []Step{{Kind: StepSnapshot}, {Kind: StepDeploy, Expect: "identity"}, {Kind: StepRewrite}, {Kind: StepDeploy, Expect: "aescbc:v1:k-1"}}
+	}
+	cases := []struct {
+		name        string
+		nodes       []NodeLive
+		first, last []string
+	}{
+		{"every node reloads: no restart", []NodeLive{{Name: "a", Reloads: true}, {Name: "b", Reloads: true}}, nil, nil},
+		{"no node reloads yet: the first deploy restarts each and sets the flag", []NodeLive{{Name: "a"}, {Name: "b"}}, []string{"a", "b"}, nil},
+		{"one node without the flag", []NodeLive{{Name: "a", Reloads: true}, {Name: "b"}}, []string{"b"}, nil},
+		{"restart-only restarts every deploy", []NodeLive{{Name: "a", RestartOnly: true}, {Name: "b", RestartOnly: true}}, []string{"a", "b"}, []string{"a", "b"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			steps := deploys()
+			markRestarts(steps, c.nodes)
+			if !slices.Equal(steps[1].Restarts, c.first) || !slices.Equal(steps[3].Restarts, c.last) {
+				t.Errorf("restarts %v then %v, want %v then %v", steps[1].Restarts, steps[3].Restarts, c.first, c.last)
+			}
+			if len(c.first) == 0 && !strings.Contains(steps[1].String(), "without a restart") ||
+				len(c.first) > 0 && !strings.Contains(steps[1].String(), "restarting kube-apiserver on "+strings.Join(c.first, ", ")) {
+				t.Errorf("the plan says %q", steps[1].String())
+			}
+		})
+	}
+}

@@ -730,7 +730,8 @@ func (r *Reconciler) Observe(ctx context.Context, d Desired) (Live, *keystore.Ke
 	}
 	for _, s := range states {
 		n := NodeLive{Name: s.Node, Ready: s.Ready, Flag: s.APIServer.ProviderConfigSet(), File: s.File.Present,
-			Unloaded: s.Unloaded(), EtcdPrefix: etcdPrefixOf(s)}
+			Unloaded: s.Unloaded(), EtcdPrefix: etcdPrefixOf(s),
+			Reloads: s.APIServer.ProviderConfigSet() && s.APIServer.AutomaticReload && !s.RestartOnly, RestartOnly: s.RestartOnly}
 		if s.File.Present {
 			chains, err := r.parseNodeFile(s)
 			if err != nil {
