@@ -25,7 +25,7 @@ type NodeState struct {
 	// RestartOnly: changes to this node restart kube-apiserver, as the
 	// settings or cluster.yml ask (Options.RestartOnly).
 	RestartOnly bool
-	Err     error // what could not be observed; nil when all was
+	Err         error // what could not be observed; nil when all was
 }
 
 // FileChangedSinceStart reports whether the node's provider file was
