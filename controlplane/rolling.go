@@ -210,11 +210,11 @@ func (c *Cluster) RollingApply(ctx context.Context, file []byte, want string) er
 	if want == "" {
 		return errors.New("controlplane: rolling apply: no expected canary prefix")
 	}
-	if nodes, why := c.reloadable(ctx); nodes != nil {
+	nodes, why := c.reloadable(ctx)
+	if nodes != nil {
 		return c.reloadApply(ctx, nodes, file, want)
-	} else {
-		c.opts.Logger.Info("this stage restarts kube-apiserver", "why", why)
 	}
+	c.opts.Logger.Info("this stage restarts kube-apiserver", "why", why)
 	sum := newProviderFile(file).SHA256
 	c.opts.Logger.Info("rolling out provider file", "sha256", sum, "nodes", len(c.nodes), "want", want)
 	return c.rollout(ctx, "rolling apply of provider file sha256 "+sum, func(ctx context.Context, n *Node) (bool, error) {
