@@ -3,6 +3,7 @@
 package charts
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -110,15 +111,7 @@ func TestRBACIsEnoughAndNoMore(t *testing.T) {
 	})
 
 	t.Run("which kube-apiservers serve", func(t *testing.T) {
-		cfg, err := cluster.Load(sb.ClusterYML)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes, err := controlplane.Connect(ctx, cfg, controlplane.Options{KnownHostsFile: sb.KnownHostsFile, KeyFile: sb.SSHKeyFile, APIServer: as})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nodes.Close()
+		nodes := connectAs(t, ctx, as)
 		s, err := nodes.Serving(ctx)
 		if err != nil {
 			t.Fatalf("which kube-apiservers serve, as the chart's service account: %v", err)
@@ -129,15 +122,7 @@ func TestRBACIsEnoughAndNoMore(t *testing.T) {
 	})
 
 	t.Run("each kube-apiserver's version and reload metrics", func(t *testing.T) {
-		cfg, err := cluster.Load(sb.ClusterYML)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes, err := controlplane.Connect(ctx, cfg, controlplane.Options{KnownHostsFile: sb.KnownHostsFile, KeyFile: sb.SSHKeyFile, APIServer: as})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nodes.Close()
+		nodes := connectAs(t, ctx, as)
 		for _, n := range nodes.Nodes() {
 			if _, err := n.ServerVersion(ctx); err != nil {
 				t.Errorf("/version as the chart's service account: %v", err)
@@ -266,4 +251,19 @@ func TestRBACIsEnoughAndNoMore(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 		}
 	})
+}
+
+// connectAs connects to the sandbox's nodes with as for their apiservers.
+func connectAs(t *testing.T, ctx context.Context, as *rest.Config) *controlplane.Cluster {
+	t.Helper()
+	cfg, err := cluster.Load(sb.ClusterYML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := controlplane.Connect(ctx, cfg, controlplane.Options{KnownHostsFile: sb.KnownHostsFile, KeyFile: sb.SSHKeyFile, APIServer: as})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nodes.Close() })
+	return nodes
 }

@@ -93,16 +93,8 @@ func runArgs(t *testing.T, args ...string) (int, string) {
 // clusterFile writes the sandbox's cluster.yml with encryption set as given.
 func clusterFile(t *testing.T, name, encryption string) string {
 	t.Helper()
-	base, err := os.ReadFile(sb.ClusterYML)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := strings.Replace(string(base), "    secrets_encryption_config:\n      enabled: false\n", encryption, 1)
-	if s == string(base) && !strings.Contains(encryption, "enabled: false") {
-		t.Fatal("cluster.yml template changed: no secrets_encryption_config block to replace")
-	}
 	file := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+	if err := sb.WriteClusterYML(file, encryption); err != nil {
 		t.Fatal(err)
 	}
 	return file
@@ -110,7 +102,7 @@ func clusterFile(t *testing.T, name, encryption string) string {
 
 const (
 	managedBlock  = "    secrets_encryption_config:\n      enabled: true\n"
-	disabledBlock = "    secrets_encryption_config:\n      enabled: false\n"
+	disabledBlock = sandbox.DisabledBlock
 	customBlock   = `    secrets_encryption_config:
       enabled: true
       custom_config:

@@ -30,6 +30,24 @@ services:
       enabled: false
 `))
 
+// DisabledBlock is the secrets_encryption_config the sandbox's cluster.yml
+// starts with, under services.kube-api.
+const DisabledBlock = "    secrets_encryption_config:\n      enabled: false\n"
+
+// WriteClusterYML writes file, the sandbox's cluster.yml with block (a
+// secrets_encryption_config, indented as under services.kube-api) in place
+// of DisabledBlock, for tests of each desired state.
+func (sb *Sandbox) WriteClusterYML(file, block string) error {
+	base, err := os.ReadFile(sb.ClusterYML)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(base), DisabledBlock) {
+		return fmt.Errorf("sandbox: %s has no secrets_encryption_config block to replace", sb.ClusterYML)
+	}
+	return os.WriteFile(file, []byte(strings.Replace(string(base), DisabledBlock, block, 1)), 0o600)
+}
+
 var kubeconfigTmpl = template.Must(template.New("kubeconfig").Parse(`apiVersion: v1
 kind: Config
 clusters:

@@ -77,16 +77,8 @@ func run(t *testing.T, args ...string) (int, string) {
 
 func clusterFile(t *testing.T, name, encryption string) string {
 	t.Helper()
-	base, err := os.ReadFile(sb.ClusterYML)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const disabled = "    secrets_encryption_config:\n      enabled: false\n"
-	if !strings.Contains(string(base), disabled) {
-		t.Fatal("cluster.yml template changed: no secrets_encryption_config block to replace")
-	}
 	file := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(file, []byte(strings.Replace(string(base), disabled, encryption, 1)), 0o600); err != nil {
+	if err := sb.WriteClusterYML(file, encryption); err != nil {
 		t.Fatal(err)
 	}
 	return file
@@ -155,7 +147,7 @@ func TestTransitionsOnV132(t *testing.T) {
 		}
 	}
 	managed := clusterFile(t, "managed.yml", "    secrets_encryption_config:\n      enabled: true\n")
-	disabled := clusterFile(t, "disabled.yml", "    secrets_encryption_config:\n      enabled: false\n")
+	disabled := clusterFile(t, "disabled.yml", sandbox.DisabledBlock)
 	custom := clusterFile(t, "custom.yml", `    secrets_encryption_config:
       enabled: true
       custom_config:
