@@ -606,6 +606,8 @@ var (
 	canaryRule   = rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"atrest-canary"}, Verbs: []string{"create", "patch", "delete"}}
 	leasesRule   = rbacv1.PolicyRule{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"list"}}
 	slicesRule   = rbacv1.PolicyRule{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list"}}
+	// Each kube-apiserver's reload metrics prove a stage without restarts.
+	metricsRule = rbacv1.PolicyRule{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}
 )
 
 // TestRBACRules: the ClusterRole, the canary Role and the Roles to see
@@ -618,7 +620,7 @@ func TestRBACRules(t *testing.T) {
 		sets    []string
 		cluster []rbacv1.PolicyRule
 	}{
-		{"default", nil, []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: rewriteVerbs}}},
+		{"default", nil, []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: rewriteVerbs}, metricsRule}},
 		{"extra resources", []string{
 			"rbac.extraResources[0].resource=configmaps",
 			"rbac.extraResources[1].apiGroup=apps", "rbac.extraResources[1].resource=statefulsets",
@@ -629,6 +631,7 @@ func TestRBACRules(t *testing.T) {
 			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: rewriteVerbs},
 			{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: rewriteVerbs},
 			{APIGroups: []string{"apps"}, Resources: []string{"deployments", "statefulsets"}, Verbs: rewriteVerbs},
+			metricsRule,
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

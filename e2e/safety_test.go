@@ -138,12 +138,14 @@ func TestKeyIsItsMaterial(t *testing.T) {
 		t.Fatalf("the node's material is not preserved in Vault: %v", redactedKeys(preserved))
 	}
 
-	// The operator puts the file back: it is newer than the apiserver, so
-	// atrest restarts that node on it (it is safe: every node reads what
-	// it writes with), and all is as Git says.
+	// The operator puts the file back. On the restart path it is newer
+	// than the apiserver, so atrest restarts that node on it (it is safe:
+	// every node reads what it writes with); with automatic reload the
+	// node loads it by itself, and its metrics prove it. Either way all is
+	// as Git says.
 	writeNodeFile(t, 2, original)
 	code, out = run(t, "apply", "--config", custom)
-	if code != 0 || !strings.Contains(out, "restart kube-apiserver on "+sb.Nodes[2].Name) {
+	if code != 0 || !strings.Contains(out, "restart kube-apiserver on "+sb.Nodes[2].Name) && !strings.Contains(out, "nothing to do") {
 		t.Fatalf("apply after the file was put back: exit %d:\n%s", code, out)
 	}
 	checkStored(t, "aescbc:v1:k-fw5hn")
