@@ -78,6 +78,9 @@ func (n *Node) reloadable(ctx context.Context) (*reloadNode, string) {
 	if !a.ProviderConfigSet() || !a.AutomaticReload {
 		return nil, "kube-apiserver runs without --" + flagAutomaticReload
 	}
+	if !prev.Present {
+		return nil, "it has no provider file to reload from"
+	}
 	v, err := n.ServerVersion(ctx)
 	if err != nil {
 		return nil, err.Error()
@@ -91,8 +94,10 @@ func (n *Node) reloadable(ctx context.Context) (*reloadNode, string) {
 	}
 	// Its current file must be in force, so that a success seen later is
 	// this stage's.
-	if s, err := n.loadState(ctx, prev, a); err != nil || s != LoadInForce {
-		return nil, fmt.Sprintf("its provider file is %s by kube-apiserver (%v)", s, err)
+	if changedSinceStart(prev, a) {
+		if s := reloadState(v, prev, a.StartedAt, m); s != LoadInForce {
+			return nil, "its provider file is " + s.String() + " by kube-apiserver"
+		}
 	}
 	return &reloadNode{n: n, prev: prev, api: a, version: v, base: m}, ""
 }
