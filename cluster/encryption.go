@@ -151,7 +151,29 @@ func ParseEncryptionConfig(file, base string, data []byte, featureGates string) 
 }
 
 func parseCustom(raw json.RawMessage, file, base string, extraArgs map[string]string) (*EncryptionConfig, Errors) {
-	return parseEncryption(raw, file, base, extraArgs["feature-gates"])
+	return parseEncryption(withTypeMeta(raw), file, base, extraArgs["feature-gates"])
+}
+
+// withTypeMeta gives a custom_config without apiVersion and kind the
+// ones RKE's template puts before it in the provider file
+// (templates.CustomEncryptionProviderFile), so it reads as RKE deploys it.
+func withTypeMeta(raw json.RawMessage) json.RawMessage {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil || m == nil {
+		return raw
+	}
+	_, hasVersion := m["apiVersion"]
+	_, hasKind := m["kind"]
+	if hasVersion || hasKind {
+		return raw
+	}
+	m["apiVersion"] = json.RawMessage(`"` + apiserverv1.SchemeGroupVersion.String() + `"`)
+	m["kind"] = json.RawMessage(`"EncryptionConfiguration"`)
+	out, err := json.Marshal(m)
+	if err != nil {
+		return raw
+	}
+	return out
 }
 
 func parseEncryption(data []byte, file, base, featureGates string) (*EncryptionConfig, Errors) {

@@ -42,6 +42,9 @@ type Desired struct {
 
 // Cluster is a cluster opened for one Desired: what a cycle drives.
 type Cluster interface {
+	// ImportOutsideKeys stores in Vault the keys an outside writer left
+	// on the nodes (reconciler.Reconciler.ImportOutsideKeys).
+	ImportOutsideKeys(ctx context.Context) ([]reconciler.OutsideKey, error)
 	Status(ctx context.Context, d reconciler.Desired) (*reconciler.Status, error)
 	ReconcileUntil(ctx context.Context, stop <-chan struct{}, d reconciler.Desired) (*reconciler.Result, error)
 	PutDaemonState(ctx context.Context, st keystore.DaemonState) error
@@ -289,6 +292,16 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 			d.pruned = true
 			d.forgetGone(ctx, log)
 		}
+	}
+	// First, whatever else this cycle does (stalled, suspended, in
+	// sync): a key that a plain `rke up` or a hand edit left on a node is
+	// its only copy until it is in Vault.
+	outside, err := d.cluster.ImportOutsideKeys(ctx)
+	for _, k := range outside {
+		d.metrics.outsideKeys.WithLabelValues(k.Node).Inc()
+	}
+	if err != nil {
+		log.Warn("import the keys an outside writer left on the nodes", "err", err)
 	}
 	want := reconciler.DesiredFrom(desired.Config, desired.Policy, desired.Revision)
 	st, err := d.cluster.Status(ctx, want)

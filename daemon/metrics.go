@@ -38,6 +38,7 @@ type metrics struct {
 	gitFetchedBytes   prometheus.Counter
 	webhook           *prometheus.CounterVec
 	rotations         prometheus.Counter
+	outsideKeys       *prometheus.CounterVec
 
 	// times backs the gauges of ages, read at scrape time.
 	mu    sync.Mutex
@@ -74,12 +75,14 @@ func newMetrics() *metrics {
 	m.gitFetchDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "atrest_git_fetch_duration_seconds", Help: "Duration of Git fetches.", Buckets: prometheus.ExponentialBuckets(0.01, 3, 9)})
 	m.gitFetchedBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_git_fetched_bytes_total", Help: "Pack bytes fetched from the Git remote."})
 	m.webhook = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_webhook_requests_total", Help: "Webhook requests by result: accepted, bad_signature, no_signature, bad_request."}, []string{"result"})
+	m.outsideKeys = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_outside_keys_total",
+		Help: "Keys found in a node's provider file that Vault did not hold, put there by a writer other than atrest (a plain rke up, a hand edit), by node: each was imported into Vault (or, under a name Vault holds with other material, preserved) before anything else."}, []string{"node"})
 	m.rotations = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_scheduled_rotations_total", Help: "Scheduled rotations requested (each served once)."})
 
 	m.reg.MustRegister(m.reconciles, m.reconcileDuration, m.failures, m.suspended, m.stalled, m.revision, m.refused,
 		m.nodeReady, m.nodeDeployed, m.nodesAgree, m.census, m.keys, m.step, m.rewriteListed, m.rewriteUpdated,
 		m.gitPolls, m.gitPollDuration, m.gitFetches, m.gitFetchDuration, m.gitFetchedBytes, m.webhook, m.rotations,
-		&ageCollector{m: m},
+		m.outsideKeys, &ageCollector{m: m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"accepted", "bad_signature", "no_signature", "bad_request"} {
 		m.webhook.WithLabelValues(r)

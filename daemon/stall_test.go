@@ -22,6 +22,9 @@ type stallCluster struct {
 	reconciles int
 }
 
+func (c *stallCluster) ImportOutsideKeys(context.Context) ([]reconciler.OutsideKey, error) {
+	return nil, nil
+}
 func (c *stallCluster) Status(context.Context, reconciler.Desired) (*reconciler.Status, error) {
 	st := c.status
 	return &st, nil

@@ -46,6 +46,9 @@ var (
 
 func TestMain(m *testing.M) {
 	sandbox.RunHelper()
+	if os.Getenv(standInEnv) != "" {
+		os.Exit(standInRKE(os.Args[1:]))
+	}
 	bin, cleanup, err := atrestbin.Build()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -198,6 +201,10 @@ type traffic struct {
 	mu                   sync.Mutex
 	failures             []string
 	created              []types.NamespacedName // secrets written, deleted by finish
+	// outside: an outside writer is at work (a plain `rke up`), so reads
+	// that fail for a missing key are its damage, counted, not a failure
+	// of atrest's.
+	outside bool
 }
 
 func startTraffic(t *testing.T) *traffic {
@@ -271,7 +278,7 @@ func (tr *traffic) finish(t *testing.T, transition string) {
 	tr.wg.Wait()
 	t.Logf("%s: %d reads, %d writes through 3 apiservers; %d failed while an apiserver restarted; %d failed otherwise",
 		transition, tr.reads.Load(), tr.writes.Load(), tr.restarting.Load(), tr.keyFails.Load())
-	if tr.keyFails.Load() > 0 {
+	if tr.keyFails.Load() > 0 && !tr.outside {
 		t.Errorf("%s: requests failed for a reason other than a restart (a missing key?):\n%s", transition, strings.Join(tr.failures, "\n"))
 	}
 	// The secrets written are deleted, or every later rewrite and census

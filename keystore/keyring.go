@@ -34,6 +34,10 @@ type KeyInfo struct {
 	Created     time.Time        `json:"created"`
 	Role        Role             `json:"role"`
 	Fingerprint string           `json:"fingerprint"` // cluster.Key.Fingerprint of the material
+	// Outside names the node whose provider file held this key when Vault
+	// did not: a writer other than atrest (a plain `rke up`, a hand edit)
+	// put it there. "" for keys atrest made or was given.
+	Outside string `json:"outside,omitempty"`
 }
 
 // InfoOf describes k with role r, created now.

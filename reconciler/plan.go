@@ -110,6 +110,9 @@ type KeyState struct {
 	Role     string
 	// Fingerprint identifies the key's material in Vault.
 	Fingerprint string
+	// Outside names the node an outside writer left this key on
+	// (keystore.KeyInfo.Outside); "" when atrest made or was given it.
+	Outside string
 }
 
 // entry is the key's chain entry.
@@ -299,7 +302,7 @@ func MakePlan(in Input) (*Plan, error) {
 		}
 	}
 	live := mergedLive(in.Live.Nodes)
-	p.Drift = drift(in.Live.Nodes)
+	p.Drift = append(drift(in.Live.Nodes), outsideDrift(in)...)
 	p.Warnings = append(p.Warnings, servingWarnings(in.Live)...)
 
 	// Every key a node reads with must be in Vault before anything changes,

@@ -152,6 +152,12 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 	}()
 
 	res := &Result{}
+	// A key an outside writer left on a node exists nowhere else: it goes
+	// to Vault before anything, a standing stall and a recovery included.
+	// A failure here is not the cycle's: the plan imports what is left.
+	if _, err := r.ImportOutsideKeys(ctx); err != nil {
+		log.Warn("import the keys an outside writer left on the nodes", "err", err)
+	}
 	// A stall stands until the desired state changes or `atrest resume`:
 	// not even a repair of the nodes runs while it does.
 	kr, err := r.Keys.Keyring(ctx)
@@ -301,7 +307,7 @@ func rotationServed(kr *keystore.Keyring, d Desired) bool {
 func KeyringState(kr *keystore.Keyring) Keyring {
 	var out Keyring
 	for _, k := range kr.Keys {
-		out.Keys = append(out.Keys, KeyState{Name: k.Name, Provider: k.Provider, Role: string(k.Role), Fingerprint: k.Fingerprint})
+		out.Keys = append(out.Keys, KeyState{Name: k.Name, Provider: k.Provider, Role: string(k.Role), Fingerprint: k.Fingerprint, Outside: k.Outside})
 	}
 	if kr.Journal != nil {
 		out.Snapshot, out.SnapshotTaken, out.SnapshotFor = kr.Journal.Snapshot, kr.Journal.SnapshotTaken, kr.Journal.Desired
@@ -519,12 +525,15 @@ func (r *Reconciler) preserve(ctx context.Context, keys []PreserveKey) error {
 	return errors.Join(errs...)
 }
 
+// errOtherMaterial: Vault holds other material under the key's name.
+var errOtherMaterial = errors.New("Vault already holds a different key under that name")
+
 // putOnce stores k, or checks the stored key with its name is the same.
 func (r *Reconciler) putOnce(ctx context.Context, k cluster.Key) error {
 	have, err := r.Keys.Key(ctx, k.Name)
 	if err == nil {
 		if have.Fingerprint() != k.Fingerprint() || have.Provider != k.Provider {
-			return fmt.Errorf("import key %s: Vault already holds a different key under that name (fingerprint %s, the node's is %s)", k.Name, have.Fingerprint(), k.Fingerprint())
+			return fmt.Errorf("import key %s: %w (fingerprint %s, the node's is %s)", k.Name, errOtherMaterial, have.Fingerprint(), k.Fingerprint())
 		}
 		return nil
 	}

@@ -25,6 +25,9 @@ const (
 	// (a permission, a served resource, a mount, a KMS socket, sudo);
 	// found before the first step, so nothing was changed.
 	ReasonPreflightFailed = "PreflightFailed"
+	// ReasonNotInForce: no one config runs on every node as atrest
+	// deployed it, so `atrest rke up` has none to give RKE.
+	ReasonNotInForce = "ConfigNotInForce"
 )
 
 // Refusal is a plan MakePlan will not make, because going on could lose

@@ -76,6 +76,6 @@ transition (enable, disable, rotate, custom config) safely and resumably.`,
 	root.SetErr(stderr)
 	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newStatusCommand(),
 		newRotateKeyCommand(), newSnapshotCommand(), newAdoptCommand(), newRunCommand(), newVersionCommand(),
-		newResumeCommand(), newUnlockCommand(), newKeysCommand())
+		newResumeCommand(), newUnlockCommand(), newKeysCommand(), newRKECommand())
 	return root
 }

@@ -267,6 +267,10 @@ func serve(log *slog.Logger, specs map[string]serverSpec) ([]*http.Server, error
 // daemonCluster is the cluster as the daemon drives it.
 type daemonCluster struct{ env *env }
 
+func (c *daemonCluster) ImportOutsideKeys(ctx context.Context) ([]reconciler.OutsideKey, error) {
+	return c.env.rec.ImportOutsideKeys(ctx)
+}
+
 func (c *daemonCluster) Status(ctx context.Context, d reconciler.Desired) (*reconciler.Status, error) {
 	return reconciler.StatusOf(ctx, c.env.rec, c.env.nodes, d)
 }

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/keystore"
+	"github.com/atrest-io/atrest/reconciler"
+	"github.com/atrest-io/atrest/rke"
+)
+
+func newRKECommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "rke",
+		Short: "Run RKE's own commands on a cluster whose encryption atrest owns",
+		Args:  cobra.NoArgs,
+	}
+	cmd.AddCommand(newRKEUpCommand())
+	return cmd
+}
+
+func newRKEUpCommand() *cobra.Command {
+	var src source
+	var binary string
+	cmd := &cobra.Command{
+		Use:   "up --config cluster.yml [-- rke up flags]",
+		Short: "Run `rke up` so that it redeploys the config atrest runs, then take the keys out of RKE's state",
+		Long: `rke up runs RKE's 'rke up' (upgrades, certificates, nodes) without letting it
+touch encryption at rest. Under the transition lock, it reads the config every
+node runs, proves it is the one atrest deployed and that Vault holds its keys,
+and gives rke a copy of cluster.yml whose secrets_encryption_config is that
+config (as custom_config, with the reload flag when the nodes reload) and a
+copy of cluster.rkestate that records it as already deployed. Both are written
+0600 to a private directory, never beside cluster.yml or to Git. RKE then
+deploys the same config again and restarts nothing for encryption's sake.
+
+However rke ends, the state it wrote is stripped of every key and replaces
+cluster.rkestate, its kubeconfig is kept beside cluster.yml, the private
+directory is removed, and RKE's copy of the state in the cluster
+(kube-system/full-cluster-state) is stripped too. The exit code is rke's.`,
+		Args: cobra.ArbitraryArgs,
+	}
+	loader := withSettings(cmd)
+	src.bind(cmd)
+	cmd.Flags().StringVar(&binary, "rke", "rke", "the rke executable (looked up on PATH)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		if src.configFile == "" {
+			return errorExit(errors.New("rke up: --config: give the cluster.yml that rke reads (RKE keeps its state beside it)"))
+		}
+		bin, err := exec.LookPath(binary)
+		if err != nil {
+			return errorExit(fmt.Errorf("rke up: %s is not on PATH (--rke names it): %w", binary, err))
+		}
+		original, err := os.ReadFile(src.configFile)
+		if err != nil {
+			return errorExit(err)
+		}
+		statePath := rke.StateFilePath(src.configFile)
+		state, err := os.ReadFile(statePath)
+		if err != nil {
+			return errorExit(fmt.Errorf("rke up: RKE's state %s: %w", statePath, err))
+		}
+		_, e, err := connect(cmd, loader, &src)
+		if err != nil {
+			return errorExit(err)
+		}
+		defer e.Close()
+		host, _ := os.Hostname()
+		lock, err := e.rec.Locks.AcquireLock(ctx, fmt.Sprintf("atrest rke up pid %d on %s", os.Getpid(), host), 2*time.Minute)
+		if err != nil {
+			return errorExit(fmt.Errorf("take the transition lock: %w", err))
+		}
+		defer func() {
+			if err := lock.Release(context.WithoutCancel(ctx)); err != nil {
+				e.log.Warn("release the transition lock", "err", err)
+			}
+		}()
+		states, err := e.nodes.Observe(ctx)
+		if err != nil {
+			return errorExit(fmt.Errorf("observe the nodes: %w", err))
+		}
+		kr, err := e.keys.Keyring(ctx)
+		if err != nil {
+			return errorExit(err)
+		}
+		inForce, err := reconciler.ConfigInForce(states, kr, e.cfg.KubeAPI.ExtraArgs["feature-gates"], func(name string) (cluster.Key, error) { return e.keys.Key(ctx, name) })
+		if err != nil {
+			return errorExit(fmt.Errorf("rke up: nothing was run: %w", err))
+		}
+		yml, err := rke.ClusterYML(original, inForce.Config, inForce.Reload)
+		if err != nil {
+			return errorExit(fmt.Errorf("rke up: %s: %w", src.configFile, err))
+		}
+		file := ""
+		if inForce.Config != nil {
+			if file, err = rke.CustomProviderFile(inForce.Config); err != nil {
+				return errorExit(err)
+			}
+		}
+		prepared, err := rke.PrepareState(state, file)
+		if err != nil {
+			return errorExit(fmt.Errorf("rke up: %s: %w", statePath, err))
+		}
+		out := cmd.ErrOrStderr()
+		fmt.Fprintf(out, "atrest: rke up with the config every node runs (%s), %s\n", describeInForce(inForce), reloadNote(inForce))
+		res, runErr := rke.Run(ctx, rke.RunOptions{Binary: bin, Config: src.configFile, ClusterYML: yml, State: prepared,
+			Args: args, Stdout: cmd.OutOrStdout(), Stderr: out})
+		fmt.Fprintf(out, "atrest: rke exited %d; %s holds no key (removed: %s)\n", res.ExitCode, statePath, orNothing(res.Removed))
+		if res.Kubeconfig {
+			fmt.Fprintf(out, "atrest: kept rke's kubeconfig as %s\n", rke.KubeconfigPath(src.configFile))
+		}
+		if err := stripClusterState(context.WithoutCancel(ctx), e); err != nil {
+			runErr = errors.Join(runErr, err)
+		}
+		if runErr != nil {
+			code := exitError
+			if res.ExitCode > 0 {
+				code = res.ExitCode
+			}
+			return &exitCodeError{code: code, err: fmt.Errorf("error: %w", runErr)}
+		}
+		return nil
+	}
+	return cmd
+}
+
+func describeInForce(f *reconciler.InForce) string {
+	if f.Config == nil {
+		return "none: encryption off"
+	}
+	return "sha256 " + strings.TrimPrefix(keystore.ConfigHash(f.Config.Render()), "sha256:")[:12] + ", " + describeChains(f.Config.Chains())
+}
+
+func reloadNote(f *reconciler.InForce) string {
+	if f.Reload {
+		return "keeping " + cluster.FlagAutomaticReload + "=true"
+	}
+	return "as the nodes run it"
+}
+
+func orNothing(s []string) string {
+	if len(s) == 0 {
+		return "nothing"
+	}
+	return strings.Join(s, ", ")
+}
+
+// stripClusterState strips the keys from RKE's copy of its state in the
+// cluster: the Secret kube-system/full-cluster-state (a ConfigMap before
+// RKE v1.4), which `rke up` writes with the custom_config in it.
+func stripClusterState(ctx context.Context, e *env) error {
+	kc, err := kubernetes.NewForConfig(e.rest)
+	if err != nil {
+		return err
+	}
+	const name, ns = "full-cluster-state", metav1.NamespaceSystem
+	fail := func(err error) error {
+		return fmt.Errorf("strip the keys from RKE's state in the cluster (%s/%s): %w; delete its encryptionConfig and customConfig fields by hand", ns, name, err)
+	}
+	s, err := kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		stripped, removed, err := rke.StripState(s.Data[name])
+		if err != nil || len(removed) == 0 {
+			return nil
+		}
+		s.Data[name] = stripped
+		if _, err := kc.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+			return fail(err)
+		}
+		e.log.Info("stripped the keys from RKE's state in the cluster", "secret", ns+"/"+name, "removed", removed)
+		return nil
+	case !apierrors.IsNotFound(err):
+		return fail(err)
+	}
+	cm, err := kc.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fail(err)
+	}
+	stripped, removed, err := rke.StripState([]byte(cm.Data[name]))
+	if err != nil || len(removed) == 0 {
+		return nil
+	}
+	cm.Data[name] = string(stripped)
+	if _, err := kc.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		return fail(err)
+	}
+	e.log.Info("stripped the keys from RKE's state in the cluster", "configmap", ns+"/"+name, "removed", removed)
+	return nil
+}
+

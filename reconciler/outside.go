@@ -1,0 +1,191 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/controlplane"
+	"github.com/atrest-io/atrest/keystore"
+)
+
+// OutsideKey is a key that a node's provider file held while Vault did
+// not: a writer other than atrest put it there (a plain `rke up` deploys
+// the key in cluster.rkestate, or one it just generated; a hand edit).
+// Anything written through that node since is stored under it, so it is
+// imported before anything else is decided.
+type OutsideKey struct {
+	Node        string           `json:"node"`
+	Name        string           `json:"name"`
+	Provider    cluster.Provider `json:"provider"`
+	Fingerprint string           `json:"fingerprint"`
+	// Preserved is the Vault path the material was kept at, when Vault
+	// already held other material under its name (the planner then
+	// refuses, KeyMaterialConflict); "" when it was imported.
+	Preserved string `json:"preserved,omitempty"`
+}
+
+// foundKey is a key read from a node's file, and the node.
+type foundKey struct {
+	node string
+	key  cluster.Key
+}
+
+// outsideKeys returns, in node order, every key in the nodes' provider
+// files that the keyring does not list, once per name and material (the
+// first node holding it). A file that does not parse holds nothing here:
+// the planner refuses it.
+func outsideKeys(kr *keystore.Keyring, states []controlplane.NodeState, featureGates string) []foundKey {
+	var out []foundKey
+	for _, s := range states {
+		if !s.File.Present {
+			continue
+		}
+		cfg, err := cluster.ParseEncryptionConfig("node "+s.Node+" provider file", "", s.File.Data, featureGates)
+		if err != nil {
+			continue
+		}
+		for _, k := range cfg.Keys() {
+			if _, known := kr.Find(k.Name); known {
+				continue
+			}
+			if slices.ContainsFunc(out, func(f foundKey) bool {
+				return f.key.Name == k.Name && f.key.Fingerprint() == k.Fingerprint() && f.key.Provider == k.Provider
+			}) {
+				continue
+			}
+			out = append(out, foundKey{node: s.Node, key: k})
+		}
+	}
+	return out
+}
+
+// ImportOutsideKeys stores in Vault every key a node's provider file holds
+// that the keyring does not, as a reader marked with the node it was found
+// on. It runs first in every reconcile (before a standing stall is
+// honoured, before recovery, before any plan, so before any snapshot is
+// pruned) and in every daemon cycle, suspended or not: it only adds to
+// Vault, and until it has run the key exists nowhere but on the nodes.
+// The planner then converges readers first, so nothing written under the
+// key is lost, and retires it only once the census shows nothing under it.
+//
+// Other material under a name Vault holds is preserved under its own
+// identity (PreserveKey) instead; the planner refuses that state
+// (KeyMaterialConflict) until a person resolves it.
+func (r *Reconciler) ImportOutsideKeys(ctx context.Context) ([]OutsideKey, error) {
+	states, err := r.Nodes.Observe(ctx)
+	if err != nil && len(states) == 0 {
+		return nil, fmt.Errorf("observe the nodes: %w", err)
+	}
+	return r.importOutside(ctx, states)
+}
+
+// maxKeyringRaces bounds the check-and-set retries of one import: another
+// writer of the keyring (a reconcile holding the lock) may be mid-step.
+const maxKeyringRaces = 3
+
+func (r *Reconciler) importOutside(ctx context.Context, states []controlplane.NodeState) ([]OutsideKey, error) {
+	var done []OutsideKey
+	for attempt := 1; ; attempt++ {
+		kr, err := r.Keys.Keyring(ctx)
+		if err != nil {
+			return done, err
+		}
+		found := outsideKeys(kr, states, r.FeatureGates)
+		if len(found) == 0 {
+			return done, nil
+		}
+		var added []OutsideKey
+		for _, f := range found {
+			ok := OutsideKey{Node: f.node, Name: f.key.Name, Provider: f.key.Provider, Fingerprint: f.key.Fingerprint()}
+			if slices.ContainsFunc(kr.Keys, func(k keystore.KeyInfo) bool { return k.Name == f.key.Name }) {
+				// Two nodes hold other material under one name Vault
+				// lacks: the first is imported, this one preserved.
+				path, err := r.Keys.PreserveKey(ctx, f.key, "node "+f.node+"'s provider file")
+				if err != nil {
+					return done, err
+				}
+				ok.Preserved = path
+				done = append(done, ok)
+				continue
+			}
+			err := r.putOnce(ctx, f.key)
+			if errors.Is(err, errOtherMaterial) {
+				path, perr := r.Keys.PreserveKey(ctx, f.key, "node "+f.node+"'s provider file")
+				if perr != nil {
+					return done, perr
+				}
+				ok.Preserved = path
+				done = append(done, ok)
+				continue
+			}
+			if err != nil {
+				return done, err
+			}
+			info := keystore.InfoOf(f.key, keystore.RoleReader)
+			info.Outside = f.node
+			kr.Keys = append(kr.Keys, info)
+			added = append(added, ok)
+		}
+		if len(added) == 0 {
+			r.logOutside(done)
+			return done, nil
+		}
+		err = r.Keys.UpdateKeyring(ctx, kr)
+		if errors.Is(err, keystore.ErrConflict) && attempt < maxKeyringRaces {
+			continue // the keys are in Vault; list them in the new keyring
+		}
+		if err != nil {
+			return done, fmt.Errorf("list the imported keys in the keyring: %w", err)
+		}
+		done = append(done, added...)
+		r.logOutside(done)
+		return done, nil
+	}
+}
+
+func (r *Reconciler) logOutside(keys []OutsideKey) {
+	for _, k := range keys {
+		if k.Preserved != "" {
+			r.logger().Warn("outside writer: a node's provider file holds other material under a key name Vault holds; the node's material is preserved in Vault",
+				"node", k.Node, "key", k.Name, "provider", k.Provider, "fingerprint", k.Fingerprint, "path", k.Preserved)
+			continue
+		}
+		r.logger().Warn("outside writer: a node's provider file holds a key Vault did not; imported it before anything else",
+			"node", k.Node, "key", k.Name, "provider", k.Provider, "fingerprint", k.Fingerprint)
+	}
+}
+
+// outsideDrift names, per node, the keys it runs that an outside writer
+// left there: drift that atrest did not cause and is converging away.
+func outsideDrift(in Input) []string {
+	var out []string
+	for _, n := range in.Live.Nodes {
+		var names []string
+		for _, name := range n.Running().KeyNames() {
+			if k, ok := in.Keyring.find(name); ok && k.Outside != "" && !slices.Contains(names, name) {
+				names = append(names, name)
+			}
+		}
+		if len(names) > 0 {
+			out = append(out, fmt.Sprintf("node %s runs %s, which an outside writer (a plain `rke up`, a hand edit) put on node %s; imported into Vault, and converging to Git",
+				n.Name, keyWord(names), outsideNode(in.Keyring, names[0])))
+		}
+	}
+	return out
+}
+
+func keyWord(names []string) string {
+	if len(names) == 1 {
+		return "key " + names[0]
+	}
+	return "keys " + strings.Join(names, ", ")
+}
+
+func outsideNode(k Keyring, name string) string {
+	s, _ := k.find(name)
+	return s.Outside
+}

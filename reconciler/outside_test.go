@@ -1,0 +1,131 @@
+package reconciler
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/controlplane"
+	"github.com/atrest-io/atrest/keystore"
+)
+
+// rkeKey is a key as a plain `rke up` generates one.
+var rkeKey = cluster.Key{Name: "key-x7k2p", Provider: cluster.AESCBC, Secret: []byte("E73F1C830C0205ADE842A1FE48B7397B")}
+
+func fileOf(t *testing.T, keys ...cluster.Key) []byte {
+	t.Helper()
+	chain := cluster.Chain{}
+	byName := map[string]cluster.Key{}
+	for _, k := range keys {
+		chain = append(chain, cluster.EntryOf(k))
+		byName[k.Name] = k
+	}
+	data, err := cluster.RenderChains(cluster.Chains{"secrets": append(chain, cluster.Identity)}, func(n string) (cluster.Key, error) { return byName[n], nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func stateWith(node string, file []byte) controlplane.NodeState {
+	s := controlplane.NodeState{Node: node, Ready: true}
+	if file != nil {
+		sum := sha256.Sum256(file)
+		s.File = controlplane.ProviderFile{Present: true, Data: file, SHA256: hex.EncodeToString(sum[:])}
+	}
+	return s
+}
+
+func TestOutsideKeys(t *testing.T) {
+	known := cluster.Key{Name: "k-known", Provider: cluster.AESCBC, Secret: []byte("0123456789abcdef0123456789abcdef")}
+	other := rkeKey
+	other.Secret = []byte("fedcba9876543210fedcba9876543210")
+	kr := &keystore.Keyring{Keys: []keystore.KeyInfo{keystore.InfoOf(known, keystore.RolePrimary)}}
+	for _, tc := range []struct {
+		name   string
+		states []controlplane.NodeState
+		want   []string // node:key
+	}{
+		{"none", []controlplane.NodeState{stateWith("cp1", nil), stateWith("cp2", fileOf(t, known))}, nil},
+		{"once per key, first node", []controlplane.NodeState{stateWith("cp1", fileOf(t, known)), stateWith("cp2", fileOf(t, rkeKey, known)), stateWith("cp3", fileOf(t, rkeKey))}, []string{"cp2:key-x7k2p"}},
+		{"other material under one name: both", []controlplane.NodeState{stateWith("cp1", fileOf(t, rkeKey)), stateWith("cp2", fileOf(t, other))}, []string{"cp1:key-x7k2p", "cp2:key-x7k2p"}},
+		{"a file that does not parse holds nothing", []controlplane.NodeState{stateWith("cp1", []byte("not: [a config"))}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, f := range outsideKeys(kr, tc.states, "") {
+				got = append(got, f.node+":"+f.key.Name)
+			}
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// A plain `rke up` replaced the nodes' file with its own fresh key while a
+// stall stands: the key goes to Vault all the same, and once the stall is
+// lifted the cluster converges back, readers first, retiring the key.
+func TestOutsideKeyImportedFirst(t *testing.T) {
+	e := newExecutor()
+	d := enable("r1")
+	if _, err := e.r.Reconcile(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	ours := e.etcd.stored
+	e.nodes.file = fileOf(t, rkeKey)
+	e.etcd.stored = cluster.EntryOf(rkeKey).Prefix()
+	kr, _ := e.keys.Keyring(context.Background())
+	kr.Stall = &keystore.Stall{Reason: ReasonStepFailedRepeatedly, Inputs: inputsOf(d), Since: time.Now()}
+	if err := e.keys.UpdateKeyring(context.Background(), kr); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.r.Reconcile(context.Background(), d)
+	var stall *StallError
+	if !errors.As(err, &stall) {
+		t.Fatalf("want the stall to stand, got %v", err)
+	}
+	if _, err := e.keys.Key(context.Background(), rkeKey.Name); err != nil {
+		t.Fatalf("the outside key is not in Vault under a stall: %v", err)
+	}
+	kr, _ = e.keys.Keyring(context.Background())
+	k, ok := kr.Find(rkeKey.Name)
+	if !ok || k.Outside != "cp1" || k.Role != keystore.RoleReader {
+		t.Fatalf("keyring entry %+v, %v", k, ok)
+	}
+	// The drift says who did it.
+	live, kr2, err := e.r.Observe(context.Background(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr2.Stall = nil
+	plan, err := MakePlan(e.r.Input(d, live, kr2, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(plan.Drift, "\n"), "node cp1 runs key key-x7k2p, which an outside writer") {
+		t.Errorf("drift: %v", plan.Drift)
+	}
+	if plan.Steps[0].Kind != StepSnapshot || !strings.Contains(plan.Steps[1].String(), rkeKey.Name) {
+		t.Errorf("plan: %v", plan.Steps)
+	}
+
+	if _, err := Resume(context.Background(), e.keys); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.r.Reconcile(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	if e.etcd.stored != ours {
+		t.Errorf("stored under %s, want %s", e.etcd.stored, ours)
+	}
+	kr, _ = e.keys.Keyring(context.Background())
+	if k, _ := kr.Find(rkeKey.Name); k.Role != keystore.RoleRetired {
+		t.Errorf("the outside key is %s after convergence, want retired", k.Role)
+	}
+}
