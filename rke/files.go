@@ -74,7 +74,9 @@ func ClusterYML(data []byte, cfg *cluster.EncryptionConfig, reload bool) ([]byte
 	return b.Bytes(), nil
 }
 
-func scalar(s string) *yamlv3.Node { return &yamlv3.Node{Kind: yamlv3.ScalarNode, Tag: "!!str", Value: s} }
+func scalar(s string) *yamlv3.Node {
+	return &yamlv3.Node{Kind: yamlv3.ScalarNode, Tag: "!!str", Value: s}
+}
 
 // plainStyle drops the flow style JSON decoding leaves, so custom_config
 // reads like the rest of the file.

@@ -203,4 +203,3 @@ func stripClusterState(ctx context.Context, e *env) error {
 	e.log.Info("stripped the keys from RKE's state in the cluster", "configmap", ns+"/"+name, "removed", removed)
 	return nil
 }
-
