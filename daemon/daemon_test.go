@@ -237,10 +237,10 @@ func TestMetricsFromStatus(t *testing.T) {
 	d := newTestDaemon(t)
 	st := &reconciler.Status{
 		Nodes: []reconciler.NodeStatus{
-			{Name: "n1", Ready: true, FileSHA256: "aa"},
-			{Name: "n2", Ready: false, FileSHA256: "bb"},
+			{Name: "n1", Ready: true, FileSHA256: "aa", ConfigHash: "sha256:c1"},
+			{Name: "n2", Ready: false, FileSHA256: "bb", ConfigHash: "sha256:c2"},
 		},
-		DeployedHash: "sha256:aa",
+		DeployedHash: "sha256:c1",
 		Census:       map[string]map[string]int64{"secrets": {"aescbc:v1:k-abcde": 500, "identity": 3}},
 		Keys:         []keystore.KeyInfo{{Name: "k-abcde", Role: keystore.RolePrimary}, {Name: "k-old", Role: keystore.RoleRetired}},
 		LastRotation: time.Now().Add(-time.Hour),

@@ -62,8 +62,8 @@ func newMetrics() *metrics {
 	m.revision = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_revision_info", Help: "The Git revision in force (value 1)."}, []string{"revision", "ref"})
 	m.refused = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_revision_refused", Help: "1 while the newest Git revision is refused (invalid cluster.yml or atrest.yaml, bad signature); the previous one stays in force."})
 	m.nodeReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_node_ready", Help: "1 when the node's kube-apiserver is ready."}, []string{"node"})
-	m.nodeDeployed = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_node_config_deployed", Help: "1 when the node's provider file is the one atrest last deployed (or both are absent); 0 means drift."}, []string{"node"})
-	m.nodesAgree = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_nodes_config_agree", Help: "1 when every controlplane node has the same provider file (or none)."})
+	m.nodeDeployed = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_node_config_deployed", Help: "1 when the node's provider file holds the config atrest last deployed, compared by content (or both are absent); 0 means drift."}, []string{"node"})
+	m.nodesAgree = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_nodes_config_agree", Help: "1 when every controlplane node's provider file holds the same config (or none)."})
 	m.census = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_census_objects", Help: "Objects in etcd by resource and by how they are stored (identity, or provider:version:key name)."}, []string{"resource", "stored_as"})
 	m.keys = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_keys", Help: "Keys in the keyring by role."}, []string{"role"})
 	m.step = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_transition_step", Help: "1 for the transition step in flight."}, []string{"transition", "step"})
@@ -135,12 +135,10 @@ func (m *metrics) observeStatus(st *reconciler.Status, next time.Time) {
 	agree := true
 	for i, n := range st.Nodes {
 		m.nodeReady.WithLabelValues(n.Name).Set(bool01(n.Ready))
-		hash := ""
-		if n.FileSHA256 != "" {
-			hash = "sha256:" + n.FileSHA256
-		}
-		m.nodeDeployed.WithLabelValues(n.Name).Set(bool01(hash == st.DeployedHash))
-		if i > 0 && n.FileSHA256 != st.Nodes[0].FileSHA256 {
+		// By content: RKE deploying the same config in its own layout
+		// (`atrest rke up`) is no drift.
+		m.nodeDeployed.WithLabelValues(n.Name).Set(bool01(n.ConfigHash == st.DeployedHash && (n.FileSHA256 == "") == (n.ConfigHash == "")))
+		if i > 0 && n.ConfigHash != st.Nodes[0].ConfigHash {
 			agree = false
 		}
 	}

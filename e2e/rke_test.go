@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/atrest-io/atrest/cluster"
@@ -257,6 +258,16 @@ func TestRKEUpThroughAtrest(t *testing.T) {
 		t.Run(fmt.Sprintf("rke exits %d", exit), func(t *testing.T) {
 			env := []string{standInEnv + "=1", "ATREST_E2E_NODE_DIRS=" + strings.Join(dirs, ":"), "ATREST_E2E_DOCKER_SOCKETS=" + strings.Join(socks, ":"),
 				"ATREST_E2E_STANDIN_EXIT=" + strconv.Itoa(exit)}
+			// What `rke up` saves in the cluster (SaveFullStateToK8s): the
+			// state, custom_config and provider file in it.
+			kc := clients(t)[0]
+			ctx := context.Background()
+			_ = kc.CoreV1().Secrets("kube-system").Delete(ctx, "full-cluster-state", metav1.DeleteOptions{})
+			inCluster := `{"currentState":{"encryptionConfig":"` + fw5hnSecret + `","rkeConfig":{"services":{"kubeApi":{"secretsEncryptionConfig":{"enabled":true,"customConfig":{"k":"` + fw5hnSecret + `"}}}}}},"desiredState":{"rkeConfig":{"nodes":[]}}}`
+			if _, err := kc.CoreV1().Secrets("kube-system").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "full-cluster-state"},
+				Data: map[string][]byte{"full-cluster-state": []byte(inCluster)}}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
 			tr := startTraffic(t)
 			start := time.Now()
 			code, out := runEnv(t, env, "rke", "up", "--config", managed, "--rke", self)
@@ -273,6 +284,13 @@ func TestRKEUpThroughAtrest(t *testing.T) {
 			}
 			if holds, err := rke.HoldsKeys(data); err != nil || holds || !bytes.Contains(data, []byte("certificatePEM")) {
 				t.Fatalf("the state after rke up (holds keys %v, %v):\n%s", holds, err, data)
+			}
+			saved, err := kc.CoreV1().Secrets("kube-system").Get(ctx, "full-cluster-state", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if holds, err := rke.HoldsKeys(saved.Data["full-cluster-state"]); err != nil || holds || !bytes.Contains(saved.Data["full-cluster-state"], []byte(`"nodes"`)) {
+				t.Fatalf("RKE's state in the cluster after rke up (holds keys %v, %v)", holds, err)
 			}
 			if leftover, _ := filepath.Glob(filepath.Join(os.TempDir(), "atrest-rke-up-*")); len(leftover) > 0 {
 				t.Fatalf("left behind: %v", leftover)

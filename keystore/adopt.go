@@ -429,9 +429,10 @@ func (plan *adoptPlan) removal() string {
 		"   releases, a ConfigMap in older ones): delete the same fields there.\n\n")
 	b.WriteString("3. Backups of " + filepath.Base(file) + " and the .zip archives of RKE etcd snapshots carry the keys too:\n" +
 		"   protect them like Vault, or delete them once atrest's snapshots cover the same retention.\n\n")
-	b.WriteString("Do not run `rke up` for this cluster with a state that lacks these keys: with secrets_encryption_config\n" +
-		"enabled, RKE would generate a new key and replace /etc/kubernetes/ssl/encryption.yaml with a config that\n" +
-		"cannot read the secrets encrypted with them. atrest owns the provider file from now on.\n")
+	b.WriteString("From now on, run `atrest rke up` (and `atrest rke cert rotate`) instead of plain `rke up`: with\n" +
+		"secrets_encryption_config enabled and a state that lacks these keys, RKE would generate a new key and\n" +
+		"replace /etc/kubernetes/ssl/encryption.yaml with a config that cannot read the secrets encrypted with them.\n" +
+		"atrest owns the provider file from now on.\n")
 	return b.String()
 }
 

@@ -293,7 +293,7 @@ func TestPlanAdoption(t *testing.T) {
 				t.Errorf("warnings %q, want %q", w, tc.want.warning)
 			}
 			removal := plan.removal()
-			if !strings.Contains(removal, tc.want.removal) || !strings.Contains(removal, "Do not run `rke up`") {
+			if !strings.Contains(removal, tc.want.removal) || !strings.Contains(removal, "run `atrest rke up`") {
 				t.Errorf("removal text:\n%s\nwant %q", removal, tc.want.removal)
 			}
 			assertNoMaterial(t, "removal text", removal, secrets)

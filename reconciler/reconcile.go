@@ -669,19 +669,20 @@ func (r *Reconciler) deploy(ctx context.Context, step Step, d Desired) error {
 	}
 	// What atrest writes to a node must pass the same validation as what it
 	// reads from Git.
-	if _, err := cluster.ParseEncryptionConfig("the rendered config", "", file, r.FeatureGates); err != nil {
+	rendered, err := cluster.ParseEncryptionConfig("the rendered config", "", file, r.FeatureGates)
+	if err != nil {
 		return fmt.Errorf("deploy: rendered config does not validate: %w", err)
 	}
 	if err := r.Nodes.RollingApply(ctx, file, step.Expect); err != nil {
 		return err
 	}
-	return r.updateRoles(ctx, d, step.Chains, file)
+	return r.updateRoles(ctx, d, step.Chains, rendered)
 }
 
 // updateRoles sets every keyring key's role after a deploy: the managed
 // primary stays primary; a key in the deployed config reads; any other is
 // retired (kept in Vault, for snapshots).
-func (r *Reconciler) updateRoles(ctx context.Context, d Desired, deployed cluster.Chains, file []byte) error {
+func (r *Reconciler) updateRoles(ctx context.Context, d Desired, deployed cluster.Chains, cfg *cluster.EncryptionConfig) error {
 	kr, err := r.Keys.Keyring(ctx)
 	if err != nil {
 		return err
@@ -697,9 +698,12 @@ func (r *Reconciler) updateRoles(ctx context.Context, d Desired, deployed cluste
 			k.Role = keystore.RoleRetired
 		}
 	}
+	// The config's identity is its content, rendered canonically: the
+	// same config deployed by RKE (`atrest rke up`), in RKE's own layout,
+	// is the same config.
 	kr.DeployedHash = ""
-	if file != nil {
-		kr.DeployedHash = keystore.ConfigHash(file)
+	if cfg != nil {
+		kr.DeployedHash = keystore.ConfigHash(cfg.Render())
 	}
 	return r.Keys.UpdateKeyring(ctx, kr)
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/controlplane"
 	"github.com/atrest-io/atrest/etcdsnap"
 	"github.com/atrest-io/atrest/keystore"
@@ -48,6 +49,10 @@ type NodeStatus struct {
 	NotReady   string `json:"notReady,omitempty"`
 	Flag       bool   `json:"flag"`
 	FileSHA256 string `json:"fileSHA256,omitempty"`
+	// ConfigHash identifies the config in the file by its content
+	// (keystore.ConfigHash of its canonical rendering), as DeployedHash
+	// does: "" when there is no file or it does not parse.
+	ConfigHash string `json:"configHash,omitempty"`
 	Config     string `json:"config"`
 	Error      string `json:"error,omitempty"`
 }
@@ -73,7 +78,7 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 		if s.Err != nil {
 			ns.Error = s.Err.Error()
 		}
-		ns.Config = nodeConfig(r, s)
+		ns.Config, ns.ConfigHash = nodeConfig(r, s)
 		st.Nodes = append(st.Nodes, ns)
 	}
 	live, kr, err := r.Observe(ctx, d)
@@ -118,16 +123,19 @@ func shortRevision(r string) string {
 	return r[:min(len(r), 12)]
 }
 
-func nodeConfig(r *Reconciler, s controlplane.NodeState) string {
+// nodeConfig describes what the node runs, and the hash of its file's
+// config.
+func nodeConfig(r *Reconciler, s controlplane.NodeState) (string, string) {
 	n := NodeLive{Flag: s.APIServer.ProviderConfigSet(), File: s.File.Present}
+	hash := ""
 	if s.File.Present {
-		chains, err := r.parseNodeFile(s)
+		cfg, err := cluster.ParseEncryptionConfig("node "+s.Node+" provider file", "", s.File.Data, r.FeatureGates)
 		if err != nil {
-			return "unreadable provider file: " + err.Error()
+			return "unreadable provider file: " + err.Error(), ""
 		}
-		n.Chains = chains
+		n.Chains, hash = cfg.Chains(), keystore.ConfigHash(cfg.Render())
 	}
-	return describe(n.Running())
+	return describe(n.Running()), hash
 }
 
 // Text renders the status for people.

@@ -13,7 +13,8 @@ import (
 	"strings"
 )
 
-// RunOptions is one `rke up` with a cluster.yml that holds keys.
+// RunOptions is one `rke up` (or `rke cert rotate`) with a cluster.yml
+// that holds keys.
 type RunOptions struct {
 	// Binary is the rke executable.
 	Binary string
@@ -25,7 +26,10 @@ type RunOptions struct {
 	// (PrepareState). Both hold keys and are written only to a private
 	// directory that Run removes.
 	ClusterYML, State []byte
-	// Args are more arguments for `rke up`.
+	// Command is the rke command: "up" when empty, or "cert", "rotate".
+	// Both read cluster.yml and the state, and deploy the provider file.
+	Command []string
+	// Args are more arguments for the command.
 	Args []string
 	// Signals are forwarded to rke while it runs: an interrupted rke
 	// leaves its state mid-way, which Run still strips and keeps.
@@ -45,7 +49,7 @@ type RunResult struct {
 	Kubeconfig bool
 }
 
-// Run runs `rke up` on opts.ClusterYML and opts.State from a private
+// Run runs `rke up` (or opts.Command) on opts.ClusterYML and opts.State from a private
 // directory (0700), as if they were opts.Config and its state. However rke
 // ends (success, failure, a signal), the state it leaves is stripped of
 // every key (StripState) and replaces the state beside opts.Config, the
@@ -86,7 +90,11 @@ func Run(ctx context.Context, opts RunOptions) (res RunResult, err error) {
 		err = errors.Join(err, cerr)
 	}()
 
-	cmd := exec.Command(opts.Binary, append([]string{"up", "--config", cfg}, opts.Args...)...)
+	command := opts.Command
+	if len(command) == 0 {
+		command = []string{"up"}
+	}
+	cmd := exec.Command(opts.Binary, append(append(slices.Clone(command), "--config", cfg), opts.Args...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, opts.Stdout, opts.Stderr
 	if err := cmd.Start(); err != nil {
 		return res, fmt.Errorf("start %s: %w", opts.Binary, err)
@@ -106,7 +114,7 @@ func Run(ctx context.Context, opts RunOptions) (res RunResult, err error) {
 		case werr := <-done:
 			res.ExitCode = cmd.ProcessState.ExitCode()
 			if werr != nil {
-				return res, fmt.Errorf("rke up: %w", werr)
+				return res, fmt.Errorf("rke %s: %w", strings.Join(command, " "), werr)
 			}
 			return res, nil
 		}

@@ -24,10 +24,10 @@ them in Vault, so atrest can take the cluster over without re-encrypting
 first. It prints what it imported (names, providers, fingerprints; never the
 material) and what to remove from the rkestate afterwards.
 
-Careful: once the keys are out of cluster.rkestate, an 'rke up' with
-secrets_encryption_config enabled makes RKE generate a new key and overwrite
-the provider file, and everything encrypted with the adopted keys becomes
-unreadable. Let atrest own encryption from then on.`,
+Once the keys are out of cluster.rkestate, run 'atrest rke up' instead of
+plain 'rke up': with secrets_encryption_config enabled and no keys in its
+state, RKE generates a new key and overwrites the provider file. (If it
+happens anyway, atrest imports that key first and converges back.)`,
 		Args: cobra.NoArgs,
 	}
 	loader := withSettings(cmd)

@@ -26,18 +26,26 @@ func newRKECommand() *cobra.Command {
 		Short: "Run RKE's own commands on a cluster whose encryption atrest owns",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newRKEUpCommand())
+	cert := &cobra.Command{Use: "cert", Short: "RKE's certificate commands", Args: cobra.NoArgs}
+	cert.AddCommand(newRKERunCommand([]string{"cert", "rotate"}, "rotate --config cluster.yml [-- rke cert rotate flags]",
+		"Run `rke cert rotate` so that it redeploys the config atrest runs, then take the keys out of RKE's state"))
+	cmd.AddCommand(newRKERunCommand([]string{"up"}, "up --config cluster.yml [-- rke up flags]",
+		"Run `rke up` so that it redeploys the config atrest runs, then take the keys out of RKE's state"), cert)
 	return cmd
 }
 
-func newRKEUpCommand() *cobra.Command {
+// newRKERunCommand is `atrest rke <command>`: rke's command run by
+// rke.Run on the config in force.
+func newRKERunCommand(command []string, use, short string) *cobra.Command {
 	var src source
 	var binary string
+	name := strings.Join(command, " ")
 	cmd := &cobra.Command{
-		Use:   "up --config cluster.yml [-- rke up flags]",
-		Short: "Run `rke up` so that it redeploys the config atrest runs, then take the keys out of RKE's state",
-		Long: `rke up runs RKE's 'rke up' (upgrades, certificates, nodes) without letting it
-touch encryption at rest. Under the transition lock, it reads the config every
+		Use:   use,
+		Short: short,
+		Long: `rke ` + name + ` runs RKE's 'rke ` + name + `' without letting it touch
+encryption at rest ('rke up' for upgrades, certificates and nodes; both deploy
+RKE's provider file). Under the transition lock, it reads the config every
 node runs, proves it is the one atrest deployed and that Vault holds its keys,
 and gives rke a copy of cluster.yml whose secrets_encryption_config is that
 config (as custom_config, with the reload flag when the nodes reload) and a
@@ -57,11 +65,11 @@ directory is removed, and RKE's copy of the state in the cluster
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
 		if src.configFile == "" {
-			return errorExit(errors.New("rke up: --config: give the cluster.yml that rke reads (RKE keeps its state beside it)"))
+			return errorExit(fmt.Errorf("rke %s: --config: give the cluster.yml that rke reads (RKE keeps its state beside it)", name))
 		}
 		bin, err := exec.LookPath(binary)
 		if err != nil {
-			return errorExit(fmt.Errorf("rke up: %s is not on PATH (--rke names it): %w", binary, err))
+			return errorExit(fmt.Errorf("rke %s: %s is not on PATH (--rke names it): %w", name, binary, err))
 		}
 		original, err := os.ReadFile(src.configFile)
 		if err != nil {
@@ -70,7 +78,7 @@ directory is removed, and RKE's copy of the state in the cluster
 		statePath := rke.StateFilePath(src.configFile)
 		state, err := os.ReadFile(statePath)
 		if err != nil {
-			return errorExit(fmt.Errorf("rke up: RKE's state %s: %w", statePath, err))
+			return errorExit(fmt.Errorf("rke %s: RKE's state %s: %w", name, statePath, err))
 		}
 		_, e, err := connect(cmd, loader, &src)
 		if err != nil {
@@ -78,7 +86,7 @@ directory is removed, and RKE's copy of the state in the cluster
 		}
 		defer e.Close()
 		host, _ := os.Hostname()
-		lock, err := e.rec.Locks.AcquireLock(ctx, fmt.Sprintf("atrest rke up pid %d on %s", os.Getpid(), host), 2*time.Minute)
+		lock, err := e.rec.Locks.AcquireLock(ctx, fmt.Sprintf("atrest rke %s pid %d on %s", name, os.Getpid(), host), 2*time.Minute)
 		if err != nil {
 			return errorExit(fmt.Errorf("take the transition lock: %w", err))
 		}
@@ -97,11 +105,11 @@ directory is removed, and RKE's copy of the state in the cluster
 		}
 		inForce, err := reconciler.ConfigInForce(states, kr, e.cfg.KubeAPI.ExtraArgs["feature-gates"], func(name string) (cluster.Key, error) { return e.keys.Key(ctx, name) })
 		if err != nil {
-			return errorExit(fmt.Errorf("rke up: nothing was run: %w", err))
+			return errorExit(fmt.Errorf("rke %s: nothing was run: %w", name, err))
 		}
 		yml, err := rke.ClusterYML(original, inForce.Config, inForce.Reload)
 		if err != nil {
-			return errorExit(fmt.Errorf("rke up: %s: %w", src.configFile, err))
+			return errorExit(fmt.Errorf("rke %s: %s: %w", name, src.configFile, err))
 		}
 		file := ""
 		if inForce.Config != nil {
@@ -111,11 +119,11 @@ directory is removed, and RKE's copy of the state in the cluster
 		}
 		prepared, err := rke.PrepareState(state, file)
 		if err != nil {
-			return errorExit(fmt.Errorf("rke up: %s: %w", statePath, err))
+			return errorExit(fmt.Errorf("rke %s: %s: %w", name, statePath, err))
 		}
 		out := cmd.ErrOrStderr()
-		fmt.Fprintf(out, "atrest: rke up with the config every node runs (%s), %s\n", describeInForce(inForce), reloadNote(inForce))
-		res, runErr := rke.Run(ctx, rke.RunOptions{Binary: bin, Config: src.configFile, ClusterYML: yml, State: prepared,
+		fmt.Fprintf(out, "atrest: rke %s with the config every node runs (%s), %s\n", name, describeInForce(inForce), reloadNote(inForce))
+		res, runErr := rke.Run(ctx, rke.RunOptions{Binary: bin, Config: src.configFile, ClusterYML: yml, State: prepared, Command: command,
 			Args: args, Stdout: cmd.OutOrStdout(), Stderr: out})
 		fmt.Fprintf(out, "atrest: rke exited %d; %s holds no key (removed: %s)\n", res.ExitCode, statePath, orNothing(res.Removed))
 		if res.Kubeconfig {
