@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -39,6 +40,7 @@ type metrics struct {
 	webhook           *prometheus.CounterVec
 	rotations         prometheus.Counter
 	outsideKeys       *prometheus.CounterVec
+	outsideRuns       *prometheus.GaugeVec
 
 	// times backs the gauges of ages, read at scrape time.
 	mu    sync.Mutex
@@ -77,12 +79,14 @@ func newMetrics() *metrics {
 	m.webhook = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_webhook_requests_total", Help: "Webhook requests by result: accepted, bad_signature, no_signature, bad_request."}, []string{"result"})
 	m.outsideKeys = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_outside_keys_total",
 		Help: "Keys found in a node's provider file that Vault did not hold, put there by a writer other than atrest (a plain rke up, a hand edit), by node: each was imported into Vault (or, under a name Vault holds with other material, preserved) before anything else."}, []string{"node"})
+	m.outsideRuns = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_outside_writer",
+		Help: "1 while the node runs keys an outside writer put there (a plain rke up, a hand edit): drift atrest did not cause, being converged back."}, []string{"node"})
 	m.rotations = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_scheduled_rotations_total", Help: "Scheduled rotations requested (each served once)."})
 
 	m.reg.MustRegister(m.reconciles, m.reconcileDuration, m.failures, m.suspended, m.stalled, m.revision, m.refused,
 		m.nodeReady, m.nodeDeployed, m.nodesAgree, m.census, m.keys, m.step, m.rewriteListed, m.rewriteUpdated,
 		m.gitPolls, m.gitPollDuration, m.gitFetches, m.gitFetchDuration, m.gitFetchedBytes, m.webhook, m.rotations,
-		m.outsideKeys, &ageCollector{m: m},
+		m.outsideKeys, m.outsideRuns, &ageCollector{m: m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"accepted", "bad_signature", "no_signature", "bad_request"} {
 		m.webhook.WithLabelValues(r)
@@ -143,6 +147,10 @@ func (m *metrics) observeStatus(st *reconciler.Status, next time.Time) {
 		}
 	}
 	m.nodesAgree.Set(bool01(agree))
+	m.outsideRuns.Reset()
+	for _, n := range st.Nodes {
+		m.outsideRuns.WithLabelValues(n.Name).Set(bool01(slices.ContainsFunc(st.Outside, func(o reconciler.OutsideRun) bool { return o.Node == n.Name })))
+	}
 	m.census.Reset()
 	for res, byPrefix := range st.Census {
 		for prefix, n := range byPrefix {

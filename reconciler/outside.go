@@ -159,20 +159,32 @@ func (r *Reconciler) logOutside(keys []OutsideKey) {
 	}
 }
 
-// outsideDrift names, per node, the keys it runs that an outside writer
-// left there: drift that atrest did not cause and is converging away.
-func outsideDrift(in Input) []string {
-	var out []string
+// OutsideRun is a node running keys an outside writer put there: keys
+// found on a node while Vault lacked them (KeyInfo.Outside), or keys atrest
+// had retired, put back (a plain `rke up` with a stale cluster.rkestate).
+type OutsideRun struct {
+	Node string   `json:"node"`
+	Keys []string `json:"keys"`
+}
+
+// String is the drift line for people.
+func (o OutsideRun) String() string {
+	return fmt.Sprintf("node %s runs %s, which an outside writer (a plain `rke up`, a hand edit) put there; Vault holds it, and atrest converges back to Git", o.Node, keyWord(o.Keys))
+}
+
+// outsideRuns are the nodes that run keys an outside writer put there.
+func outsideRuns(in Input) []OutsideRun {
+	var out []OutsideRun
 	for _, n := range in.Live.Nodes {
 		var names []string
 		for _, name := range n.Running().KeyNames() {
-			if k, ok := in.Keyring.find(name); ok && k.Outside != "" && !slices.Contains(names, name) {
+			k, ok := in.Keyring.find(name)
+			if ok && (k.Outside != "" || k.Role == RoleRetired) && !slices.Contains(names, name) {
 				names = append(names, name)
 			}
 		}
 		if len(names) > 0 {
-			out = append(out, fmt.Sprintf("node %s runs %s, which an outside writer (a plain `rke up`, a hand edit) put on node %s; imported into Vault, and converging to Git",
-				n.Name, keyWord(names), outsideNode(in.Keyring, names[0])))
+			out = append(out, OutsideRun{Node: n.Name, Keys: names})
 		}
 	}
 	return out
@@ -183,9 +195,4 @@ func keyWord(names []string) string {
 		return "key " + names[0]
 	}
 	return "keys " + strings.Join(names, ", ")
-}
-
-func outsideNode(k Keyring, name string) string {
-	s, _ := k.find(name)
-	return s.Outside
 }

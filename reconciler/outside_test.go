@@ -128,4 +128,25 @@ func TestOutsideKeyImportedFirst(t *testing.T) {
 	if k, _ := kr.Find(rkeKey.Name); k.Role != keystore.RoleRetired {
 		t.Errorf("the outside key is %s after convergence, want retired", k.Role)
 	}
+
+	// A stale cluster.rkestate: plain `rke up` puts the retired key back.
+	// Vault has it: nothing to import, but the drift names it.
+	e.nodes.file = fileOf(t, rkeKey)
+	live, kr2, err = e.r.Observe(context.Background(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err = MakePlan(e.r.Input(d, live, kr2, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Outside) != 2 || plan.Outside[0].Node != "cp1" || plan.Outside[0].Keys[0] != rkeKey.Name {
+		t.Errorf("outside runs %v", plan.Outside)
+	}
+	if _, err := e.r.Reconcile(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	if e.etcd.stored != ours {
+		t.Errorf("stored under %s, want %s", e.etcd.stored, ours)
+	}
 }

@@ -267,6 +267,9 @@ type Plan struct {
 	Steps      []Step
 	// Drift describes nodes that disagree or run what atrest did not deploy.
 	Drift []string
+	// Outside are the nodes that run keys an outside writer put there
+	// (a plain `rke up`, a hand edit), with those keys.
+	Outside []OutsideRun
 	// Warnings are requests the plan declines, with the reason.
 	Warnings []string
 }
@@ -302,7 +305,11 @@ func MakePlan(in Input) (*Plan, error) {
 		}
 	}
 	live := mergedLive(in.Live.Nodes)
-	p.Drift = append(drift(in.Live.Nodes), outsideDrift(in)...)
+	p.Outside = outsideRuns(in)
+	p.Drift = drift(in.Live.Nodes)
+	for _, o := range p.Outside {
+		p.Drift = append(p.Drift, o.String())
+	}
 	p.Warnings = append(p.Warnings, servingWarnings(in.Live)...)
 
 	// Every key a node reads with must be in Vault before anything changes,

@@ -26,10 +26,12 @@ type Status struct {
 	// ("sha256:<hex>"; "" when none): a node whose file differs drifted.
 	DeployedHash string `json:"deployedHash,omitempty"`
 	// Daemons is what every `atrest run` last reported.
-	Daemons   []keystore.DaemonState `json:"daemons,omitempty"`
-	Plan      []string               `json:"plan"`
-	Drift     []string               `json:"drift,omitempty"`
-	PlanError string                 `json:"planError,omitempty"`
+	Daemons []keystore.DaemonState `json:"daemons,omitempty"`
+	Plan    []string               `json:"plan"`
+	Drift   []string               `json:"drift,omitempty"`
+	// Outside are the nodes running keys an outside writer put there.
+	Outside   []OutsideRun `json:"outside,omitempty"`
+	PlanError string       `json:"planError,omitempty"`
 	// PlanReason is the refusal's stable reason (KeyMaterialConflict,
 	// EtcdPrefixMismatch, ...) when the planner refused; "" otherwise.
 	PlanReason string `json:"planReason,omitempty"`
@@ -97,7 +99,7 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 	if plan, err := MakePlan(in); err != nil {
 		st.PlanError, st.PlanReason = err.Error(), ReasonOf(err)
 	} else {
-		st.Drift = plan.Drift
+		st.Drift, st.Outside = plan.Drift, plan.Outside
 		for _, s := range plan.Steps {
 			st.Plan = append(st.Plan, s.String())
 		}
@@ -167,7 +169,11 @@ func (st *Status) Text() string {
 		fmt.Fprintf(&b, "census %s: %s\n", r, strings.Join(parts, ", "))
 	}
 	for _, k := range st.Keys {
-		fmt.Fprintf(&b, "key %s: %s, %s, created %s, fingerprint %s\n", k.Name, k.Provider, k.Role, k.Created.UTC().Format(time.RFC3339), k.Fingerprint)
+		outside := ""
+		if k.Outside != "" {
+			outside = ", found on node " + k.Outside + " (an outside writer)"
+		}
+		fmt.Fprintf(&b, "key %s: %s, %s, created %s, fingerprint %s%s\n", k.Name, k.Provider, k.Role, k.Created.UTC().Format(time.RFC3339), k.Fingerprint, outside)
 	}
 	if !st.LastRotation.IsZero() {
 		fmt.Fprintf(&b, "last rotation: %s\n", st.LastRotation.UTC().Format(time.RFC3339))
