@@ -430,9 +430,37 @@ func (n *Node) probeReady(ctx context.Context) error {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", resp.Status, failedChecks(body))
+		return &NotReadyError{Status: resp.Status, Failed: failedNames(body), Detail: failedChecks(body)}
 	}
 	return nil
+}
+
+// NotReadyError is a /readyz that is not 200, with the checks that failed.
+type NotReadyError struct {
+	Status string
+	Failed []string // names of the failed checks: "informer-sync", "etcd", ...
+	Detail string   // the "[-]check failed" lines
+}
+
+func (e *NotReadyError) Error() string { return e.Status + ": " + e.Detail }
+
+// Unsynced reports whether the only check that fails is informer-sync:
+// kube-apiserver serves, but one of its caches cannot fill, as when it
+// cannot decrypt what etcd stores for a resource (a key it lacks).
+func (e *NotReadyError) Unsynced() bool {
+	return len(e.Failed) == 1 && e.Failed[0] == "informer-sync"
+}
+
+// failedNames are the names of the "[-]name failed" lines of a /readyz.
+func failedNames(body []byte) []string {
+	var out []string
+	for line := range bytes.Lines(body) {
+		if name, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("[-]")); ok {
+			name, _, _ = bytes.Cut(name, []byte(" "))
+			out = append(out, string(name))
+		}
+	}
+	return out
 }
 
 // failedChecks keeps the "[-]check failed" lines of a /readyz answer.

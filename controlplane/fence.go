@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 )
 
 // Fence ties what atrest does on the nodes to the reconciler's lock, so
@@ -62,4 +63,20 @@ func fenceToken(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("fence token %d is larger than %d", t, int64(math.MaxInt64))
 	}
 	return t, nil
+}
+
+type unsyncedKey struct{}
+
+// AllowUnsynced returns a context under which the named nodes may be
+// changed while their /readyz fails only on informer-sync (NodeState.
+// Unsynced): the reconciler allows it for the change that gives them the
+// key they lack to read what etcd stores, the one change that makes them
+// ready again. Every other failed readiness still refuses the change.
+func AllowUnsynced(ctx context.Context, nodes ...string) context.Context {
+	return context.WithValue(ctx, unsyncedKey{}, slices.Clone(nodes))
+}
+
+func unsyncedAllowed(ctx context.Context, node string) bool {
+	nodes, _ := ctx.Value(unsyncedKey{}).([]string)
+	return slices.Contains(nodes, node)
 }

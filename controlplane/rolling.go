@@ -18,6 +18,11 @@ type NodeState struct {
 	APIServer APIServer
 	Ready     bool
 	NotReady  string // why /readyz failed, when not Ready
+	// Unsynced: not Ready only because informer-sync fails (it serves,
+	// but a cache cannot fill: it may lack a key for what etcd stores).
+	// A change may be made to it only when the caller allows it
+	// (AllowUnsynced).
+	Unsynced bool
 	// Load is what kube-apiserver is proven to run against File.
 	Load LoadState
 	// LoadErr says why Load could not be read (no get on /metrics, ...).
@@ -100,10 +105,14 @@ func (c *Cluster) Observe(ctx context.Context) ([]NodeState, error) {
 			if s.APIServer, err = n.Inspect(ctx); err != nil {
 				errs = append(errs, err)
 			}
+			var nr *NotReadyError
 			if err := n.probeReady(ctx); err != nil {
 				s.NotReady = err.Error()
+				s.Unsynced = errors.As(err, &nr) && nr.Unsynced()
 			} else {
 				s.Ready = true
+			}
+			if s.Ready || s.Unsynced {
 				if s.Load, err = n.loadState(ctx, s.File, s.APIServer); err != nil {
 					s.LoadErr = err.Error()
 				}
@@ -287,7 +296,8 @@ func (n *Node) before(ctx context.Context, op string) (ProviderFile, *container,
 	if !c.State.Running {
 		return ProviderFile{}, nil, nodeErr(n.name, op, ErrNotReady, fmt.Errorf("kube-apiserver container is %s before the change: atrest changes only a healthy node; repair it first", c.State.Status))
 	}
-	if err := n.probeReady(ctx); err != nil {
+	var nr *NotReadyError
+	if err := n.probeReady(ctx); err != nil && !(errors.As(err, &nr) && nr.Unsynced() && unsyncedAllowed(ctx, n.name)) {
 		return ProviderFile{}, nil, nodeErr(n.name, op, ErrNotReady, fmt.Errorf("kube-apiserver is not ready before the change (%v): atrest changes only a healthy node; repair it first", err))
 	}
 	return prev, c, nil

@@ -31,7 +31,7 @@ import (
 // (rke.OnDisk: echo into a temporary file, mv, chmod 600) on every
 // controlplane node, then its control plane deployed: the kube-apiserver
 // container atrest made carries a flag cluster.yml lacks, so RKE replaces
-// it with its own, one node at a time.
+// it with its own, one node at a time, each once /healthz answers.
 
 // plainRKEUp is `rke up` run by someone, without atrest, deploying
 // contents as RKE's provider file.
@@ -46,8 +46,14 @@ func plainRKEUp(t *testing.T, contents string) {
 			t.Fatal(err)
 		}
 	}
+	// RKE's healthcheck is /healthz: a kube-apiserver that cannot read
+	// what atrest's key wrote serves, but its secrets cache never fills
+	// and it is never ready (/readyz fails on informer-sync).
 	for i := range sb.Nodes {
-		if err := sb.RecreateAPIServer(context.Background(), i, sandbox.ProviderConfigFlag); err != nil {
+		if err := sb.RunAPIServer(context.Background(), i, sandbox.ProviderConfigFlag); err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.WaitHealthy(context.Background(), i, 3*time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -196,3 +196,75 @@ func keyWord(names []string) string {
 	}
 	return "keys " + strings.Join(names, ", ")
 }
+
+// starved are the storage prefixes, by resource, that node n holds
+// objects under in etcd (the census) but cannot read, when n is not ready
+// only because its informers cannot sync: a plain `rke up` gave it a file
+// without atrest's key, so its cache of secrets never fills and /readyz
+// fails. Such a node serves; the one change that makes it ready again is
+// a readers-first deploy that gives it those keys (feedStarved). nil for
+// a node that is ready, or not ready for another reason.
+func starved(in Input, n NodeLive) map[string][]string {
+	if n.Ready || !n.Unsynced {
+		return nil
+	}
+	out := map[string][]string{}
+	for _, r := range sortedKeys(in.Live.Census) {
+		for _, prefix := range sortedKeys(in.Live.Census[r]) {
+			if in.Live.Census[r][prefix] > 0 && !reads(n.Running()[r], prefix) {
+				out[r] = append(out[r], prefix)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// reads reports whether a chain reads objects stored under prefix.
+func reads(c cluster.Chain, prefix string) bool {
+	if prefix == cluster.PrefixIdentity && len(c) == 0 {
+		return true
+	}
+	return c.Has(prefix)
+}
+
+// feedStarved lets the plan change starved nodes only by the deploy that
+// feeds them: the first step that touches a node must be a deploy whose
+// chains read every prefix each starved node lacks; that deploy names
+// them (Step.Unsynced), and the executor allows the change on them alone.
+// Otherwise the plan is refused, as for any node not ready.
+func (p *Plan) feedStarved(in Input) error {
+	var names []string
+	first := slices.IndexFunc(p.Steps, Step.TouchesNodes)
+	for _, n := range in.Live.Nodes {
+		missing := starved(in, n)
+		if missing == nil {
+			continue
+		}
+		if first < 0 || p.Steps[first].Kind != StepDeploy {
+			return refuse(ReasonNodeNotReady, "node %s: kube-apiserver is not ready: it cannot read what etcd stores under %s, and the plan's first change does not give it that key", n.Name, describeMissing(missing))
+		}
+		for r, prefixes := range missing {
+			for _, prefix := range prefixes {
+				if !reads(p.Steps[first].Chains[r], prefix) {
+					return refuse(ReasonNodeNotReady, "node %s: kube-apiserver is not ready: it cannot read %s stored under %s, and no key in Vault or on a node reads them", n.Name, r, prefix)
+				}
+			}
+		}
+		names = append(names, n.Name)
+	}
+	if len(names) > 0 {
+		p.Steps[first].Unsynced = names
+	}
+	return nil
+}
+
+func describeMissing(m map[string][]string) string {
+	var parts []string
+	for _, r := range sortedKeys(m) {
+		parts = append(parts, r+" "+strings.Join(m[r], ", "))
+	}
+	return strings.Join(parts, "; ")
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -148,5 +149,46 @@ func TestOutsideKeyImportedFirst(t *testing.T) {
 	}
 	if e.etcd.stored != ours {
 		t.Errorf("stored under %s, want %s", e.etcd.stored, ours)
+	}
+}
+
+// After a plain `rke up` with a fresh key, no node can read what atrest's
+// key wrote: each serves, but its secrets cache never fills, so /readyz
+// fails on informer-sync alone. The plan's first change is the deploy
+// that gives every such node the key it lacks, readers first; a node not
+// ready for any other reason still refuses everything.
+func TestStarvedNodesFedFirst(t *testing.T) {
+	rke := testKey(cluster.AESCBC, "key-x7k2p")
+	w := newWorld(t, 3, cluster.Chains{"secrets": {rke, cluster.Identity}}, map[string]map[string]int64{
+		"secrets": {testKey(cluster.AESCBC, "k-ours").Prefix(): 500, rke.Prefix(): 7},
+	})
+	for i := range w.nodes {
+		w.nodes[i].Ready, w.nodes[i].Unsynced = false, true
+	}
+	w.keyring = Keyring{Keys: []KeyState{
+		{Name: "k-ours", Provider: cluster.AESCBC, Role: RolePrimary, Fingerprint: testFP("k-ours")},
+		{Name: "key-x7k2p", Provider: cluster.AESCBC, Role: RoleReader, Fingerprint: testFP("key-x7k2p"), Outside: "node1"},
+	}}
+	w.desired = Desired{Mode: cluster.Managed, Provider: cluster.AESCBC, Revision: "r1"}
+	first := w.converge()
+	i := slices.IndexFunc(first.Steps, Step.TouchesNodes)
+	if d := first.Steps[i]; d.Kind != StepDeploy || len(d.Unsynced) != 3 || d.Chains["secrets"].Writer() != rke.Prefix() ||
+		!strings.Contains(d.String(), "not ready until they can read what etcd stores") {
+		t.Fatalf("first change: %s", first.Steps[i])
+	}
+	if len(first.Outside) != 3 {
+		t.Errorf("outside runs: %v", first.Outside)
+	}
+	w.assertConverged(managed("k-ours"))
+
+	// Not ready for another reason: refused.
+	w = newWorld(t, 2, cluster.Chains{"secrets": {rke, cluster.Identity}}, map[string]map[string]int64{
+		"secrets": {rke.Prefix(): 7},
+	})
+	w.nodes[1].Ready, w.nodes[1].Unsynced = false, true // its census is readable: a cache still filling
+	w.keyring = Keyring{Keys: []KeyState{{Name: "key-x7k2p", Provider: cluster.AESCBC, Role: RolePrimary, Fingerprint: testFP("key-x7k2p")}}}
+	w.desired = Desired{Mode: cluster.Managed, Provider: cluster.AESCBC, Revision: "r1", RotateRequested: true}
+	if _, err := MakePlan(Input{Desired: w.desired, Live: Live{Nodes: w.nodes, Census: w.census}, Keyring: w.keyring, Limits: unlimited}); ReasonOf(err) != ReasonNodeNotReady {
+		t.Fatalf("a node not ready but not starved: %v", err)
 	}
 }

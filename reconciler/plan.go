@@ -85,6 +85,10 @@ type NodeLive struct {
 	// it without a restart. RestartOnly: atrest will not set that flag
 	// (ssh.restartOnly, or cluster.yml turns it off).
 	Reloads, RestartOnly bool
+	// Unsynced: not Ready only because its informers cannot sync
+	// (controlplane.NodeState.Unsynced), as when it cannot decrypt what
+	// etcd stores: see starved.
+	Unsynced bool
 }
 
 // Running is the config the node's kube-apiserver uses: its file when the
@@ -211,6 +215,10 @@ type Step struct {
 	// Restarts names the nodes a deploy restarts kube-apiserver on; the
 	// others reload the file without a restart, all at once.
 	Restarts []string
+	// Unsynced names the nodes a deploy may change although they are not
+	// ready: they cannot read what etcd stores, and this deploy gives them
+	// the keys they lack (starved).
+	Unsynced []string
 }
 
 // TouchesNodes reports whether the step changes a node.
@@ -237,6 +245,9 @@ func (s Step) String() string {
 			parts = append(parts, r+" "+s.Chains[r].String())
 		}
 		d := "deploy " + strings.Join(parts, ", ")
+		if len(s.Unsynced) > 0 {
+			d += " (first to " + strings.Join(s.Unsynced, ", ") + ", not ready until they can read what etcd stores)"
+		}
 		if len(s.Restarts) == 0 {
 			return d + " to every node at once, reloaded without a restart and proven by each node's metrics; canary must be " + s.Expect
 		}
@@ -519,6 +530,9 @@ func MakePlan(in Input) (*Plan, error) {
 
 	p.insertSnapshot(in, generate)
 	markRestarts(p.Steps, in.Live.Nodes)
+	if err := p.feedStarved(in); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 

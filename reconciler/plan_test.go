@@ -138,8 +138,15 @@ func (w *world) exec(s Step) {
 			limit, w.crashAfter = w.crashAfter, 0
 		}
 		for i := range limit {
+			if !w.nodes[i].Ready && !slices.Contains(s.Unsynced, w.nodes[i].Name) {
+				w.t.Fatalf("a deploy changes %s, which is not ready", w.nodes[i].Name)
+			}
 			w.checkNodeChange(i, s.Chains)
 			w.nodes[i].Flag, w.nodes[i].File, w.nodes[i].Chains = true, true, cloneChains(s.Chains)
+			if w.nodes[i].Unsynced && len(starved(Input{Live: Live{Census: w.census}}, w.nodes[i])) == 0 {
+				// Its caches fill: it is ready again.
+				w.nodes[i].Ready, w.nodes[i].Unsynced = true, false
+			}
 			w.write("secrets", w.nodes[i]) // the canary
 			if got := w.nodes[i].Running()["secrets"].Writer(); got != s.Expect {
 				w.t.Fatalf("canary on %s is %s, step expects %s", w.nodes[i].Name, got, s.Expect)

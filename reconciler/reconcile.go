@@ -673,6 +673,9 @@ func (r *Reconciler) deploy(ctx context.Context, step Step, d Desired) error {
 	if err != nil {
 		return fmt.Errorf("deploy: rendered config does not validate: %w", err)
 	}
+	if len(step.Unsynced) > 0 {
+		ctx = controlplane.AllowUnsynced(ctx, step.Unsynced...)
+	}
 	if err := r.Nodes.RollingApply(ctx, file, step.Expect); err != nil {
 		return err
 	}
@@ -744,7 +747,7 @@ func (r *Reconciler) Observe(ctx context.Context, d Desired) (Live, *keystore.Ke
 	for _, s := range states {
 		n := NodeLive{Name: s.Node, Ready: s.Ready, Flag: s.APIServer.ProviderConfigSet(), File: s.File.Present,
 			Unloaded: s.Unloaded(), EtcdPrefix: etcdPrefixOf(s),
-			Reloads: s.APIServer.ProviderConfigSet() && s.APIServer.AutomaticReload && !s.RestartOnly, RestartOnly: s.RestartOnly}
+			Reloads: s.APIServer.ProviderConfigSet() && s.APIServer.AutomaticReload && !s.RestartOnly, RestartOnly: s.RestartOnly, Unsynced: s.Unsynced}
 		if s.File.Present {
 			chains, err := r.parseNodeFile(s)
 			if err != nil {

@@ -82,7 +82,7 @@ func ruleNodesHealthy(in Input) error {
 		return refuse(ReasonNoNodes, "no controlplane node observed")
 	}
 	for _, n := range in.Live.Nodes {
-		if !n.Ready {
+		if !n.Ready && len(starved(in, n)) == 0 {
 			return refuse(ReasonNodeNotReady, "node %s: kube-apiserver is not ready; nothing will change until it is", n.Name)
 		}
 		if n.Flag && n.FileError != "" {

@@ -31,6 +31,15 @@ func (sb *Sandbox) EtcdClient() (*clientv3.Client, error) {
 // and waits until it is ready: how tests set up a node the way RKE would,
 // without atrest.
 func (sb *Sandbox) RecreateAPIServer(ctx context.Context, i int, extra ...string) error {
+	if err := sb.RunAPIServer(ctx, i, extra...); err != nil {
+		return err
+	}
+	return sb.WaitReady(ctx, i, 3*time.Minute)
+}
+
+// RunAPIServer is RecreateAPIServer without waiting for /readyz: as RKE
+// does, which waits for /healthz (WaitHealthy).
+func (sb *Sandbox) RunAPIServer(ctx context.Context, i int, extra ...string) error {
 	if _, err := sb.Docker(ctx, i, "rm", "--force", "kube-apiserver"); err != nil {
 		return err
 	}
@@ -39,10 +48,8 @@ func (sb *Sandbox) RecreateAPIServer(ctx context.Context, i int, extra ...string
 		"--env=ATREST_SANDBOX_RELOAD_POLL=" + sb.opts.ReloadPoll.String(),
 		"--volume=/etc/kubernetes:/etc/kubernetes:z", sb.KubeAPIServerImage(), "/usr/local/bin/kube-apiserver"}
 	args = append(append(args, sb.APIServerArgs(sb.Nodes[i])...), extra...)
-	if _, err := sb.Docker(ctx, i, args...); err != nil {
-		return err
-	}
-	return sb.WaitReady(ctx, i, 3*time.Minute)
+	_, err := sb.Docker(ctx, i, args...)
+	return err
 }
 
 // ProviderConfigFlag is RKE's flag pointing kube-apiserver at the provider

@@ -336,16 +336,28 @@ func (sb *Sandbox) WaitReady(ctx context.Context, i int, timeout time.Duration) 
 	return nil
 }
 
+// WaitHealthy waits until node i's kube-apiserver answers an
+// authenticated /healthz, as RKE's healthcheck does: it serves, though it
+// may not be ready (a cache that cannot fill).
+func (sb *Sandbox) WaitHealthy(ctx context.Context, i int, timeout time.Duration) error {
+	n := sb.Nodes[i]
+	return sb.waitPath(ctx, n.Name, n.APIServerURL, "/healthz", timeout, nil)
+}
+
 // waitAPIServer waits until the kube-apiserver at url answers an
 // authenticated /readyz; p, when given, is its process (see waitFor).
 func (sb *Sandbox) waitAPIServer(ctx context.Context, name, url string, timeout time.Duration, p *proc) error {
+	return sb.waitPath(ctx, name, url, "/readyz", timeout, p)
+}
+
+func (sb *Sandbox) waitPath(ctx context.Context, name, url, path string, timeout time.Duration, p *proc) error {
 	client, err := sb.AdminClient()
 	if err != nil {
 		return err
 	}
 	defer client.CloseIdleConnections()
-	return waitFor(ctx, name+" kube-apiserver /readyz", timeout, p, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/readyz", nil)
+	return waitFor(ctx, name+" kube-apiserver "+path, timeout, p, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+path, nil)
 		if err != nil {
 			return err
 		}
@@ -356,7 +368,7 @@ func (sb *Sandbox) waitAPIServer(ctx context.Context, name, url string, timeout 
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz: %s: %s", resp.Status, bytes.TrimSpace(body))
+			return fmt.Errorf("%s: %s: %s", path, resp.Status, bytes.TrimSpace(body))
 		}
 		return nil
 	})
