@@ -6,12 +6,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -48,14 +50,21 @@ func plainRKEUp(t *testing.T, contents string) {
 	}
 	// RKE's healthcheck is /healthz: a kube-apiserver that cannot read
 	// what atrest's key wrote serves, but its secrets cache never fills
-	// and it is never ready (/readyz fails on informer-sync).
+	// and it is never ready (/readyz fails on informer-sync). Its /healthz
+	// takes a minute to pass, so every node at once, as RKE does with
+	// upgrade_strategy.max_unavailable_controlplane: 3.
+	var wg sync.WaitGroup
+	errs := make([]error, len(sb.Nodes))
 	for i := range sb.Nodes {
-		if err := sb.RunAPIServer(context.Background(), i, sandbox.ProviderConfigFlag); err != nil {
-			t.Fatal(err)
-		}
-		if err := sb.WaitHealthy(context.Background(), i, 3*time.Minute); err != nil {
-			t.Fatal(err)
-		}
+		wg.Go(func() {
+			if errs[i] = sb.RunAPIServer(context.Background(), i, sandbox.ProviderConfigFlag); errs[i] == nil {
+				errs[i] = sb.WaitHealthy(context.Background(), i, 3*time.Minute)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
 	}
 }
 
