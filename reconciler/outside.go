@@ -101,24 +101,18 @@ func (r *Reconciler) importOutside(ctx context.Context, states []controlplane.No
 		var added []OutsideKey
 		for _, f := range found {
 			ok := OutsideKey{Node: f.node, Name: f.key.Name, Provider: f.key.Provider, Fingerprint: f.key.Fingerprint()}
-			if slices.ContainsFunc(kr.Keys, func(k keystore.KeyInfo) bool { return k.Name == f.key.Name }) {
-				// Two nodes hold other material under one name Vault
-				// lacks: the first is imported, this one preserved.
-				path, err := r.Keys.PreserveKey(ctx, f.key, "node "+f.node+"'s provider file")
-				if err != nil {
+			// Other material under a name: two nodes that disagree on a
+			// name Vault lacks (the first is imported), or a name Vault
+			// holds but the keyring does not list. Kept apart.
+			taken := slices.ContainsFunc(kr.Keys, func(k keystore.KeyInfo) bool { return k.Name == f.key.Name })
+			var err error
+			if !taken {
+				err = r.putOnce(ctx, f.key)
+			}
+			if taken || errors.Is(err, errOtherMaterial) {
+				if ok.Preserved, err = r.Keys.PreserveKey(ctx, f.key, "node "+f.node+"'s provider file"); err != nil {
 					return done, err
 				}
-				ok.Preserved = path
-				done = append(done, ok)
-				continue
-			}
-			err := r.putOnce(ctx, f.key)
-			if errors.Is(err, errOtherMaterial) {
-				path, perr := r.Keys.PreserveKey(ctx, f.key, "node "+f.node+"'s provider file")
-				if perr != nil {
-					return done, perr
-				}
-				ok.Preserved = path
 				done = append(done, ok)
 				continue
 			}

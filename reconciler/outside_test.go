@@ -192,3 +192,30 @@ func TestStarvedNodesFedFirst(t *testing.T) {
 		t.Fatalf("a node not ready but not starved: %v", err)
 	}
 }
+
+// Two nodes an outside writer left other material under one new name:
+// the first is imported, the second kept apart in Vault (the planner then
+// refuses, KeyMaterialConflict); both are reported.
+func TestOutsideKeysOtherMaterial(t *testing.T) {
+	e := newExecutor()
+	other := rkeKey
+	other.Secret = []byte("fedcba9876543210fedcba9876543210")
+	states := []controlplane.NodeState{stateWith("cp1", fileOf(t, rkeKey)), stateWith("cp2", fileOf(t, other))}
+	got, err := e.r.importOutside(context.Background(), states)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Node != "cp2" || got[0].Preserved == "" || got[1].Node != "cp1" || got[1].Preserved != "" {
+		t.Fatalf("reported %+v", got)
+	}
+	if k, _ := e.keys.Key(context.Background(), rkeKey.Name); k.Fingerprint() != rkeKey.Fingerprint() {
+		t.Error("the first node's material is not the one imported")
+	}
+	if k := e.keys.preserved[got[0].Preserved]; k.Fingerprint() != other.Fingerprint() {
+		t.Error("the second node's material is not preserved")
+	}
+	// Imported once: a second look finds nothing new.
+	if again, err := e.r.importOutside(context.Background(), states); err != nil || len(again) != 0 {
+		t.Errorf("again: %v, %v", again, err)
+	}
+}

@@ -113,6 +113,8 @@ type fakeKeys struct {
 	version int
 	keys    map[string]cluster.Key
 	largest int
+	// preserved is what PreserveKey kept, by path.
+	preserved map[string]cluster.Key
 }
 
 func newFakeKeys() *fakeKeys { return &fakeKeys{keys: map[string]cluster.Key{}} }
@@ -183,8 +185,15 @@ func (f *fakeKeys) NewKey(ctx context.Context, p cluster.Provider) (cluster.Key,
 	return k, f.PutKey(ctx, k)
 }
 
-func (f *fakeKeys) PreserveKey(context.Context, cluster.Key, string) (string, error) {
-	return "", errors.New("not in this test")
+func (f *fakeKeys) PreserveKey(_ context.Context, k cluster.Key, _ string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	path := "preserved/" + k.Name + "/" + k.Fingerprint()
+	if f.preserved == nil {
+		f.preserved = map[string]cluster.Key{}
+	}
+	f.preserved[path] = k
+	return path, nil
 }
 func (f *fakeKeys) AddSnapshotRef(context.Context, string, []string) error { return nil }
 func (f *fakeKeys) ReleaseSnapshotRef(context.Context, string) error       { return nil }
