@@ -290,7 +290,7 @@ func TestRKEUpThroughAtrest(t *testing.T) {
 			start := time.Now()
 			code, out := runEnv(t, env, "rke", "up", "--config", managed, "--rke", self)
 			tr.finish(t, "atrest rke up")
-			if code != exit || !strings.Contains(out, "holds no key") {
+			if code != exit || !strings.Contains(out, "holds no key") || !strings.Contains(out, "every node runs the same config as before") {
 				t.Fatalf("atrest rke up: exit %d, want %d:\n%s", code, exit, out)
 			}
 			if n := startsSince(t, start); n != 0 || strings.Contains(out, "Encryption provider config has changed") {

@@ -45,6 +45,9 @@ type RunResult struct {
 	// Removed are the fields of the state rke wrote that held keys and
 	// are not in the state kept beside Config.
 	Removed []string
+	// StateKept is true when the state rke left, stripped, replaced the
+	// one beside Config.
+	StateKept bool
 	// Kubeconfig is true when rke wrote the kubeconfig kept beside Config.
 	Kubeconfig bool
 }
@@ -85,8 +88,8 @@ func Run(ctx context.Context, opts RunOptions) (res RunResult, err error) {
 		}
 	}
 	defer func() {
-		removed, kept, cerr := keep(state, kubeconfig, opts.Config, oldKubeconfig)
-		res.Removed, res.Kubeconfig = removed, kept
+		removed, stateKept, kept, cerr := keep(state, kubeconfig, opts.Config, oldKubeconfig)
+		res.Removed, res.StateKept, res.Kubeconfig = removed, stateKept, kept
 		err = errors.Join(err, cerr)
 	}()
 
@@ -123,23 +126,23 @@ func Run(ctx context.Context, opts RunOptions) (res RunResult, err error) {
 
 // keep strips the state rke left and puts it beside config, and keeps the
 // kubeconfig rke wrote, when it wrote one.
-func keep(state, kubeconfig, config string, oldKubeconfig []byte) ([]string, bool, error) {
+func keep(state, kubeconfig, config string, oldKubeconfig []byte) (removed []string, stateKept, kubeconfigKept bool, err error) {
 	data, err := os.ReadFile(state)
 	if err != nil {
-		return nil, false, fmt.Errorf("read the state rke left: %w", err)
+		return nil, false, false, fmt.Errorf("read the state rke left: %w", err)
 	}
 	stripped, removed, err := StripState(data)
 	if err != nil {
-		return nil, false, fmt.Errorf("the state rke left: %w; %s is unchanged", err, StateFilePath(config))
+		return nil, false, false, fmt.Errorf("the state rke left: %w; %s is unchanged", err, StateFilePath(config))
 	}
 	if err := writeFile(StateFilePath(config), stripped); err != nil {
-		return removed, false, err
+		return removed, false, false, err
 	}
 	kc, err := os.ReadFile(kubeconfig)
 	if err != nil || bytes.Equal(kc, oldKubeconfig) {
-		return removed, false, nil
+		return removed, true, false, nil
 	}
-	return removed, true, writeFile(KubeconfigPath(config), kc)
+	return removed, true, true, writeFile(KubeconfigPath(config), kc)
 }
 
 // writeFile replaces file with data (0600) by a rename in its directory:

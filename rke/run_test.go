@@ -70,7 +70,7 @@ func TestRun(t *testing.T) {
 			if bytes.Contains(state, []byte("SECRET")) || bytes.Contains(state, []byte("encryptionConfig")) || !bytes.Contains(state, []byte(`"new"`)) {
 				t.Errorf("the state kept is not rke's, stripped:\n%s", state)
 			}
-			if len(res.Removed) != 3 {
+			if len(res.Removed) != 3 || !res.StateKept {
 				t.Errorf("removed %v", res.Removed)
 			}
 			if st, _ := os.Stat(StateFilePath(config)); st.Mode().Perm() != 0o600 {

@@ -125,9 +125,17 @@ directory is removed, and RKE's copy of the state in the cluster
 		fmt.Fprintf(out, "atrest: rke %s with the config every node runs (%s), %s\n", name, describeInForce(inForce), reloadNote(inForce))
 		res, runErr := rke.Run(ctx, rke.RunOptions{Binary: bin, Config: src.configFile, ClusterYML: yml, State: prepared, Command: command,
 			Args: args, Stdout: cmd.OutOrStdout(), Stderr: out})
-		fmt.Fprintf(out, "atrest: rke exited %d; %s holds no key (removed: %s)\n", res.ExitCode, statePath, orNothing(res.Removed))
+		fmt.Fprintf(out, "atrest: rke exited %d\n", res.ExitCode)
+		if res.StateKept {
+			fmt.Fprintf(out, "atrest: %s is the state rke left, and holds no key (removed: %s)\n", statePath, orNothing(res.Removed))
+		}
 		if res.Kubeconfig {
 			fmt.Fprintf(out, "atrest: kept rke's kubeconfig as %s\n", rke.KubeconfigPath(src.configFile))
+		}
+		if err := sameAfter(context.WithoutCancel(ctx), e, inForce); err != nil {
+			runErr = errors.Join(runErr, err)
+		} else {
+			fmt.Fprintln(out, "atrest: every node runs the same config as before")
 		}
 		if err := stripClusterState(context.WithoutCancel(ctx), e); err != nil {
 			runErr = errors.Join(runErr, err)
@@ -142,6 +150,33 @@ directory is removed, and RKE's copy of the state in the cluster
 		return nil
 	}
 	return cmd
+}
+
+// sameAfter checks that every node runs the config in force before rke
+// ran (in whatever layout RKE wrote it).
+func sameAfter(ctx context.Context, e *env, before *reconciler.InForce) error {
+	states, err := e.nodes.Observe(ctx)
+	if err != nil {
+		return fmt.Errorf("observe the nodes after rke: %w", err)
+	}
+	for _, s := range states {
+		var got []byte
+		if s.File.Present {
+			cfg, err := cluster.ParseEncryptionConfig("node "+s.Node+" provider file", "", s.File.Data, e.cfg.KubeAPI.ExtraArgs["feature-gates"])
+			if err != nil {
+				return fmt.Errorf("after rke: %w", err)
+			}
+			got = cfg.Render()
+		}
+		var want []byte
+		if before.Config != nil {
+			want = before.Config.Render()
+		}
+		if string(got) != string(want) {
+			return fmt.Errorf("after rke, node %s runs another config than before: atrest converges it back (see atrest status)", s.Node)
+		}
+	}
+	return nil
 }
 
 func describeInForce(f *reconciler.InForce) string {
