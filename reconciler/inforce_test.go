@@ -57,7 +57,11 @@ func TestConfigInForce(t *testing.T) {
 		{"none in force", []controlplane.NodeState{stateWith("cp1", nil)}, keystore.Keyring{}, vault, ""},
 		{"in flight", ok, keystore.Keyring{DeployedHash: deployed, Journal: &keystore.Journal{Transition: "rotate", Revision: "r2"}}, vault, "a transition is in flight (rotate"},
 		{"not ready", []controlplane.NodeState{{Node: "cp1", NotReady: "readyz: 503"}}, keystore.Keyring{}, vault, "node cp1 is not ready (readyz: 503)"},
-		{"unloaded", []controlplane.NodeState{func() controlplane.NodeState { s := reloading(stateWith("cp1", file)); s.Load = controlplane.LoadUnknown; return s }()}, keystore.Keyring{DeployedHash: deployed}, vault, "not proven to run its provider file"},
+		{"unloaded", []controlplane.NodeState{func() controlplane.NodeState {
+			s := reloading(stateWith("cp1", file))
+			s.Load = controlplane.LoadUnknown
+			return s
+		}()}, keystore.Keyring{DeployedHash: deployed}, vault, "not proven to run its provider file"},
 		{"nodes differ", []controlplane.NodeState{reloading(stateWith("cp1", file)), stateWith("cp2", nil)}, keystore.Keyring{DeployedHash: deployed}, vault, "node cp1 and node cp2 run different configs"},
 		{"not atrest's", ok, keystore.Keyring{DeployedHash: "sha256:other"}, vault, "not the one atrest last deployed"},
 		{"key not in Vault", ok, keystore.Keyring{DeployedHash: deployed}, func(string) (cluster.Key, error) { return cluster.Key{}, keystore.ErrNotFound }, "is not in Vault"},

@@ -526,7 +526,7 @@ func (r *Reconciler) preserve(ctx context.Context, keys []PreserveKey) error {
 }
 
 // errOtherMaterial: Vault holds other material under the key's name.
-var errOtherMaterial = errors.New("Vault already holds a different key under that name")
+var errOtherMaterial = errors.New("the material differs from the key Vault holds under that name")
 
 // putOnce stores k, or checks the stored key with its name is the same.
 func (r *Reconciler) putOnce(ctx context.Context, k cluster.Key) error {
