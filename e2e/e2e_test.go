@@ -507,6 +507,7 @@ func nodeFiles(t *testing.T) string {
 // without touching a node, then rotates it.
 func TestAdoption(t *testing.T) {
 	ctx := context.Background()
+	createSecrets(t, clients(t)[0]) // when run alone; a no-op after the others
 	rke := cluster.Key{Name: "k-rke01", Provider: cluster.AESCBC, Secret: bytes.Repeat([]byte{7}, 32)}
 	file, err := cluster.ManagedConfig{Keys: []cluster.Key{rke}}.Render()
 	if err != nil {
@@ -547,7 +548,9 @@ func TestAdoption(t *testing.T) {
 	managed := clusterFile(t, "managed.yml", managedBlock)
 	before := nodeFiles(t)
 	code, out := run(t, "apply", "--config", managed)
-	if code != 0 || !strings.Contains(out, "import keys k-rke01 into Vault (k-rke01 as primary)") {
+	// The key is imported first (it is on the nodes only), then adopted.
+	if code != 0 || !strings.Contains(out, "imported it before anything else") || !strings.Contains(out, "key=k-rke01") ||
+		!strings.Contains(out, "adopt k-rke01 as the primary key") {
 		t.Fatalf("adoption: exit %d:\n%s", code, out)
 	}
 	if strings.Contains(out, "deploy") || nodeFiles(t) != before {

@@ -173,7 +173,7 @@ func outsideRuns(in Input) []OutsideRun {
 		var names []string
 		for _, name := range n.Running().KeyNames() {
 			k, ok := in.Keyring.find(name)
-			if ok && (k.Outside != "" || k.Role == RoleRetired) && !slices.Contains(names, name) {
+			if ok && k.Role != RolePrimary && (k.Outside != "" || k.Role == RoleRetired) && !slices.Contains(names, name) {
 				names = append(names, name)
 			}
 		}

@@ -219,3 +219,29 @@ func TestOutsideKeysOtherMaterial(t *testing.T) {
 		t.Errorf("again: %v, %v", again, err)
 	}
 }
+
+// A cluster RKE encrypts, met for the first time: its key is imported
+// before the plan (ImportOutsideKeys), and the plan still adopts it as the
+// primary, changing no node, where a key from Git or a retired one would
+// be replaced by a fresh one.
+func TestOutsideKeyAdopted(t *testing.T) {
+	rke := testKey(cluster.AESCBC, "key-x7k2p")
+	w := newWorld(t, 2, cluster.Chains{"secrets": {rke, cluster.Identity}}, map[string]map[string]int64{"secrets": {rke.Prefix(): 9}})
+	w.keyring = Keyring{Keys: []KeyState{{Name: "key-x7k2p", Provider: cluster.AESCBC, Role: RoleReader, Fingerprint: testFP("key-x7k2p"), Outside: "node1"}}}
+	w.desired = Desired{Mode: cluster.Managed, Provider: cluster.AESCBC, Revision: "r1"}
+	p := w.plan()
+	if len(p.Steps) != 1 || p.Steps[0].Kind != StepImportKeys || p.Steps[0].Primary != "key-x7k2p" || len(p.Outside) != 2 ||
+		p.Steps[0].String() != "adopt key-x7k2p as the primary key (every node writes with it; Vault holds it)" {
+		t.Fatalf("plan: %v, outside %v", p.Steps, p.Outside)
+	}
+	w.exec(p.Steps[0])
+	if p := w.plan(); !p.Empty() || len(p.Outside) != 0 {
+		t.Fatalf("after adoption: %v, outside %v", p.Steps, p.Outside)
+	}
+	// Retired: not adopted, replaced.
+	w.keyring.Keys[0].Role = RoleRetired
+	w.keyring.Keys[0].Outside = "node1"
+	if p := w.plan(); !slices.ContainsFunc(p.Steps, func(s Step) bool { return s.Kind == StepGenerateKey }) {
+		t.Fatalf("a retired key was adopted: %v", p.Steps)
+	}
+}

@@ -230,6 +230,9 @@ func (s Step) TouchesNodes() bool {
 func (s Step) String() string {
 	switch s.Kind {
 	case StepImportKeys:
+		if len(s.Keys) == 0 {
+			return "adopt " + s.Primary + " as the primary key (every node writes with it; Vault holds it)"
+		}
 		d := "import keys " + strings.Join(s.Keys, ", ") + " into Vault"
 		if s.Primary != "" {
 			d += " (" + s.Primary + " as primary)"
@@ -385,8 +388,10 @@ func MakePlan(in Input) (*Plan, error) {
 			// rotate a cluster that is already encrypted as asked. A key
 			// the keyring knows is not adopted: it came from a custom_config
 			// in Git, or was retired, and a managed key must be fresh.
+			// A key imported from the nodes before this plan (an outside
+			// writer's, ImportOutsideKeys) is met for the first time too.
 			if w := live["secrets"]; len(w) > 0 && w[0].Kind == string(in.Desired.Provider) && agreeOnWriter(in.Live.Nodes, "secrets") {
-				if _, known := in.Keyring.find(w[0].KeyName); !known {
+				if k, known := in.Keyring.find(w[0].KeyName); !known || k.Outside != "" && k.Role == RoleReader {
 					primary, primaryEntry = w[0].KeyName, w[0]
 				}
 			}

@@ -547,7 +547,8 @@ func setPrimary(kr *keystore.Keyring, name string) {
 	for i := range kr.Keys {
 		switch {
 		case kr.Keys[i].Name == name:
-			kr.Keys[i].Role = keystore.RolePrimary
+			// Adopted: atrest's own from now on, whoever wrote it first.
+			kr.Keys[i].Role, kr.Keys[i].Outside = keystore.RolePrimary, ""
 		case kr.Keys[i].Role == keystore.RolePrimary:
 			kr.Keys[i].Role = keystore.RoleReader
 		}
