@@ -209,40 +209,45 @@ func stripClusterState(ctx context.Context, e *env) error {
 		return err
 	}
 	const name, ns = "full-cluster-state", metav1.NamespaceSystem
-	fail := func(err error) error {
-		return fmt.Errorf("strip the keys from RKE's state in the cluster (%s/%s): %w; delete its encryptionConfig and customConfig fields by hand", ns, name, err)
-	}
-	s, err := kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-	switch {
-	case err == nil:
-		stripped, removed, err := rke.StripState(s.Data[name])
+	// strip takes the keys out of data, writing it back with update.
+	strip := func(kind string, data []byte, update func([]byte) error) error {
+		stripped, removed, err := rke.StripState(data)
 		if err != nil || len(removed) == 0 {
+			return err
+		}
+		if err := update(stripped); err != nil {
+			return err
+		}
+		e.log.Info("stripped the keys from RKE's state in the cluster", kind, ns+"/"+name, "removed", removed)
+		return nil
+	}
+	err = func() error {
+		s, err := kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			return strip("secret", s.Data[name], func(b []byte) error {
+				s.Data[name] = b
+				_, err := kc.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{})
+				return err
+			})
+		}
+		if !apierrors.IsNotFound(err) {
+			return err
+		}
+		cm, err := kc.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		s.Data[name] = stripped
-		if _, err := kc.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
-			return fail(err)
+		if err != nil {
+			return err
 		}
-		e.log.Info("stripped the keys from RKE's state in the cluster", "secret", ns+"/"+name, "removed", removed)
-		return nil
-	case !apierrors.IsNotFound(err):
-		return fail(err)
-	}
-	cm, err := kc.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
+		return strip("configmap", []byte(cm.Data[name]), func(b []byte) error {
+			cm.Data[name] = string(b)
+			_, err := kc.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{})
+			return err
+		})
+	}()
 	if err != nil {
-		return fail(err)
+		return fmt.Errorf("strip the keys from RKE's state in the cluster (%s/%s): %w; delete its encryptionConfig and customConfig fields by hand", ns, name, err)
 	}
-	stripped, removed, err := rke.StripState([]byte(cm.Data[name]))
-	if err != nil || len(removed) == 0 {
-		return nil
-	}
-	cm.Data[name] = string(stripped)
-	if _, err := kc.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
-		return fail(err)
-	}
-	e.log.Info("stripped the keys from RKE's state in the cluster", "configmap", ns+"/"+name, "removed", removed)
 	return nil
 }
