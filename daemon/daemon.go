@@ -22,6 +22,7 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/etcdsnap"
 	"github.com/atrest-io/atrest/gitsource"
 	"github.com/atrest-io/atrest/keystore"
 	"github.com/atrest-io/atrest/reconciler"
@@ -45,6 +46,9 @@ type Cluster interface {
 	// ImportOutsideKeys stores in Vault the keys an outside writer left
 	// on the nodes (reconciler.Reconciler.ImportOutsideKeys).
 	ImportOutsideKeys(ctx context.Context) ([]reconciler.OutsideKey, error)
+	// DrillDue proves the kept snapshots due a drill restorable
+	// (reconciler.Reconciler.DrillDue).
+	DrillDue(ctx context.Context, every time.Duration, now time.Time) ([]*etcdsnap.DrillReport, error)
 	Status(ctx context.Context, d reconciler.Desired) (*reconciler.Status, error)
 	ReconcileUntil(ctx context.Context, stop <-chan struct{}, d reconciler.Desired) (*reconciler.Result, error)
 	PutDaemonState(ctx context.Context, st keystore.DaemonState) error
@@ -88,6 +92,9 @@ type Config struct {
 	// The planner refuses such a commit before the schedule is looked at;
 	// this keeps the cron from waking the loop for it all the same.
 	MinRotationInterval time.Duration
+	// DrillInterval is how often each kept snapshot is drilled again
+	// (settings snapshots.drillInterval); a new one is drilled at once.
+	DrillInterval time.Duration
 	// WebhookSecret is the webhook's HMAC secret.
 	WebhookSecret []byte
 
@@ -303,11 +310,15 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 	if err != nil {
 		log.Warn("import the keys an outside writer left on the nodes", "err", err)
 	}
+	// A snapshot is only a safety net once proven: drill before the
+	// status reads the verdicts, so a failing one stalls this cycle.
+	d.drill(ctx, log)
 	want := reconciler.DesiredFrom(desired.Config, desired.Policy, desired.Revision)
 	st, err := d.cluster.Status(ctx, want)
 	if err != nil {
 		return d.fail(ctx, start, fmt.Errorf("observe the cluster: %w", err))
 	}
+	d.metrics.observeSnapshots(st.Snapshots)
 	if st.Stall != nil {
 		// A stall changes nothing until the desired state changes or
 		// `atrest resume`; observing again each interval sees either.
@@ -403,6 +414,23 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 	}
 	d.succeed(ctx, start, resultChanged, rot)
 	return d.cfg.Interval
+}
+
+// drill drills the kept snapshots that are due. A drill that cannot run
+// (Vault unreachable) proves nothing either way: the snapshot stays due and
+// the next cycle tries again; the cycle goes on meanwhile.
+func (d *Daemon) drill(ctx context.Context, log *slog.Logger) {
+	every := d.cfg.DrillInterval
+	if every <= 0 {
+		every = 24 * time.Hour
+	}
+	reps, err := d.cluster.DrillDue(ctx, every, time.Now())
+	for _, r := range reps {
+		d.metrics.drills.WithLabelValues(r.Verdict).Inc()
+	}
+	if err != nil {
+		log.Warn("drill the kept snapshots", "err", err)
+	}
 }
 
 // reasonTag prefixes a refusal's message with its reason: "[EtcdPrefixMismatch] ".

@@ -41,6 +41,9 @@ type metrics struct {
 	rotations         prometheus.Counter
 	outsideKeys       *prometheus.CounterVec
 	outsideRuns       *prometheus.GaugeVec
+	restorable        *prometheus.GaugeVec
+	proven            *prometheus.GaugeVec
+	drills            *prometheus.CounterVec
 
 	// times backs the gauges of ages, read at scrape time.
 	mu    sync.Mutex
@@ -81,12 +84,18 @@ func newMetrics() *metrics {
 		Help: "Keys found in a node's provider file that Vault did not hold, put there by a writer other than atrest (a plain rke up, a hand edit), by node: each was imported into Vault (or, under a name Vault holds with other material, preserved) before anything else."}, []string{"node"})
 	m.outsideRuns = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_outside_writer",
 		Help: "1 while the node runs keys an outside writer put there (a plain rke up, a hand edit): drift atrest did not cause, being converged back."}, []string{"node"})
+	m.restorable = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_snapshot_restorable",
+		Help: "1 when the kept snapshot's last decryption drill proved every covered object decrypts with the keys in Vault, 0 when it did not (not restorable, or unproven: see atrest status); absent until drilled."}, []string{"snapshot"})
+	m.proven = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_snapshot_proven_timestamp_seconds",
+		Help: "Unix time of the kept snapshot's last decryption drill."}, []string{"snapshot"})
+	m.drills = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_snapshot_drills_total",
+		Help: "Snapshot decryption drills run, by verdict: Restorable, NotRestorable, Unproven."}, []string{"verdict"})
 	m.rotations = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_scheduled_rotations_total", Help: "Scheduled rotations requested (each served once)."})
 
 	m.reg.MustRegister(m.reconciles, m.reconcileDuration, m.failures, m.suspended, m.stalled, m.revision, m.refused,
 		m.nodeReady, m.nodeDeployed, m.nodesAgree, m.census, m.keys, m.step, m.rewriteListed, m.rewriteUpdated,
 		m.gitPolls, m.gitPollDuration, m.gitFetches, m.gitFetchDuration, m.gitFetchedBytes, m.webhook, m.rotations,
-		m.outsideKeys, m.outsideRuns, &ageCollector{m: m},
+		m.outsideKeys, m.outsideRuns, m.restorable, m.proven, m.drills, &ageCollector{m: m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"accepted", "bad_signature", "no_signature", "bad_request"} {
 		m.webhook.WithLabelValues(r)
@@ -167,6 +176,20 @@ func (m *metrics) observeStatus(st *reconciler.Status, next time.Time) {
 	m.times.nextRotation = next
 	if st.LastSnapshot != nil {
 		m.times.lastSnapshot = st.LastSnapshot.Time
+	}
+}
+
+// observeSnapshots sets each kept snapshot's drill gauges; a snapshot
+// pruned or never drilled has none.
+func (m *metrics) observeSnapshots(proofs []reconciler.SnapshotProof) {
+	m.restorable.Reset()
+	m.proven.Reset()
+	for _, p := range proofs {
+		if p.Verdict == "" {
+			continue
+		}
+		m.restorable.WithLabelValues(p.Name).Set(bool01(p.Restorable()))
+		m.proven.WithLabelValues(p.Name).Set(float64(p.Proven.UnixMilli()) / 1000)
 	}
 }
 

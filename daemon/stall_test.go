@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/etcdsnap"
 	"github.com/atrest-io/atrest/gitsource"
 	"github.com/atrest-io/atrest/keystore"
 	"github.com/atrest-io/atrest/reconciler"
@@ -20,10 +21,18 @@ type stallCluster struct {
 	status     reconciler.Status
 	err        error // what ReconcileUntil returns
 	reconciles int
+
+	drills     []*etcdsnap.DrillReport // what DrillDue returns
+	drillErr   error
+	drillEvery []time.Duration // each DrillDue call's interval
 }
 
 func (c *stallCluster) ImportOutsideKeys(context.Context) ([]reconciler.OutsideKey, error) {
 	return nil, nil
+}
+func (c *stallCluster) DrillDue(_ context.Context, every time.Duration, _ time.Time) ([]*etcdsnap.DrillReport, error) {
+	c.drillEvery = append(c.drillEvery, every)
+	return c.drills, c.drillErr
 }
 func (c *stallCluster) Status(context.Context, reconciler.Desired) (*reconciler.Status, error) {
 	st := c.status
@@ -112,6 +121,90 @@ func TestStalls(t *testing.T) {
 			}
 			if !strings.Contains(rec.Body.String(), "stalled: "+tt.reason) {
 				t.Errorf("/readyz says %q", rec.Body)
+			}
+		})
+	}
+}
+
+// TestDrills: every cycle drills what is due before it observes; the
+// verdicts are metrics, and a snapshot that fails its drill stalls the
+// daemon by its reason, while a drill that cannot run changes nothing.
+func TestDrills(t *testing.T) {
+	cfg, err := cluster.Parse("cluster.yml", []byte("nodes:\n- address: 127.0.0.1\n  user: root\n  role: [controlplane, etcd, worker]\nservices:\n  kube-api:\n    secrets_encryption_config:\n      enabled: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proven := time.Unix(1_800_000_000, 0)
+	good := reconciler.SnapshotProof{Name: "s-good", Verdict: etcdsnap.Restorable, Proven: proven}
+	bad := reconciler.SnapshotProof{Name: "s-bad", Verdict: etcdsnap.NotRestorable, Proven: proven, Summary: "1 of 3 objects fail"}
+	never := reconciler.SnapshotProof{Name: "s-new"}
+	tests := []struct {
+		name    string
+		cl      stallCluster
+		stalled string
+		result  string
+		metrics []string
+		absent  []string
+	}{
+		{name: "all proven", cl: stallCluster{
+			drills: []*etcdsnap.DrillReport{{Verdict: etcdsnap.Restorable}},
+			status: reconciler.Status{Snapshots: []reconciler.SnapshotProof{good, never}},
+		}, result: resultInSync, metrics: []string{
+			`atrest_snapshot_restorable{snapshot="s-good"} 1`,
+			`atrest_snapshot_proven_timestamp_seconds{snapshot="s-good"} 1.8e+09`,
+			`atrest_snapshot_drills_total{verdict="Restorable"} 3`,
+		}, absent: []string{`snapshot="s-new"`}},
+		{name: "a snapshot fails: stalled", cl: stallCluster{
+			drills: []*etcdsnap.DrillReport{{Verdict: etcdsnap.NotRestorable}},
+			status: reconciler.Status{Snapshots: []reconciler.SnapshotProof{good, bad}, Plan: []string{"rotate"},
+				Stall: &keystore.Stall{Reason: reconciler.ReasonSnapshotNotRestorable, Message: "s-bad fails", Since: proven}},
+		}, stalled: reconciler.ReasonSnapshotNotRestorable, result: resultStalled, metrics: []string{
+			`atrest_snapshot_restorable{snapshot="s-bad"} 0`,
+			`atrest_snapshot_restorable{snapshot="s-good"} 1`,
+			`atrest_snapshot_drills_total{verdict="NotRestorable"} 3`,
+			`atrest_stalled{reason="SnapshotNotRestorable"} 1`,
+		}},
+		{name: "Vault unreachable: the cycle goes on", cl: stallCluster{
+			drillErr: errors.New("vault: connection refused"),
+			status:   reconciler.Status{Snapshots: []reconciler.SnapshotProof{good}},
+		}, result: resultInSync, metrics: []string{`atrest_snapshot_restorable{snapshot="s-good"} 1`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl := &tt.cl
+			d, err := New(Config{
+				Source:   nopSource{},
+				Parse:    func(context.Context, *gitsource.Revision) (*Desired, error) { return nil, errors.New("unused") },
+				Open:     func(context.Context, *Desired, Hooks) (Cluster, error) { return cl, nil },
+				Interval: time.Minute, MaxBackoff: 10 * time.Minute, DrillInterval: 6 * time.Hour,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.desired = &Desired{Config: cfg, Policy: policy(t, ""), Revision: "r1"}
+			for range 3 {
+				d.cycle(context.Background(), nil, "test")
+			}
+			if len(cl.drillEvery) != 3 || cl.drillEvery[0] != 6*time.Hour {
+				t.Errorf("DrillDue calls %v, want 3 at the setting's 6h", cl.drillEvery)
+			}
+			if cl.reconciles != 0 {
+				t.Errorf("%d reconciles, want none", cl.reconciles)
+			}
+			st := d.State()
+			if st.Stalled != tt.stalled || st.Result != tt.result {
+				t.Errorf("stalled %q result %s, want %q %s", st.Stalled, st.Result, tt.stalled, tt.result)
+			}
+			m := scrape(t, d)
+			for _, want := range tt.metrics {
+				if !strings.Contains(m, want) {
+					t.Errorf("metrics lack %s", want)
+				}
+			}
+			for _, no := range tt.absent {
+				if strings.Contains(m, no) {
+					t.Errorf("metrics hold %s", no)
+				}
 			}
 		})
 	}

@@ -98,6 +98,7 @@ func (m Manifest) resources() []string {
 // Object names of a snapshot in a Store.
 func dbObject(name string) string       { return name + ".db" }
 func manifestObject(name string) string { return name + ".json" }
+func drillObject(name string) string    { return name + ".drill" }
 
 var (
 	nameRE        = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,126}$`)

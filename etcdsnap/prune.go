@@ -89,6 +89,11 @@ func pruneCandidates(all []Manifest, retention int, keep func(Manifest) bool) []
 }
 
 func remove(ctx context.Context, store Store, refs KeyRefs, m Manifest) error {
+	// The proof goes first: a proof without its snapshot would vouch for
+	// nothing.
+	if err := store.Remove(ctx, drillObject(m.Name)); err != nil {
+		return fmt.Errorf("prune snapshot %s: remove %s: %w", m.Name, drillObject(m.Name), err)
+	}
 	if err := store.Remove(ctx, dbObject(m.Name)); err != nil {
 		return fmt.Errorf("prune snapshot %s: remove %s: %w", m.Name, dbObject(m.Name), err)
 	}
@@ -101,6 +106,21 @@ func remove(ctx context.Context, store Store, refs KeyRefs, m Manifest) error {
 		return fmt.Errorf("prune snapshot %s: remove %s: %w", m.Name, manifestObject(m.Name), err)
 	}
 	return nil
+}
+
+// Remove removes snapshot name of cluster (its file, its drill report and
+// its manifest) and releases its key references, as Prune does, whatever
+// the retention: a snapshot an operator knows is lost (its key destroyed,
+// its file corrupted) must not stand as a safety net.
+func Remove(ctx context.Context, store Store, refs KeyRefs, cluster, name string) error {
+	m, err := ReadManifest(ctx, store, name)
+	if err != nil {
+		return err
+	}
+	if err := m.BelongsTo(cluster); err != nil {
+		return err
+	}
+	return remove(ctx, store, refs, m)
 }
 
 // KeepTransitions is a keep function for Prune: it keeps the snapshots

@@ -98,6 +98,7 @@ type Result struct {
 	Transition string
 	Steps      []Step // the steps it ran, in order
 	Snapshot   string // the snapshot taken before it, if any
+	After      string // the snapshot taken after it, if any
 	Drift      []string
 	Warnings   []string
 }
@@ -167,6 +168,11 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 	if stall := standingStall(kr, d); stall != nil {
 		return res, &StallError{Stall: *stall}
 	}
+	if proofs, err := r.Proofs(ctx); err != nil {
+		log.Warn("read the snapshots' drill reports", "err", err)
+	} else if stall := snapshotStall(proofs); stall != nil {
+		return res, &StallError{Stall: *stall}
+	}
 	// What an interrupted run left half done is finished or undone first,
 	// under the lock, before anything is planned from it.
 	if err := r.Nodes.Recover(ctx); err != nil {
@@ -191,7 +197,7 @@ func (r *Reconciler) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d
 		}
 		res.Drift, res.Warnings = plan.Drift, plan.Warnings
 		if plan.Empty() {
-			return res, r.finish(ctx, kr)
+			return res, r.finish(ctx, kr, d, live, res)
 		}
 		if j := kr.Journal; j != nil && j.Desired != DesiredID(d) {
 			// What is left of the old change is part of the new one, which
@@ -372,13 +378,27 @@ func (r *Reconciler) journalAgain(ctx context.Context, step Step, inputs, revisi
 	return stall, nil
 }
 
-// finish closes the journal of a completed transition and prunes snapshots.
-func (r *Reconciler) finish(ctx context.Context, kr *keystore.Keyring) error {
-	if kr.Journal != nil {
-		r.logger().Info("transition complete", "transition", kr.Journal.Transition, "revision", kr.Journal.Revision, "snapshot", kr.Journal.Snapshot)
+// finish closes the journal of a completed transition, saves the snapshot
+// "after <transition>", and prunes snapshots.
+func (r *Reconciler) finish(ctx context.Context, kr *keystore.Keyring, d Desired, live Live, res *Result) error {
+	if j := kr.Journal; j != nil {
+		r.logger().Info("transition complete", "transition", j.Transition, "revision", j.Revision, "snapshot", j.Snapshot)
 		kr.Journal = nil
 		if err := r.Keys.UpdateKeyring(ctx, kr); err != nil {
 			return fmt.Errorf("close the journal: %w", err)
+		}
+		// The newest snapshot then needs only the keys in force now, and
+		// its drill proves the transition left a restorable cluster. The
+		// transition is done either way: a failure here is reported, not
+		// undone, and the next snapshot covers it.
+		if r.Snapshots != nil {
+			m, err := r.saveSnapshot(ctx, "after "+j.Transition, d.Revision, live)
+			if err != nil {
+				r.logger().Error("snapshot after the transition", "transition", j.Transition, "err", err)
+				res.Warnings = append(res.Warnings, fmt.Sprintf("the snapshot after %s was not saved: %v", j.Transition, err))
+			} else {
+				res.After = m.Name
+			}
 		}
 	}
 	if r.Snapshots != nil && r.Retention > 0 {

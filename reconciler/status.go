@@ -3,13 +3,11 @@ package reconciler
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/controlplane"
-	"github.com/atrest-io/atrest/etcdsnap"
 	"github.com/atrest-io/atrest/keystore"
 )
 
@@ -42,6 +40,11 @@ type Status struct {
 	// RotationPending is true when the desired state's rotation request has
 	// not been served yet.
 	RotationPending bool `json:"rotationPending,omitempty"`
+	// Snapshots are the cluster's kept snapshots, newest first, with what
+	// their last decryption drill proved; SnapshotsError says why they
+	// could not be listed.
+	Snapshots      []SnapshotProof `json:"snapshots,omitempty"`
+	SnapshotsError string          `json:"snapshotsError,omitempty"`
 }
 
 // NodeStatus is one node's state.
@@ -104,15 +107,16 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 			st.Plan = append(st.Plan, s.String())
 		}
 	}
-	if r.Snapshots != nil {
-		if ms, err := etcdsnap.List(ctx, r.Snapshots); err == nil {
-			ms = slices.DeleteFunc(ms, func(m etcdsnap.Manifest) bool { return m.Cluster != r.Cluster && m.Cluster != "" })
-			if len(ms) == 0 {
-				return st, nil
-			}
-			slices.SortFunc(ms, func(a, b etcdsnap.Manifest) int { return a.Time.Compare(b.Time) })
-			m := ms[len(ms)-1]
-			st.LastSnapshot = &SnapshotStatus{Name: m.Name, Time: m.Time, Reason: m.Reason, SHA256: m.SHA256, Keys: m.KeyNames()}
+	if ms, err := r.ownSnapshots(ctx); err == nil && len(ms) > 0 {
+		m := ms[0]
+		st.LastSnapshot = &SnapshotStatus{Name: m.Name, Time: m.Time, Reason: m.Reason, SHA256: m.SHA256, Keys: m.KeyNames()}
+	}
+	if proofs, err := r.Proofs(ctx); err != nil {
+		st.SnapshotsError = err.Error()
+	} else {
+		st.Snapshots = proofs
+		if st.Stall == nil {
+			st.Stall = snapshotStall(proofs)
 		}
 	}
 	return st, nil
@@ -181,6 +185,19 @@ func (st *Status) Text() string {
 	if st.LastSnapshot != nil {
 		fmt.Fprintf(&b, "last snapshot: %s (%s, %s), keys %s\n", st.LastSnapshot.Name, st.LastSnapshot.Reason, st.LastSnapshot.Time.UTC().Format(time.RFC3339), strings.Join(st.LastSnapshot.Keys, ", "))
 	}
+	for _, p := range st.Snapshots {
+		proof := "never drilled yet"
+		if p.Verdict != "" {
+			proof = fmt.Sprintf("drilled %s: %s", p.Proven.UTC().Format(time.RFC3339), p.Summary)
+		}
+		fmt.Fprintf(&b, "snapshot %s (%s, %s): %s\n", p.Name, p.Reason, p.Time.UTC().Format(time.RFC3339), proof)
+		for _, f := range p.Failures {
+			fmt.Fprintf(&b, "  cannot restore %s (%s): %s\n", f.Object, f.Prefix, f.Reason)
+		}
+	}
+	if st.SnapshotsError != "" {
+		fmt.Fprintf(&b, "snapshots: %s\n", st.SnapshotsError)
+	}
 	if j := st.Journal; j != nil {
 		fmt.Fprintf(&b, "transition in flight: %s for revision %s, snapshot %s, started %s\n", j.Transition, j.Revision, j.Snapshot, j.Started.UTC().Format(time.RFC3339))
 		for _, s := range j.Steps {
@@ -239,8 +256,12 @@ func (st *Status) Text() string {
 	}
 	switch {
 	case st.Stall != nil:
-		fmt.Fprintf(&b, "STALLED (%s) since %s: %s\n  no node is changed until the desired state changes or `atrest resume` after the cause is fixed\n",
-			st.Stall.Reason, st.Stall.Since.UTC().Format(time.RFC3339), st.Stall.Message)
+		lift := "the desired state changes or `atrest resume` after the cause is fixed"
+		if st.Stall.Reason == ReasonSnapshotNotRestorable {
+			lift = "a drill proves the snapshot restorable again or it is removed"
+		}
+		fmt.Fprintf(&b, "STALLED (%s) since %s: %s\n  no node is changed until %s\n",
+			st.Stall.Reason, st.Stall.Since.UTC().Format(time.RFC3339), st.Stall.Message, lift)
 	case st.PlanError != "":
 		fmt.Fprintf(&b, "cannot plan: %s\n", st.PlanError)
 	case len(st.Plan) == 0:

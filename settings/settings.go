@@ -145,6 +145,10 @@ type SSH struct {
 // Snapshots is where etcd snapshots and their manifests are kept.
 type Snapshots struct {
 	Dir string `json:"dir"`
+	// DrillInterval is how often the daemon proves each kept snapshot
+	// restorable again (the decryption drill); a new snapshot is drilled
+	// at once.
+	DrillInterval time.Duration `json:"drillInterval"`
 }
 
 // Listen is what the daemon serves.
@@ -211,6 +215,7 @@ func Default() *Settings {
 		Vault:      Vault{AuthMethod: AuthToken, AppRoleMount: "approle", KubernetesMount: "kubernetes", KubernetesTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token", KVMount: "secret", Prefix: "atrest"},
 		Kubernetes: Kubernetes{QPS: 200, Burst: 400, RewriteWorkers: 16},
 		SSH:        SSH{Timeout: 30 * time.Second, ReadyTimeout: 3 * time.Minute, ReloadTimeout: 3*time.Minute + 30*time.Second},
+		Snapshots:  Snapshots{DrillInterval: 24 * time.Hour},
 		Listen:     Listen{Metrics: "127.0.0.1:9795"},
 		Daemon:     Daemon{MaxBackoff: 10 * time.Minute, StallAfter: 3},
 		Policy:     Policy{MinRotationInterval: time.Hour, MinSnapshotRetention: DefaultMinSnapshotRetention, AllowCustomConfig: true, AllowKMS: true},
@@ -290,6 +295,7 @@ func (s *Settings) fields() []field {
 		{"ssh.insecureSkipHostKeyVerification", "DANGEROUS: accept any SSH host key from the nodes", &s.SSH.InsecureSkipHostKeyVerification},
 
 		{"snapshots.dir", "directory for etcd snapshots and their manifests", &s.Snapshots.Dir},
+		{"snapshots.drillInterval", "how often the daemon decrypts every kept snapshot again with the keys in Vault, to prove it restorable (a new snapshot is drilled at once)", &s.Snapshots.DrillInterval},
 
 		{"listen.metrics", "address for /metrics, /healthz and /readyz", &s.Listen.Metrics},
 		{"listen.webhook", "address for the Git webhook (empty: no webhook)", &s.Listen.Webhook},

@@ -359,6 +359,9 @@ func (v *validator) listen() {
 		v.required("listen.webhookSecretFile", l.WebhookSecretFile, "the webhook's HMAC secret")
 	}
 	v.file("listen.webhookSecretFile", l.WebhookSecretFile)
+	if v.s.Snapshots.DrillInterval < time.Minute {
+		v.add("snapshots.drillInterval", "must be at least 1m, not %s (a drill reads every object of every kept snapshot)", v.s.Snapshots.DrillInterval)
+	}
 	if v.s.Daemon.MaxBackoff <= 0 {
 		v.add("daemon.maxBackoff", "must be positive, not %s", v.s.Daemon.MaxBackoff)
 	}

@@ -23,6 +23,9 @@ const (
 	exitOK      = 0
 	exitChanges = 1
 	exitError   = 2
+	// exitNotProven: `snapshot verify --decrypt` ran its drill and it did
+	// not prove the snapshot restorable (exitError: it could not run).
+	exitNotProven = 1
 )
 
 // exitCodeError carries a specific exit code up to main.

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/atrest-io/atrest/daemon"
+	"github.com/atrest-io/atrest/etcdsnap"
 	"github.com/atrest-io/atrest/gitsource"
 	"github.com/atrest-io/atrest/keystore"
 	"github.com/atrest-io/atrest/reconciler"
@@ -102,6 +103,7 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 			return &daemonCluster{env: e}, nil
 		},
 		Interval: s.Git.Interval, MaxBackoff: s.Daemon.MaxBackoff, Suspend: s.Daemon.Suspend, MinRotationInterval: s.Policy.MinRotationInterval,
+		DrillInterval: s.Snapshots.DrillInterval,
 		WebhookSecret: secret, Instance: host, Version: version, Logger: log,
 	})
 	if err != nil {
@@ -269,6 +271,10 @@ type daemonCluster struct{ env *env }
 
 func (c *daemonCluster) ImportOutsideKeys(ctx context.Context) ([]reconciler.OutsideKey, error) {
 	return c.env.rec.ImportOutsideKeys(ctx)
+}
+
+func (c *daemonCluster) DrillDue(ctx context.Context, every time.Duration, now time.Time) ([]*etcdsnap.DrillReport, error) {
+	return c.env.rec.DrillDue(ctx, every, now)
 }
 
 func (c *daemonCluster) Status(ctx context.Context, d reconciler.Desired) (*reconciler.Status, error) {

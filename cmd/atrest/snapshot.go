@@ -2,10 +2,13 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"slices"
 
 	"github.com/spf13/cobra"
 
 	"github.com/atrest-io/atrest/etcdsnap"
+	"github.com/atrest-io/atrest/reconciler"
 	"github.com/atrest-io/atrest/settings"
 )
 
@@ -14,7 +17,7 @@ func newSnapshotCommand() *cobra.Command {
 		Use:   "snapshot",
 		Short: "etcd snapshots bound to the keys that can read them",
 	}
-	cmd.AddCommand(newSnapshotSaveCommand(), newSnapshotListCommand(), newSnapshotVerifyCommand(), newSnapshotRestoreConfigCommand())
+	cmd.AddCommand(newSnapshotSaveCommand(), newSnapshotListCommand(), newSnapshotVerifyCommand(), newSnapshotRemoveCommand(), newSnapshotRestoreConfigCommand())
 	return cmd
 }
 
@@ -78,8 +81,96 @@ func newSnapshotListCommand() *cobra.Command {
 }
 
 func newSnapshotVerifyCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "verify NAME", Short: "Re-hash a snapshot and check it against its manifest and etcd's own hash", Args: cobra.ExactArgs(1)}
+	var src source
+	var decrypt bool
+	var output string
+	cmd := &cobra.Command{
+		Use:   "verify NAME [--decrypt]",
+		Short: "Re-hash a snapshot and check it against its manifest and etcd's own hash; --decrypt proves every object decrypts",
+		Long: `verify re-hashes the snapshot file and checks it against its manifest and
+etcd's own hash.
+
+With --decrypt it runs the decryption drill: it opens the file offline and
+read-only, takes the newest revision of every key under the resources the
+snapshot's config covers, and decrypts each value with the keys the manifest
+names, fetched from Vault now, through kube-apiserver's own transformers, then
+checks that each is a Kubernetes object of its name. It prints the counts per
+resource and storage prefix, each key, and every object that fails (by name
+only), records the report beside the snapshot (what atrest status, the
+daemon's metrics and its SnapshotNotRestorable stall read), and exits 1 when
+the snapshot is not proven restorable: not restorable, or objects under a KMS
+provider it cannot check. Only the snapshots of cluster.name. It needs Vault
+and the snapshot directory, not the nodes.`,
+		Args: cobra.ExactArgs(1),
+	}
 	loader := withSettings(cmd)
+	src.bind(cmd)
+	cmd.Flags().BoolVar(&decrypt, "decrypt", false, "decrypt every object with the keys in Vault (the drill), not only re-hash the file")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text, json or yaml (with --decrypt: the drill report)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if !slices.Contains([]string{"text", "json", "yaml"}, output) {
+			return errorExit(fmt.Errorf("--output %q: use text, json or yaml", output))
+		}
+		ctx := cmd.Context()
+		s, err := loader.Load()
+		if err != nil {
+			return errorExit(err)
+		}
+		store, err := snapshotStore(s)
+		if err != nil {
+			return errorExit(err)
+		}
+		if !decrypt {
+			if err := etcdsnap.Verify(ctx, store, args[0]); err != nil {
+				return errorExit(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: verified\n", args[0])
+			return nil
+		}
+		rec, closeKeys, err := snapshotKeeper(cmd, s, store, &src)
+		if err != nil {
+			return errorExit(err)
+		}
+		defer closeKeys()
+		m, err := etcdsnap.ReadManifest(ctx, store, args[0])
+		if err != nil {
+			return errorExit(err)
+		}
+		if err := m.BelongsTo(s.Cluster.Name); err != nil {
+			return errorExit(err)
+		}
+		rep, err := rec.Drill(ctx, args[0])
+		if rep != nil {
+			if perr := printReport(cmd.OutOrStdout(), output, rep, func(w io.Writer) { fmt.Fprint(w, rep.Text()) }); perr != nil && err == nil {
+				err = perr
+			}
+		}
+		if err != nil {
+			return errorExit(err)
+		}
+		if rep.Verdict != etcdsnap.Restorable {
+			return &exitCodeError{code: exitNotProven, err: fmt.Errorf("snapshot %s is not proven restorable: %s", rep.Snapshot, rep.Summary())}
+		}
+		return nil
+	}
+	return cmd
+}
+
+func newSnapshotRemoveCommand() *cobra.Command {
+	var src source
+	cmd := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove a snapshot known lost (its file, manifest, drill report) and release its key references",
+		Long: `remove removes one snapshot of cluster.name, whatever the retention: its file,
+its manifest, its drill report, and the references in Vault that kept the
+keys it needs from being destroyed. Use it for a snapshot that cannot be
+restored (a key destroyed, a corrupted file): while it is kept, its failing
+drill stalls the daemon (SnapshotNotRestorable). It refuses the snapshot of
+the transition in flight.`,
+		Args: cobra.ExactArgs(1),
+	}
+	loader := withSettings(cmd)
+	src.bind(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		s, err := loader.Load()
 		if err != nil {
@@ -89,13 +180,35 @@ func newSnapshotVerifyCommand() *cobra.Command {
 		if err != nil {
 			return errorExit(err)
 		}
-		if err := etcdsnap.Verify(cmd.Context(), store, args[0]); err != nil {
+		rec, closeKeys, err := snapshotKeeper(cmd, s, store, &src)
+		if err != nil {
 			return errorExit(err)
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "%s: verified\n", args[0])
+		defer closeKeys()
+		if err := rec.RemoveSnapshot(cmd.Context(), args[0]); err != nil {
+			return errorExit(err)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", args[0])
 		return nil
 	}
 	return cmd
+}
+
+// snapshotKeeper is what the snapshot commands that need the keys drive:
+// Vault and the snapshot directory, not the nodes. The caller closes the
+// keystore with the func returned.
+func snapshotKeeper(cmd *cobra.Command, s *settings.Settings, store etcdsnap.Store, src *source) (*reconciler.Reconciler, func(), error) {
+	ctx := cmd.Context()
+	log := newLogger(s, cmd.ErrOrStderr())
+	d, err := src.pinned(ctx, s, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := openKeystore(ctx, s, d.cfg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &reconciler.Reconciler{Keys: keys, Snapshots: store, Cluster: s.Cluster.Name, Logger: log}, keys.Close, nil
 }
 
 func newSnapshotRestoreConfigCommand() *cobra.Command {

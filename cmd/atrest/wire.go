@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/controlplane"
@@ -366,11 +367,33 @@ func newLogger(s *settings.Settings, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(s.Log.Level))
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if s.Log.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	// client-go and apiserver's transformers log through klog, which is
+	// process-wide: send it to the same handler, less the transformers'
+	// one line per object that does not decrypt, which the drill's
+	// report already names (and a drill of a snapshot whose key is gone
+	// would print once per secret).
+	klog.SetSlogLogger(slog.New(klogFilter{h}))
+	return slog.New(h)
 }
+
+// klogFilter drops klog's per-object transform errors.
+type klogFilter struct{ slog.Handler }
+
+func (f klogFilter) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "failed to decrypt data" || r.Message == "failed to encrypt data" {
+		return nil
+	}
+	return f.Handler.Handle(ctx, r)
+}
+
+func (f klogFilter) WithAttrs(as []slog.Attr) slog.Handler {
+	return klogFilter{f.Handler.WithAttrs(as)}
+}
+func (f klogFilter) WithGroup(name string) slog.Handler { return klogFilter{f.Handler.WithGroup(name)} }
 
 func isTerminal(f *os.File) bool {
 	st, err := f.Stat()
