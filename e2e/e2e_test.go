@@ -486,6 +486,23 @@ func TestTransitions(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "before rotate") || !strings.Contains(out, "before disable") {
 		t.Fatalf("snapshot list: exit %d:\n%s", code, out)
 	}
+	// The newest is the one after the last change, the only after-snapshot
+	// kept; every kept snapshot decrypts with the keys in Vault.
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if !strings.Contains(lines[0], "after disable") || strings.Count(out, " after ") != 1 {
+		t.Errorf("snapshot list: want the newest after the disable, and no other after-snapshot:\n%s", out)
+	}
+	for _, line := range lines {
+		name, _, _ := strings.Cut(line, " ")
+		code, rep := run(t, "snapshot", "verify", "--decrypt", name, "--config", disabled)
+		if code != 0 || !strings.Contains(rep, "Restorable: ") || strings.Contains(rep, "failed") {
+			t.Errorf("snapshot verify --decrypt %s: exit %d:\n%s", name, code, rep)
+		}
+	}
+	code, out = run(t, "status", "--config", disabled)
+	if code != 0 || strings.Count(out, "Restorable") < len(lines) {
+		t.Errorf("status after the drills: exit %d, want every snapshot Restorable:\n%s", code, out)
+	}
 }
 
 // nodeFiles is every node's provider file, for "nothing changed" checks.

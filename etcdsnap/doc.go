@@ -14,10 +14,22 @@
 // first byte is read, Save records in the keystore ([KeyRefs]) that the
 // snapshot needs those keys, so they outlive no snapshot they can read.
 //
-// [List], [Verify] and [Prune] manage what is stored; Prune keeps the newest
-// N snapshots and any the caller still needs (the one taken before a
-// transition that has not finished), and releases the key references of
-// the ones it removes.
+// [List], [Verify], [Prune] and [Remove] manage what is stored; Prune keeps
+// the newest N snapshots and any the caller still needs (the one taken
+// before a transition that has not finished), and the snapshot taken after
+// a change ([ReasonAfter]) while it is the newest, uncounted; it releases
+// the key references of the ones it removes.
+//
+// # The drill
+//
+// [Drill] proves a snapshot restorable without restoring it: it opens the
+// file read-only as etcd's bolt database, takes the newest revision of
+// every key under the covered resources, decrypts each value with the keys
+// the manifest names ([KeySource]) through k8s.io/apiserver's transformers,
+// and checks each plaintext is a Kubernetes object of its name. The
+// [DrillReport] counts objects per resource and storage prefix, says what
+// Vault gave for each key, and names every object that fails; it is stored
+// beside the snapshot ([WriteDrillReport]).
 //
 // # Restore
 //
@@ -40,12 +52,13 @@
 //	atrest snapshot save       Dial, then Client.Save(ctx, store, keystore, Manifest{Reason: "manual", ...})
 //	atrest snapshot list       List(ctx, store)
 //	atrest snapshot verify N   Verify(ctx, store, N)
-//	atrest snapshot prune      Prune(ctx, store, keystore, cluster, retention, KeepTransitions(journal ids in flight...))
-//	atrest snapshot restore-config N --out PATH [--force]
+//	atrest snapshot verify --decrypt N
+//	                           Drill(ctx, store, N, keystore, opts), WriteDrillReport(ctx, store, report)
+//	atrest snapshot remove N   Remove(ctx, store, keystore, cluster, N)
+//	atrest snapshot restore-config N --out PATH [--overwrite]
 //	                           ReadManifest(ctx, store, N), Verify(ctx, store, N),
-//	                           RestoreConfig(ctx, m, keystore), WriteRestoreConfig(PATH, data, force),
+//	                           RestoreConfig(ctx, m, keystore), WriteRestoreConfig(PATH, data, overwrite),
 //	                           print RestoreInstructionsIn(store, m, PATH)
-//	atrest census              Dial, then Client.Census(ctx, prefix, config.Resources(), 0)
 //
 // with store = NewLocalDir(settings.Snapshots.Dir) and Config from
 // settings.Etcd (Endpoints, CAFile, CertFile, KeyFile). keystore.Store

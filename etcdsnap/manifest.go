@@ -73,6 +73,16 @@ type KeyRef struct {
 	Fingerprint string `json:"fingerprint"` // cluster.Key.Fingerprint
 }
 
+// reasonAfter starts the reason of a snapshot saved after a change.
+const reasonAfter = "after "
+
+// ReasonAfter is the reason of the snapshot saved once transition
+// completes: the newest state, which needs only the keys in force.
+func ReasonAfter(transition string) string { return reasonAfter + transition }
+
+// IsAfter says whether m was saved after a change (ReasonAfter).
+func (m Manifest) IsAfter() bool { return strings.HasPrefix(m.Reason, reasonAfter) }
+
 // RefOf returns the reference to k that a manifest records.
 func RefOf(k cluster.Key) KeyRef {
 	return KeyRef{Name: k.Name, Provider: string(k.Provider), Fingerprint: k.Fingerprint()}

@@ -77,13 +77,24 @@ func ownedBy(ctx context.Context, all []Manifest, refs KeyRefs, cluster string) 
 }
 
 // pruneCandidates returns what Prune removes from all (newest first).
+// Retention counts the snapshots taken before a change (and by hand); the
+// snapshot after a change is kept, uncounted, only while it is the newest:
+// once a newer one exists, that one holds a later state under the same
+// keys, so the older adds no way back.
 func pruneCandidates(all []Manifest, retention int, keep func(Manifest) bool) []Manifest {
 	var out []Manifest
+	counted := 0
 	for i, m := range all {
-		if i < retention || (keep != nil && keep(m)) {
-			continue
+		switch {
+		case m.IsAfter() && i == 0:
+		case keep != nil && keep(m):
+		case m.IsAfter():
+			out = append(out, m)
+		case counted < retention:
+			counted++
+		default:
+			out = append(out, m)
 		}
-		out = append(out, m)
 	}
 	return out
 }

@@ -40,6 +40,32 @@ func TestPruneCandidates(t *testing.T) {
 	}
 }
 
+// TestPruneAfterSnapshots: the snapshot after a change is kept while it is
+// the newest, and counts for nothing; a newer one supersedes it.
+func TestPruneAfterSnapshots(t *testing.T) {
+	mk := func(name, reason string) Manifest { return Manifest{Name: name, Reason: reason} }
+	tests := []struct {
+		name      string
+		all       []Manifest // newest first
+		retention int
+		want      []string
+	}{
+		{"the newest after is kept beside the retention", []Manifest{mk("a2", "after rotate"), mk("b2", "before rotate"), mk("a1", "after enable"), mk("b1", "before enable")}, 1, []string{"a1", "b1"}},
+		{"retention 2: both befores", []Manifest{mk("a2", "after rotate"), mk("b2", "before rotate"), mk("a1", "after enable"), mk("b1", "before enable")}, 2, []string{"a1"}},
+		{"a manual snapshot supersedes an after", []Manifest{mk("m", "manual"), mk("a1", "after enable"), mk("b1", "before enable")}, 2, []string{"a1"}},
+		{"only an after", []Manifest{mk("a1", "after enable")}, 1, nil},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, m := range pruneCandidates(tt.all, tt.retention, nil) {
+			got = append(got, m.Name)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("%s: prune %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
 func TestSortNewestFirst(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	ms := []Manifest{{Name: "b", Time: t0}, {Name: "c", Time: t0.Add(time.Second)}, {Name: "a", Time: t0}}

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -28,6 +29,11 @@ import (
 //	restore S1 with its restore config (K1 from Vault): every secret reads back
 //	snapshot S2 -> disable ([identity,K2] -> rewrite -> no file) -> census
 //	restore S2 with its restore config (K2 from Vault): every secret reads back
+//	snapshots S0 (before the enable) and S3 (after the disable) restore too
+//
+// Before each restore, the decryption drill proves the snapshot readable
+// offline and counts what the census counted; with K1 destroyed in Vault it
+// names the objects a restore loses, and a real restore loses exactly those.
 func TestRestoreAfterRotationAndDisable(t *testing.T) {
 	if os.Getenv("ATREST_KUBE_APISERVER") == "" {
 		t.Fatal("set ATREST_KUBE_APISERVER to the kube-apiserver binary: the restore test runs one on the host")
@@ -96,6 +102,16 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 	}
 	mustKube(t, sb.Nodes[0].APIServerURL, http.MethodPost, "/apis/apps/v1/namespaces/default/deployments", deployment("web"), http.StatusCreated)
 	add("deployments.apps", cluster.PrefixIdentity, 1)
+
+	// S0, before the enable: everything plain.
+	s0, err := c.Save(ctx, store, keys, etcdsnap.Manifest{
+		Reason: "before enable", Transition: "enable-test", Resources: []string{"secrets"},
+	})
+	leaks.Note(err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantS0, valuesS0 := cloneCensus(want), maps.Clone(values)
 
 	// Enable with K1 (a single node: the reader phase is not needed).
 	k1 := newKey()
@@ -238,6 +254,122 @@ func TestRestoreAfterRotationAndDisable(t *testing.T) {
 		verifyRestore(t, leaks, store, keys, s2, valuesS2, wantS2, resources)
 	})
 
+	// S3, after the disable: it needs no key at all.
+	s3, err := c.Save(ctx, store, keys, etcdsnap.Manifest{Reason: "after disable-test", Resources: []string{"secrets"}})
+	leaks.Note(err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("restore the snapshots from before the enable and after the disable", func(t *testing.T) {
+		verifyRestore(t, leaks, store, keys, s0, valuesS0, wantS0, resources)
+		verifyRestore(t, leaks, store, keys, s3, maps.Clone(values), cloneCensus(want), resources)
+	})
+
+	// A key destroyed by hand in Vault: the drill names every object
+	// only that key could read, and a real restore agrees (atrest cannot
+	// render the config; without the key kube-apiserver fails exactly
+	// those secrets).
+	t.Run("a key removed from Vault by hand fails the drill, naming its objects", func(t *testing.T) {
+		ctx := testCtx(t, 5*time.Minute)
+		if err := keys.kv.DeleteMetadata(ctx, keys.base+"/keys/"+k1.Name); err != nil {
+			t.Fatal(err)
+		}
+		restored := false
+		defer func() {
+			if !restored { // for the subtests after this one
+				_ = keys.put(testCtx(t, time.Minute), k1)
+			}
+		}()
+		rep, err := etcdsnap.Drill(ctx, store, s1.Name, keys, etcdsnap.DrillOptions{})
+		leaks.Note(err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaks.Note(rep.Text())
+		var lost []string
+		for key := range valuesS1 {
+			if strings.HasPrefix(key, "default/enc-k1-") {
+				lost = append(lost, "/registry/secrets/"+key)
+			}
+		}
+		slices.Sort(lost)
+		var failed []string
+		for _, f := range rep.Failures {
+			failed = append(failed, f.Object)
+			if f.Prefix != k1.Prefix() || !strings.Contains(f.Reason, k1.Name) {
+				t.Errorf("failure %+v: want prefix %s and a reason naming %s", f, k1.Prefix(), k1.Name)
+			}
+		}
+		slices.Sort(failed)
+		if rep.Verdict != etcdsnap.NotRestorable || rep.Failed != int64(len(lost)) || !slices.Equal(failed, lost) {
+			t.Errorf("drill of %s without %s: %s, failures %v; want NotRestorable naming %v", s1.Name, k1.Name, rep.Summary(), failed, lost)
+		}
+		if len(rep.Keys) != 1 || rep.Keys[0].Problem == "" {
+			t.Errorf("the report's keys %+v: want %s with its problem", rep.Keys, k1.Name)
+		}
+
+		// The real restore.
+		if _, err := etcdsnap.RestoreConfig(ctx, *s1, keys); err == nil || !strings.Contains(err.Error(), k1.Name) {
+			t.Errorf("RestoreConfig without %s: %v, want an error naming it", k1.Name, err)
+		}
+		plainOnly := filepath.Join(t.TempDir(), "identity.yaml")
+		if err := os.WriteFile(plainOnly, []byte("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - identity: {}\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// It never gets ready (its secrets cache cannot list): it is live,
+		// and serves each secret it can read.
+		r := restoreSnapshotUntil(t, store.Path(s1.Name+".db"), plainOnly, leaks.Logger(), "/livez")
+		if code, _ := kube(t, r.apiserver, http.MethodGet, "/readyz", nil); code == http.StatusOK {
+			t.Errorf("the cluster restored without %s is ready", k1.Name)
+		}
+		for key := range valuesS1 {
+			ns, name, _ := strings.Cut(key, "/")
+			code, _ := kube(t, r.apiserver, http.MethodGet, "/api/v1/namespaces/"+ns+"/secrets/"+name, nil)
+			if lostToo := slices.Contains(lost, "/registry/secrets/"+key); lostToo != (code != http.StatusOK) {
+				t.Errorf("restored without %s: GET secret %s = %d; the drill says lost: %v", k1.Name, key, code, lostToo)
+			}
+		}
+
+		// The key put back: proven again.
+		if err := keys.put(ctx, k1); err != nil {
+			t.Fatal(err)
+		}
+		restored = true
+		if rep, err := etcdsnap.Drill(ctx, store, s1.Name, keys, etcdsnap.DrillOptions{}); err != nil || rep.Verdict != etcdsnap.Restorable {
+			t.Errorf("drill with %s back in Vault: %v %v", k1.Name, rep.Summary(), err)
+		}
+	})
+
+	t.Run("a corrupted file fails the drill and the restore", func(t *testing.T) {
+		ctx := testCtx(t, 2*time.Minute)
+		path := store.Path(s3.Name + ".db")
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := f.Stat()
+		b := []byte{0}
+		if _, err := f.ReadAt(b, st.Size()/2); err != nil {
+			t.Fatal(err)
+		}
+		b[0] ^= 0xff
+		if _, err := f.WriteAt(b, st.Size()/2); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		rep, err := etcdsnap.Drill(ctx, store, s3.Name, keys, etcdsnap.DrillOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Verdict != etcdsnap.NotRestorable || !strings.Contains(rep.Problem, "sha256") {
+			t.Errorf("drill of the corrupted %s: %s, want NotRestorable for its hash", s3.Name, rep.Summary())
+		}
+		out, err := exec.CommandContext(ctx, "etcdctl", "snapshot", "restore", path, "--data-dir="+filepath.Join(t.TempDir(), "data")).CombinedOutput()
+		if err == nil {
+			t.Errorf("etcdctl restores the corrupted %s:\n%s", s3.Name, out)
+		}
+	})
+
 	t.Run("the restore config refuses a different key under the same name", func(t *testing.T) {
 		impostor := newVaultKeys(t, "etcdsnap-test/impostor")
 		other, err := cluster.NewKey(cluster.AESCBC, nil)
@@ -293,6 +425,32 @@ func verifyRestore(t *testing.T, leaks *leaktest.Watch, store *etcdsnap.LocalDir
 	for _, k := range manifest.Keys {
 		if !strings.Contains(instructions, k.Name) {
 			t.Errorf("the instructions do not name key %s", k.Name)
+		}
+	}
+
+	// The drill's verdict, before the real restore says the same.
+	rep, err := etcdsnap.Drill(ctx, store, m.Name, keys, etcdsnap.DrillOptions{})
+	leaks.Note(err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaks.Note(rep.Text())
+	if rep.Verdict != etcdsnap.Restorable || rep.Failed != 0 {
+		t.Errorf("drill of %s: %s", m.Name, rep.Text())
+	}
+	drilled := etcdsnap.Census{}
+	for _, cnt := range rep.Objects {
+		if drilled[cnt.Resource] == nil {
+			drilled[cnt.Resource] = map[string]int64{}
+		}
+		drilled[cnt.Resource][cnt.Prefix] += cnt.Objects
+	}
+	if drilled["secrets"] == nil {
+		t.Errorf("drill of %s read no secret: %s", m.Name, rep.Text())
+	}
+	for res, got := range drilled {
+		if w := nonZero(census[res]); !maps.Equal(w, got) {
+			t.Errorf("drill of %s counts %s %v, the census when it was taken %v", m.Name, res, got, w)
 		}
 	}
 

@@ -337,6 +337,14 @@ type restored struct {
 // stopped when t ends.
 func restoreSnapshot(t *testing.T, db, config string, logger *slog.Logger) restored {
 	t.Helper()
+	return restoreSnapshotUntil(t, db, config, logger, "/readyz")
+}
+
+// restoreSnapshotUntil is restoreSnapshot waiting for the kube-apiserver's
+// check (/readyz; /livez for one that cannot read every object, which is
+// never ready).
+func restoreSnapshotUntil(t *testing.T, db, config string, logger *slog.Logger, check string) restored {
+	t.Helper()
 	ctx := testCtx(t, 4*time.Minute)
 	dir := t.TempDir()
 	etcdURL, _ := url.Parse(sb.EtcdEndpoint)
@@ -401,7 +409,7 @@ func restoreSnapshot(t *testing.T, db, config string, logger *slog.Logger) resto
 	}
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.apiserver+"/readyz", nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.apiserver+check, nil)
 		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()
@@ -410,7 +418,7 @@ func restoreSnapshot(t *testing.T, db, config string, logger *slog.Logger) resto
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("restored kube-apiserver is not ready: %v\n%s", err, tailFile(apiLog, 30))
+			t.Fatalf("restored kube-apiserver fails %s: %v\n%s", check, err, tailFile(apiLog, 30))
 		}
 		time.Sleep(time.Second)
 	}

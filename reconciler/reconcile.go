@@ -392,7 +392,7 @@ func (r *Reconciler) finish(ctx context.Context, kr *keystore.Keyring, d Desired
 		// transition is done either way: a failure here is reported, not
 		// undone, and the next snapshot covers it.
 		if r.Snapshots != nil {
-			m, err := r.saveSnapshot(ctx, "after "+j.Transition, d.Revision, live)
+			m, err := r.saveSnapshot(ctx, etcdsnap.ReasonAfter(j.Transition), d.Revision, live)
 			if err != nil {
 				r.logger().Error("snapshot after the transition", "transition", j.Transition, "err", err)
 				res.Warnings = append(res.Warnings, fmt.Sprintf("the snapshot after %s was not saved: %v", j.Transition, err))

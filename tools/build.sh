@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a pinned tool binary once per version into a cache outside the repo.
 #
-#   tools/build.sh kube-apiserver|kube-apiserver-v1.32|kubectl|vault|helm|all
+#   tools/build.sh kube-apiserver|kube-apiserver-v1.32|kubectl|vault|helm|etcdutl|all
 #
 # Prints the binary path(s) on stdout; logs go to stderr. Versions come from
 # each tool's module under tools/ (via `go list -m`), so bumping a tool is a
@@ -98,6 +98,13 @@ helm() {
   build_in helm helm "$v" helm.sh/helm/v3/cmd/helm "$ld"
 }
 
+# etcdutl, for etcdsnap's measurement only (not in all: no test needs it).
+etcdutl() {
+  local v
+  v=$(modinfo etcdutl go.etcd.io/etcd/etcdutl/v3 '{{.Version}}')
+  build_in etcdutl etcdutl "$v" go.etcd.io/etcd/etcdutl/v3 "-s -w"
+}
+
 case ${1:-} in
   # The sandbox's kube-apiserver at the current release, and at v1.32, RKE1's
   # last Kubernetes line.
@@ -106,7 +113,8 @@ case ${1:-} in
   kubectl) k8s kube-apiserver kubectl k8s.io/kubernetes/cmd/kubectl ;;
   vault) vault ;;
   helm) helm ;;
+  etcdutl) etcdutl ;;
   # Sequential on purpose: each build already uses every core.
   all) "$0" kube-apiserver; "$0" kube-apiserver-v1.32; "$0" kubectl; vault; helm ;;
-  *) echo "usage: $0 kube-apiserver|kube-apiserver-v1.32|kubectl|vault|helm|all" >&2; exit 2 ;;
+  *) echo "usage: $0 kube-apiserver|kube-apiserver-v1.32|kubectl|vault|helm|etcdutl|all" >&2; exit 2 ;;
 esac

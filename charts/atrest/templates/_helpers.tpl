@@ -232,7 +232,7 @@ file it names is one the Deployment mounts.
   "etcd" $etcd
   "kubernetes" (dict "inCluster" true "qps" $v.kubernetes.qps "burst" $v.kubernetes.burst "rewriteWorkers" $v.kubernetes.rewriteWorkers)
   "ssh" $ssh
-  "snapshots" (dict "dir" (include "atrest.snapshotsDir" .))
+  "snapshots" (dict "dir" (include "atrest.snapshotsDir" .) "drillInterval" $v.snapshots.drillInterval)
   "listen" $listen
   "daemon" (dict "suspend" $v.daemon.suspend "maxBackoff" $v.daemon.maxBackoff)
   "policy" (dict "minRotationInterval" $v.policy.minRotationInterval "minSnapshotRetention" $v.policy.minSnapshotRetention "allowDisable" $v.policy.allowDisable "allowCustomConfig" $v.policy.allowCustomConfig "allowKMS" $v.policy.allowKMS)
