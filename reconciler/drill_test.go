@@ -49,7 +49,7 @@ func TestSnapshotStall(t *testing.T) {
 		{"none kept", nil, nil, time.Time{}},
 		{"restorable, unproven or never drilled: no stall", []SnapshotProof{good, kms, never}, nil, time.Time{}},
 		{"one fails", []SnapshotProof{good, bad("s-bad", t1.Add(time.Hour))}, []string{"s-bad (NotRestorable: 1 objects decrypted, 2 failed)", "atrest snapshot remove", "verify --decrypt"}, t1.Add(time.Hour)},
-		{"two fail: both named, since the first", []SnapshotProof{bad("s-2", t1.Add(2 * time.Hour)), bad("s-1", t1.Add(time.Hour))}, []string{"s-2 (", "s-1 ("}, t1.Add(time.Hour)},
+		{"two fail: both named, since the first", []SnapshotProof{bad("s-2", t1.Add(2*time.Hour)), bad("s-1", t1.Add(time.Hour))}, []string{"s-2 (", "s-1 ("}, t1.Add(time.Hour)},
 	}
 	for _, tt := range tests {
 		st := snapshotStall(tt.proofs)
