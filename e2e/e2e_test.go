@@ -495,7 +495,7 @@ func TestTransitions(t *testing.T) {
 	for _, line := range lines {
 		name, _, _ := strings.Cut(line, " ")
 		code, rep := run(t, "snapshot", "verify", "--decrypt", name, "--config", disabled)
-		if code != 0 || !strings.Contains(rep, "Restorable: ") || strings.Contains(rep, "failed") {
+		if code != 0 || !strings.Contains(rep, name+": Restorable: ") || strings.Contains(rep, "failed objects:") {
 			t.Errorf("snapshot verify --decrypt %s: exit %d:\n%s", name, code, rep)
 		}
 	}
