@@ -159,21 +159,7 @@ func TestMeasureDrill(t *testing.T) {
 	if etcdutl == "" {
 		t.Fatal("set ATREST_ETCDUTL to etcdutl (tools/build.sh etcdutl; measure.sh does)")
 	}
-	sizes := []int64{100, 500}
-	if v := os.Getenv("ATREST_MEASURE_DRILL_MB"); v != "" {
-		sizes = nil
-		for _, s := range strings.Split(v, ",") {
-			n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sizes = append(sizes, n)
-		}
-	}
-	rounds := 3
-	if v := os.Getenv("ATREST_MEASURE_ROUNDS"); v != "" {
-		rounds, _ = strconv.Atoi(v)
-	}
+	sizes, rounds := measureSizes(t, "ATREST_MEASURE_DRILL_MB", 100, 500), measureRounds()
 	ctx := t.Context()
 	dir := t.TempDir()
 	p := writePKI(t, dir)

@@ -364,21 +364,7 @@ func TestMeasure(t *testing.T) {
 	if os.Getenv(childEnv) != "" {
 		t.Skip("child")
 	}
-	sizes := []int64{128, 512}
-	if v := os.Getenv("ATREST_MEASURE_SIZES_MB"); v != "" {
-		sizes = nil
-		for _, s := range strings.Split(v, ",") {
-			n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sizes = append(sizes, n)
-		}
-	}
-	rounds := 3
-	if v := os.Getenv("ATREST_MEASURE_ROUNDS"); v != "" {
-		rounds, _ = strconv.Atoi(v)
-	}
+	sizes, rounds := measureSizes(t, "ATREST_MEASURE_SIZES_MB", 128, 512), measureRounds()
 	dir := t.TempDir()
 	p := writePKI(t, dir)
 	endpoint := startMeasureEtcd(t, dir, p)
@@ -453,6 +439,33 @@ func TestMeasure(t *testing.T) {
 	}
 	fillSecrets(t, raw, secrets, 2*secrets)
 	census(2*secrets, etcdsnap.DefaultPageSize)
+}
+
+// measureSizes is the sizes in MiB the variable env lists
+// ("128,512"), else def.
+func measureSizes(t *testing.T, env string, def ...int64) []int64 {
+	t.Helper()
+	v := os.Getenv(env)
+	if v == "" {
+		return def
+	}
+	var sizes []int64
+	for _, s := range strings.Split(v, ",") {
+		n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+		if err != nil {
+			t.Fatalf("%s: %v", env, err)
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes
+}
+
+// measureRounds is ATREST_MEASURE_ROUNDS, else 3.
+func measureRounds() int {
+	if n, err := strconv.Atoi(os.Getenv("ATREST_MEASURE_ROUNDS")); err == nil && n > 0 {
+		return n
+	}
+	return 3
 }
 
 func maxRSS(rs []run) int64 {

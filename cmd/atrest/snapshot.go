@@ -48,6 +48,16 @@ func newSnapshotSaveCommand() *cobra.Command {
 	return cmd
 }
 
+// loadSnapshotStore loads the settings and opens their snapshot directory.
+func loadSnapshotStore(loader *settings.Loader) (*settings.Settings, *etcdsnap.LocalDir, error) {
+	s, err := loader.Load()
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := snapshotStore(s)
+	return s, store, err
+}
+
 // snapshotStore opens the snapshot directory of the settings.
 func snapshotStore(s *settings.Settings) (*etcdsnap.LocalDir, error) {
 	if err := s.Validate(settings.NeedSnapshots); err != nil {
@@ -60,11 +70,7 @@ func newSnapshotListCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "list", Short: "List snapshots, newest first", Args: cobra.NoArgs}
 	loader := withSettings(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		s, err := loader.Load()
-		if err != nil {
-			return errorExit(err)
-		}
-		store, err := snapshotStore(s)
+		_, store, err := loadSnapshotStore(loader)
 		if err != nil {
 			return errorExit(err)
 		}
@@ -112,11 +118,7 @@ and the snapshot directory, not the nodes.`,
 			return errorExit(fmt.Errorf("--output %q: use text, json or yaml", output))
 		}
 		ctx := cmd.Context()
-		s, err := loader.Load()
-		if err != nil {
-			return errorExit(err)
-		}
-		store, err := snapshotStore(s)
+		s, store, err := loadSnapshotStore(loader)
 		if err != nil {
 			return errorExit(err)
 		}
@@ -172,11 +174,7 @@ the transition in flight.`,
 	loader := withSettings(cmd)
 	src.bind(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		s, err := loader.Load()
-		if err != nil {
-			return errorExit(err)
-		}
-		store, err := snapshotStore(s)
+		s, store, err := loadSnapshotStore(loader)
 		if err != nil {
 			return errorExit(err)
 		}
