@@ -145,7 +145,7 @@ func TestDemo(t *testing.T) {
 		// 3. rotation
 		"+rotate_encryption_key: true", "atrest run | rotate complete for ", "KEY        PROVIDER  ROLE",
 		// 4. snapshots
-		"$ "+atrestBin+" snapshot list\n", "before rotate", ": verified\n", "etcdutl snapshot restore",
+		"$ "+atrestBin+" snapshot list\n", "before rotate", ": verified\n", ": Restorable: ", "etcdutl snapshot restore",
 		"secret: <32 bytes of key material, not shown>", "What an operator does with it",
 		// 5. disable
 		"+      enabled: false", "-rotate_encryption_key: true", "atrest run | disable complete for ",

@@ -187,6 +187,9 @@ func (st *Status) Text() string {
 	}
 	for _, p := range st.Snapshots {
 		proof := "never drilled yet"
+		if p.Summary != "" {
+			proof = p.Summary
+		}
 		if p.Verdict != "" {
 			proof = fmt.Sprintf("drilled %s: %s", p.Proven.UTC().Format(time.RFC3339), p.Summary)
 		}
