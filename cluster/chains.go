@@ -262,28 +262,3 @@ func RenderChains(cs Chains, keys KeyLookup) ([]byte, error) {
 	return marshalV1(cfg)
 }
 
-func newKeyProvider(p Provider, entry apiserverv1.Key) apiserverv1.ProviderConfiguration {
-	var pc apiserverv1.ProviderConfiguration
-	switch p {
-	case AESCBC:
-		pc.AESCBC = &apiserverv1.AESConfiguration{Keys: []apiserverv1.Key{entry}}
-	case AESGCM:
-		pc.AESGCM = &apiserverv1.AESConfiguration{Keys: []apiserverv1.Key{entry}}
-	case Secretbox:
-		pc.Secretbox = &apiserverv1.SecretboxConfiguration{Keys: []apiserverv1.Key{entry}}
-	}
-	return pc
-}
-
-// keyList returns p's key list when p is an entry of provider prov.
-func keyList(p *apiserverv1.ProviderConfiguration, prov Provider) *[]apiserverv1.Key {
-	switch {
-	case prov == AESCBC && p.AESCBC != nil:
-		return &p.AESCBC.Keys
-	case prov == AESGCM && p.AESGCM != nil:
-		return &p.AESGCM.Keys
-	case prov == Secretbox && p.Secretbox != nil:
-		return &p.Secretbox.Keys
-	}
-	return nil
-}

@@ -108,18 +108,6 @@ func describeProvider(p apiserver.ProviderConfiguration) []string {
 	return out
 }
 
-func providerKeys(p apiserver.ProviderConfiguration) (Provider, []apiserver.Key) {
-	switch {
-	case p.AESCBC != nil:
-		return AESCBC, p.AESCBC.Keys
-	case p.AESGCM != nil:
-		return AESGCM, p.AESGCM.Keys
-	case p.Secretbox != nil:
-		return Secretbox, p.Secretbox.Keys
-	}
-	return "", nil
-}
-
 // configCodecs decodes EncryptionConfiguration exactly as kube-apiserver
 // v1.31+ does: strict (unknown and duplicate fields are errors), with the
 // v1 defaults applied. It is immutable once built.

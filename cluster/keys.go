@@ -23,9 +23,6 @@ const (
 // DefaultProvider is RKE's managed provider.
 const DefaultProvider = AESCBC
 
-// ManagedProviders are the providers atrest.yaml may choose.
-var ManagedProviders = []Provider{AESCBC, AESGCM, Secretbox}
-
 // KeySize is the size of every key atrest generates: AES-256, and the only
 // size secretbox takes. RKE derives a 32-character hex string and so gets
 // 128 bits of entropy; these keys have 256.
@@ -106,7 +103,7 @@ func NewKeyName(taken []string) (string, error) {
 // NewKey generates a key for provider p: KeySize bytes from crypto/rand and a
 // fresh RKE-style name not in taken.
 func NewKey(p Provider, taken []string) (Key, error) {
-	if !slices.Contains(ManagedProviders, p) {
+	if !IsManaged(p) {
 		return Key{}, fmt.Errorf("generate key: provider %q cannot be managed: use one of %v", p, ManagedProviders)
 	}
 	name, err := NewKeyName(taken)
@@ -164,7 +161,7 @@ func (m ManagedConfig) Render() ([]byte, error) {
 	}
 	byName := map[string]Key{}
 	for _, k := range m.Keys {
-		if !slices.Contains(ManagedProviders, k.Provider) {
+		if !IsManaged(k.Provider) {
 			return nil, fmt.Errorf("render managed config: key %s: provider %q cannot be managed", k.Name, k.Provider)
 		}
 		if _, dup := byName[k.Name]; dup {

@@ -3,7 +3,6 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -131,7 +130,7 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 	p.Suspend = raw.Suspend
 	if raw.Provider != "" {
 		p.Provider = Provider(raw.Provider)
-		if !slices.Contains(ManagedProviders, p.Provider) {
+		if !IsManaged(p.Provider) {
 			l.add("provider", "%q is not a provider atrest can manage: use aescbc (the default), aesgcm or secretbox; KMS needs a custom_config in cluster.yml", raw.Provider)
 		}
 	}

@@ -207,7 +207,7 @@ func drillKeys(ctx context.Context, m Manifest, keys KeySource, transient func(e
 		dk := DrillKey{KeyRef: ref}
 		prefix := ref.Provider + ":v1:" + ref.Name
 		switch {
-		case !slices.Contains(cluster.ManagedProviders, cluster.Provider(ref.Provider)):
+		case !cluster.IsManaged(cluster.Provider(ref.Provider)):
 			dk.Problem = fmt.Sprintf("provider %q: atrest holds no key of that kind", ref.Provider)
 		case keys == nil:
 			dk.Problem = "no keystore to fetch it from"

@@ -33,7 +33,7 @@ func RestoreConfig(ctx context.Context, m Manifest, keys KeySource) ([]byte, err
 	fetched := map[string]cluster.Key{}
 	var order []cluster.Key
 	for _, ref := range m.Keys {
-		if !slices.Contains(cluster.ManagedProviders, cluster.Provider(ref.Provider)) {
+		if !cluster.IsManaged(cluster.Provider(ref.Provider)) {
 			return nil, fmt.Errorf("restore config for snapshot %s: key %s has provider %q: atrest can only write aescbc, aesgcm and secretbox keys into a config; copy that provider's entry from the custom config in force when the snapshot was taken (Git revision %s), its plugin must still hold the key",
 				m.Name, ref.Name, ref.Provider, orUnknown(m.GitRevision))
 		}

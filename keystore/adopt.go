@@ -365,7 +365,7 @@ func walkConfig(c *cluster.EncryptionConfig) (keys []cluster.Key, writer string,
 		// resource in two lists: one list names secrets, by name.
 		coversSecrets := slices.Contains(r.Resources, "secrets")
 		for i, p := range r.Providers {
-			prov, list := v1Keys(p)
+			prov, list := cluster.V1ProviderKeys(p)
 			if p.KMS != nil {
 				kms = append(kms, "kms:"+p.KMS.APIVersion+":"+p.KMS.Name)
 			}
@@ -389,18 +389,6 @@ func walkConfig(c *cluster.EncryptionConfig) (keys []cluster.Key, writer string,
 		}
 	}
 	return keys, writer, slices.Compact(kms), nil
-}
-
-func v1Keys(p apiserverv1.ProviderConfiguration) (cluster.Provider, []apiserverv1.Key) {
-	switch {
-	case p.AESCBC != nil:
-		return cluster.AESCBC, p.AESCBC.Keys
-	case p.AESGCM != nil:
-		return cluster.AESGCM, p.AESGCM.Keys
-	case p.Secretbox != nil:
-		return cluster.Secretbox, p.Secretbox.Keys
-	}
-	return "", nil
 }
 
 // removal is the text telling the operator what to remove from RKE's state.

@@ -283,7 +283,7 @@ func validateKeyring(kr *Keyring) error {
 			problems = append(problems, fmt.Sprintf("%s.name: %s is listed twice", where, k.Name))
 		}
 		seen[k.Name] = true
-		if !slices.Contains(cluster.ManagedProviders, k.Provider) {
+		if !cluster.IsManaged(k.Provider) {
 			problems = append(problems, fmt.Sprintf("%s.provider: %q is not one of %v", where, k.Provider, cluster.ManagedProviders))
 		}
 		switch k.Role {

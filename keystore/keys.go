@@ -232,13 +232,8 @@ func checkKey(k cluster.Key) error {
 	if err := checkKeyName(k.Name); err != nil {
 		return fmt.Errorf("%w key name: %v", ErrInvalid, err)
 	}
-	var sizes []int
-	switch k.Provider {
-	case cluster.AESCBC, cluster.AESGCM:
-		sizes = []int{16, 24, 32}
-	case cluster.Secretbox:
-		sizes = []int{32}
-	default:
+	sizes := cluster.KeySizes(k.Provider)
+	if sizes == nil {
 		return fmt.Errorf("%w: key %s: provider %q is not one of %v", ErrInvalid, k.Name, k.Provider, cluster.ManagedProviders)
 	}
 	if !slices.Contains(sizes, len(k.Secret)) {
