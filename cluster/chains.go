@@ -261,4 +261,3 @@ func RenderChains(cs Chains, keys KeyLookup) ([]byte, error) {
 	}
 	return marshalV1(cfg)
 }
-
