@@ -80,5 +80,30 @@ transition (enable, disable, rotate, custom config) safely and resumably.`,
 	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newStatusCommand(),
 		newRotateKeyCommand(), newSnapshotCommand(), newAdoptCommand(), newRunCommand(), newVersionCommand(),
 		newResumeCommand(), newUnlockCommand(), newKeysCommand(), newRKECommand())
+	strictGroups(root)
 	return root
+}
+
+// strictGroups makes every command group below root refuse what is not
+// one of its commands. Cobra shows a group's help and succeeds on any
+// argument (only the root checks), so a script could not tell
+// `atrest snapshot drill x` from success.
+func strictGroups(root *cobra.Command) {
+	for _, c := range root.Commands() {
+		if c.HasSubCommands() && !c.Runnable() {
+			c.Args = cobra.ArbitraryArgs
+			c.SuggestionsMinimumDistance = 2
+			c.RunE = func(cmd *cobra.Command, args []string) error {
+				if len(args) == 0 {
+					return cmd.Help()
+				}
+				msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+				if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+					msg += fmt.Sprintf("; did you mean %q?", s[0])
+				}
+				return errorExit(fmt.Errorf("%s (see %s --help)", msg, cmd.CommandPath()))
+			}
+		}
+		strictGroups(c)
+	}
 }

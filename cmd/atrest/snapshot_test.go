@@ -23,3 +23,28 @@ func TestSnapshotCommandsRefuseBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownSubcommand: a typo in a command group is an error a script
+// can see, not the group's help and exit 0.
+func TestUnknownSubcommand(t *testing.T) {
+	for _, args := range [][]string{
+		{"snapshot", "drill", "x"},
+		{"snapshot", "lst"},
+		{"keys", "destroy"},
+		{"rke", "cert", "bogus"},
+		{"rke", "upp"},
+		{"bogus"},
+	} {
+		code, stdout, stderr := runCLI(t, args...)
+		if code != exitError || !strings.Contains(stderr, "unknown command") || stdout != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit %d and unknown command", args, code, stdout, stderr, exitError)
+		}
+	}
+	if code, _, stderr := runCLI(t, "snapshot", "lst"); !strings.Contains(stderr, `"list"`) {
+		t.Errorf("snapshot lst: exit %d, %s; want list suggested", code, stderr)
+	}
+	// The group alone is its help.
+	if code, stdout, _ := runCLI(t, "snapshot"); code != exitOK || !strings.Contains(stdout, "Available Commands") {
+		t.Errorf("snapshot: exit %d, %s", code, stdout)
+	}
+}
