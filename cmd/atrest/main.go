@@ -71,15 +71,16 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 compares it with what the control plane runs and what etcd stores, keeps every
 key in HashiCorp Vault, snapshots etcd before any change, and carries out the
 transition (enable, disable, rotate, custom config) safely and resumably.`,
-		SilenceUsage:      true,
-		SilenceErrors:     true,
-		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
+		SilenceUsage:  true,
+		SilenceErrors: true,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newStatusCommand(),
 		newRotateKeyCommand(), newSnapshotCommand(), newAdoptCommand(), newRunCommand(), newVersionCommand(),
 		newResumeCommand(), newUnlockCommand(), newKeysCommand(), newRKECommand())
+	// Added now, not at Execute, so that strictGroups sees it too.
+	root.InitDefaultCompletionCmd()
 	strictGroups(root)
 	return root
 }

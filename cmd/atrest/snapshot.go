@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -46,6 +48,32 @@ func newSnapshotSaveCommand() *cobra.Command {
 		return nil
 	}
 	return cmd
+}
+
+// completeSnapshots completes a snapshot name argument with the names of
+// cluster.name's snapshots in snapshots.dir (the settings as the command
+// line so far gives them). It reads manifests only: no Vault, no etcd.
+func completeSnapshots(loader *settings.Loader) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		s, store, err := loadSnapshotStore(loader)
+		if err != nil {
+			return cobra.AppendActiveHelp(nil, err.Error()), cobra.ShellCompDirectiveNoFileComp
+		}
+		ms, err := etcdsnap.List(cmd.Context(), store)
+		if err != nil {
+			return cobra.AppendActiveHelp(nil, err.Error()), cobra.ShellCompDirectiveNoFileComp
+		}
+		var out []cobra.Completion
+		for _, m := range ms {
+			if strings.HasPrefix(m.Name, toComplete) && m.BelongsTo(s.Cluster.Name) == nil {
+				out = append(out, cobra.CompletionWithDesc(m.Name, m.Reason+", "+m.Time.UTC().Format(time.RFC3339)))
+			}
+		}
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
 }
 
 // loadSnapshotStore loads the settings and opens their snapshot directory.
@@ -110,6 +138,7 @@ and the snapshot directory, not the nodes.`,
 		Args: cobra.ExactArgs(1),
 	}
 	loader := withSettings(cmd)
+	cmd.ValidArgsFunction = completeSnapshots(loader)
 	src.bind(cmd)
 	cmd.Flags().BoolVar(&decrypt, "decrypt", false, "decrypt every object with the keys in Vault (the drill), not only re-hash the file")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text, json or yaml (with --decrypt: the drill report)")
@@ -172,6 +201,7 @@ the transition in flight.`,
 		Args: cobra.ExactArgs(1),
 	}
 	loader := withSettings(cmd)
+	cmd.ValidArgsFunction = completeSnapshots(loader)
 	src.bind(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		s, store, err := loadSnapshotStore(loader)
@@ -228,6 +258,7 @@ where the cluster's certificates are. Only the snapshots of cluster.name.`,
 		Args: cobra.ExactArgs(1),
 	}
 	loader := withSettings(cmd)
+	cmd.ValidArgsFunction = completeSnapshots(loader)
 	src.bind(cmd)
 	cmd.Flags().StringVar(&outFile, "out", "", "file to write (required)")
 	cmd.Flags().BoolVar(&overwrite, "overwrite", false, "replace --out if it exists")

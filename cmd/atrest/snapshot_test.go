@@ -1,8 +1,13 @@
 package main
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestSnapshotCommandsRefuseBadInput: a typo is an error, before any
@@ -33,6 +38,7 @@ func TestUnknownSubcommand(t *testing.T) {
 		{"keys", "destroy"},
 		{"rke", "cert", "bogus"},
 		{"rke", "upp"},
+		{"completion", "tcsh"},
 		{"bogus"},
 	} {
 		code, stdout, stderr := runCLI(t, args...)
@@ -46,5 +52,35 @@ func TestUnknownSubcommand(t *testing.T) {
 	// The group alone is its help.
 	if code, stdout, _ := runCLI(t, "snapshot"); code != exitOK || !strings.Contains(stdout, "Available Commands") {
 		t.Errorf("snapshot: exit %d, %s", code, stdout)
+	}
+}
+
+// TestCompletion: the shells' scripts, and snapshot names completed from
+// snapshots.dir, the cluster's own only.
+func TestCompletion(t *testing.T) {
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		if code, stdout, stderr := runCLI(t, "completion", shell); code != exitOK || !strings.Contains(stdout, "atrest") {
+			t.Errorf("completion %s: exit %d, %d bytes, %s", shell, code, len(stdout), stderr)
+		}
+	}
+	dir := t.TempDir()
+	for _, m := range []struct{ name, cluster string }{{"etcd-20261201T000000.000Z", "demo"}, {"etcd-20261202T000000.000Z", "demo"}, {"etcd-other", "other"}, {"manual-1", "demo"}} {
+		data, _ := json.Marshal(map[string]any{"format": 1, "name": m.name, "cluster": m.cluster, "time": time.Now().UTC(), "reason": "manual",
+			"size": 10, "sha256": strings.Repeat("0", 64)})
+		if err := os.WriteFile(filepath.Join(dir, m.name+".json"), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, cmd := range []string{"verify", "remove", "restore-config"} {
+		code, stdout, stderr := runCLI(t, "__complete", "snapshot", cmd, "--cluster-name", "demo", "--snapshots-dir", dir, "etcd-")
+		var got []string
+		for _, line := range strings.Split(stdout, "\n") {
+			if name, _, ok := strings.Cut(line, "\t"); ok {
+				got = append(got, name)
+			}
+		}
+		if code != exitOK || !slices.Equal(got, []string{"etcd-20261202T000000.000Z", "etcd-20261201T000000.000Z"}) || !strings.Contains(stdout, ":4") {
+			t.Errorf("complete snapshot %s etcd-: exit %d, %q (%s); want the two demo snapshots, newest first, no file completion", cmd, code, stdout, stderr)
+		}
 	}
 }
