@@ -366,8 +366,20 @@ func Bind(fs *pflag.FlagSet) *Loader {
 		if _, ok := f.ptr.(*bool); ok {
 			fs.Lookup(name).NoOptDefVal = "true"
 		}
+		_ = fs.SetAnnotation(name, SettingAnnotation, []string{f.key})
 	}
 	return &Loader{flags: fs, env: os.Getenv}
+}
+
+// SettingAnnotation marks, on each flag Bind registers for a setting, the
+// setting's key ("vault.address"): a command's help can list its own
+// flags apart from the settings every command shares.
+const SettingAnnotation = "atrest-setting"
+
+// IsSettingFlag says whether f is a setting's flag (not --settings).
+func IsSettingFlag(f *pflag.Flag) bool {
+	_, ok := f.Annotations[SettingAnnotation]
+	return ok
 }
 
 // Load builds the settings: defaults, then the settings file, then ATREST_*

@@ -84,3 +84,21 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpShowsOwnFlags: a command's help lists its own flags; the
+// settings' flags, which it still takes, are listed once by options.
+func TestHelpShowsOwnFlags(t *testing.T) {
+	code, stdout, _ := runCLI(t, "plan", "--help")
+	if code != exitOK || !strings.Contains(stdout, "--config") || strings.Contains(stdout, "--vault-address") || !strings.Contains(stdout, `Use "atrest options"`) {
+		t.Errorf("plan --help: exit %d:\n%s", code, stdout)
+	}
+	code, stdout, _ = runCLI(t, "options")
+	if code != exitOK || !strings.Contains(stdout, "--vault-address") || !strings.Contains(stdout, "ATREST_VAULT_ADDRESS") || !strings.Contains(stdout, "--snapshots-drill-interval") {
+		t.Errorf("options: exit %d:\n%s", code, stdout)
+	}
+	// Hidden, not gone: a settings flag still counts, and names itself.
+	code, _, stderr := runCLI(t, "snapshot", "list", "--snapshots-dir", "")
+	if code != exitError || !strings.Contains(stderr, "snapshots.dir") {
+		t.Errorf("snapshot list without snapshots.dir: exit %d, %s", code, stderr)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -436,7 +437,26 @@ func connect(cmd *cobra.Command, loader *settings.Loader, src *source) (*session
 }
 
 // withSettings binds the runtime settings to cmd and returns a loader.
-func withSettings(cmd *cobra.Command) *settings.Loader { return settings.Bind(cmd.Flags()) }
+func withSettings(cmd *cobra.Command) *settings.Loader {
+	l := settings.Bind(cmd.Flags())
+	// The ~50 settings flags every such command shares would bury its own
+	// in --help: they are listed once, by `atrest options`, as kubectl
+	// lists its global flags.
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if settings.IsSettingFlag(f) {
+			f.Hidden = true
+		}
+	})
+	cmd.SetUsageTemplate(cmd.UsageTemplate() + settingsUsage)
+	return l
+}
+
+// settingsUsage ends the help of every command that reads the settings.
+const settingsUsage = `
+Settings: every runtime setting is also a flag of this command, an ATREST_*
+variable or a key of --settings FILE (flag > variable > file > default).
+Use "atrest options" for the list.
+`
 
 // errorExit wraps err with exit code 2, the code for "could not do it".
 func errorExit(err error) error {
