@@ -362,13 +362,40 @@ func Bind(fs *pflag.FlagSet) *Loader {
 	for _, f := range def.fields() {
 		name := FlagName(f.key)
 		usage := fmt.Sprintf("%s (env %s)", f.help, EnvName(f.key))
-		fs.String(name, formatValue(f.ptr), usage)
+		fs.Var(&flagValue{typ: typeName(f.ptr), v: formatValue(f.ptr)}, name, usage)
 		if _, ok := f.ptr.(*bool); ok {
 			fs.Lookup(name).NoOptDefVal = "true"
 		}
 		_ = fs.SetAnnotation(name, SettingAnnotation, []string{f.key})
 	}
 	return &Loader{flags: fs, env: os.Getenv}
+}
+
+// flagValue is a setting's flag. It keeps what it is given as it is: Load
+// parses it like the variable and the file, so an error names the setting
+// and its source the same way. Its Type is the setting's, for --help
+// ("duration", "int", "bool": a bare --daemon-suspend).
+type flagValue struct{ typ, v string }
+
+func (f *flagValue) String() string     { return f.v }
+func (f *flagValue) Set(v string) error { f.v = v; return nil }
+func (f *flagValue) Type() string       { return f.typ }
+
+// typeName is the pflag type name of a setting's field.
+func typeName(ptr any) string {
+	switch ptr.(type) {
+	case *bool:
+		return "bool"
+	case *int:
+		return "int"
+	case *float64:
+		return "float"
+	case *time.Duration:
+		return "duration"
+	case *[]string:
+		return "strings"
+	}
+	return "string"
 }
 
 // SettingAnnotation marks, on each flag Bind registers for a setting, the
