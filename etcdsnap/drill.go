@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -397,7 +398,7 @@ func drillDB(ctx context.Context, path string, paths []coveredPath, tr encryptio
 			if _, ok := resourceOf(paths, key); ok {
 				latest[string(key)] = string(rev)
 			}
-			rep.Revision = max(rep.Revision, int64(beUint64(rev[:8])))
+			rep.Revision = max(rep.Revision, int64(binary.BigEndian.Uint64(rev[:8])))
 		}
 		// Pass 2, in the same order, over the values that count: the heap
 		// holds one value at a time.
@@ -540,14 +541,6 @@ func kvField(b []byte, num protowire.Number) ([]byte, bool) {
 		b = b[l:]
 	}
 	return nil, false
-}
-
-func beUint64(b []byte) uint64 {
-	var v uint64
-	for _, c := range b {
-		v = v<<8 | uint64(c)
-	}
-	return v
 }
 
 // Summary is one line for logs and status: the verdict and the counts,
