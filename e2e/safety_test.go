@@ -143,10 +143,18 @@ func TestKeyIsItsMaterial(t *testing.T) {
 	// every node reads what it writes with); with automatic reload the
 	// node loads it by itself, and its metrics prove it. Either way all is
 	// as Git says.
+	// With automatic reload the node may load the file between atrest's
+	// observation and its next step: the plan then ends after its
+	// snapshot, which is as right as a reload atrest proves itself.
 	writeNodeFile(t, 2, original)
 	code, out = run(t, "apply", "--config", custom)
-	if code != 0 || !strings.Contains(out, "restart kube-apiserver on "+sb.Nodes[2].Name) && !strings.Contains(out, "nothing to do") {
+	if code != 0 {
 		t.Fatalf("apply after the file was put back: exit %d:\n%s", code, out)
+	}
+	for _, n := range sb.Nodes[:2] {
+		if strings.Contains(out, "restart kube-apiserver on "+n.Name) {
+			t.Fatalf("apply after node %s's file was put back restarted %s:\n%s", sb.Nodes[2].Name, n.Name, out)
+		}
 	}
 	checkStored(t, "aescbc:v1:k-fw5hn")
 	checkReadable(t)
