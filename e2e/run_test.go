@@ -471,13 +471,78 @@ func TestDaemon(t *testing.T) {
 	if strings.Contains(status, "  running: ") || !strings.Contains(status, "  done: rewrite every object of secrets") {
 		t.Errorf("after a graceful stop, the journal should hold the rewrite as done and nothing running:\n%s", status)
 	}
-	d = startDaemon(t, "5s", secretFile)
+	// Drilled every minute from here, so that a key deleted from Vault by
+	// hand (7b) shows within minutes, not the default day.
+	d = startDaemonArgs(t, "5s", secretFile, "--daemon-max-backoff", "20s", "--snapshots-drill-interval", "1m")
 	d.waitLog(t, time.Minute, "resuming the transition in the journal")
 	if strings.Contains(d.logs(), "another transition holds the lock") {
 		t.Errorf("the graceful stop left the lock held:\n%s", d.logs())
 	}
 	converged(t, "enabled: false to converge after the webhook", "identity", "", 5*time.Minute)
 	t.Logf("disable converged %s after the webhook (with a graceful restart in it)", time.Since(start).Round(time.Second))
+
+	// 7b. Every kept snapshot is drilled restorable. A key one of them
+	// needs, deleted from Vault by hand, fails its drill and stalls the
+	// daemon; undeleted, the next drill lifts the stall by itself.
+	restorable := func(m string) (all bool, lines string) {
+		lines = grepLines(m, "atrest_snapshot_restorable{")
+		return lines != "" && !strings.Contains(lines, "} 0"), lines
+	}
+	eventually(t, "every kept snapshot to be drilled restorable", 2*time.Minute, func() (bool, string) {
+		return restorable(d.metrics(t))
+	})
+	_, list := run(t, "snapshot", "list")
+	victim, needs := "", ""
+	for _, line := range strings.Split(list, "\n") {
+		name, _, _ := strings.Cut(line, " ")
+		if _, rest, ok := strings.Cut(line, "keys ["); ok && !strings.HasPrefix(rest, "]") {
+			victim, _, _ = strings.Cut(strings.Split(rest, "]")[0], " ")
+			needs = name
+			break
+		}
+	}
+	if victim == "" {
+		t.Fatalf("no kept snapshot needs a key:\n%s", list)
+	}
+	kv := vaultClient(t).KVv2("secret")
+	keyPath := "atrest/atrest-sandbox/keys/" + victim
+	meta, err := kv.GetMetadata(context.Background(), keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(context.Background(), keyPath); err != nil {
+		t.Fatal(err)
+	}
+	undeleted := false
+	defer func() {
+		if !undeleted {
+			_ = kv.Undelete(context.Background(), keyPath, []int{meta.CurrentVersion})
+		}
+	}()
+	// The snapshot was proven before the deletion: the stall waits for its
+	// next drill, due a minute after that proof.
+	eventually(t, "the daemon to stall on "+needs+" without "+victim, 4*time.Minute, func() (bool, string) {
+		m := d.metrics(t)
+		return strings.Contains(m, `atrest_snapshot_restorable{snapshot="`+needs+`"} 0`) &&
+			strings.Contains(m, `atrest_stalled{reason="SnapshotNotRestorable"} 1`), grepLines(m, "atrest_snapshot_restorable", "atrest_stalled")
+	})
+	_, status = run(t, "status")
+	said = append(said, status)
+	if !strings.Contains(status, "STALLED (SnapshotNotRestorable)") || !strings.Contains(status, needs) || !strings.Contains(status, "cannot restore /registry/secrets/") {
+		t.Errorf("status with %s gone from Vault:\n%s", victim, status)
+	}
+	if code, out := run(t, "snapshot", "verify", "--decrypt", needs); code != 1 || !strings.Contains(out, "NotRestorable") || !strings.Contains(out, victim) {
+		t.Errorf("snapshot verify --decrypt %s without %s: exit %d:\n%s", needs, victim, code, out)
+	}
+	if err := kv.Undelete(context.Background(), keyPath, []int{meta.CurrentVersion}); err != nil {
+		t.Fatal(err)
+	}
+	undeleted = true
+	eventually(t, "the stall to lift once "+victim+" is back", 2*time.Minute, func() (bool, string) {
+		m := d.metrics(t)
+		all, lines := restorable(m)
+		return all && !strings.Contains(m, "atrest_stalled{"), lines + grepLines(m, "atrest_stalled")
+	})
 
 	// 8. The metrics the issue lists, once the cycle has recorded itself.
 	wants := []string{
