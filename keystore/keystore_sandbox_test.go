@@ -970,3 +970,41 @@ func TestMountChecks(t *testing.T) {
 	_, err = Open(testCtx(t), cfg)
 	wantErr(t, w, err, ErrPermissionDenied, "check KV mount sys/internal/ui/mounts/nothing-here", `no secrets engine at "nothing-here"`)
 }
+
+// TestLockRenewalThatLanded: a renewal that timed out at atrest but was
+// written by Vault (a Vault that froze, then answered) leaves the lock at
+// a later version, still holding our acquisition. The next renewal must
+// keep the lock, not take it for a contender's and give it up.
+func TestLockRenewalThatLanded(t *testing.T) {
+	w := leaktest.New(t)
+	ctx := testCtx(t)
+	s := openStore(t, baseConfig(t, w))
+	const ttl = 30 * time.Second // renewals at 10 s: this test renews by hand
+	l, err := s.AcquireLock(ctx, "frozen vault", ttl)
+	if err != nil {
+		t.Fatal(w.Err(err))
+	}
+	defer l.Release(ctx)
+	l.mu.Lock()
+	v := l.version
+	l.mu.Unlock()
+	// The write that landed unseen: our own document, one version on.
+	if _, err := s.kvWrite(ctx, "renew lock", lockRel, v, l.doc(time.Now())); err != nil {
+		t.Fatal(w.Err(err))
+	}
+	if err := l.renew(); err != nil {
+		t.Fatalf("renewal after our own write landed: %v", w.Err(err))
+	}
+	// Another contender's document is still a conflict.
+	l.mu.Lock()
+	v = l.version
+	l.mu.Unlock()
+	other := l.doc(time.Now())
+	other.ID = "someone-else"
+	if _, err := s.kvWrite(ctx, "take over", lockRel, v, other); err != nil {
+		t.Fatal(w.Err(err))
+	}
+	if err := l.renew(); !errors.Is(err, ErrConflict) {
+		t.Fatalf("renewal after another contender's write: %v, want a conflict", err)
+	}
+}

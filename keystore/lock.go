@@ -229,7 +229,19 @@ func (l *Lock) renew() error {
 	l.mu.Unlock()
 	doc := l.doc(time.Now())
 	nv, err := l.s.kvWrite(ctx, "renew lock", lockRel, v, doc)
-	if err != nil {
+	if errors.Is(err, ErrConflict) {
+		// A renewal that timed out here may have landed in Vault (a Vault
+		// that froze, then answered): the lock then still holds our own
+		// acquisition, at a later version. Only another ID is a contender.
+		cur, cv, rerr := l.s.readLock(ctx, "renew lock")
+		if rerr != nil || cur.ID != l.id {
+			return err
+		}
+		l.s.log.Info("a renewal that timed out had reached Vault: the lock is still ours", "version", cv)
+		if nv, err = l.s.kvWrite(ctx, "renew lock", lockRel, cv, doc); err != nil {
+			return err
+		}
+	} else if err != nil {
 		return err
 	}
 	l.mu.Lock()
