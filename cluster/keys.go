@@ -103,8 +103,8 @@ func NewKeyName(taken []string) (string, error) {
 // NewKey generates a key for provider p: KeySize bytes from crypto/rand and a
 // fresh RKE-style name not in taken.
 func NewKey(p Provider, taken []string) (Key, error) {
-	if !IsManaged(p) {
-		return Key{}, fmt.Errorf("generate key: provider %q cannot be managed: use one of %v", p, ManagedProviders)
+	if !IsKeyed(p) {
+		return Key{}, fmt.Errorf("generate key: provider %q cannot be managed: use one of %v", p, KeyedProviders)
 	}
 	name, err := NewKeyName(taken)
 	if err != nil {
@@ -161,7 +161,7 @@ func (m ManagedConfig) Render() ([]byte, error) {
 	}
 	byName := map[string]Key{}
 	for _, k := range m.Keys {
-		if !IsManaged(k.Provider) {
+		if !IsKeyed(k.Provider) {
 			return nil, fmt.Errorf("render managed config: key %s: provider %q cannot be managed", k.Name, k.Provider)
 		}
 		if _, dup := byName[k.Name]; dup {

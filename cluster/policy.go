@@ -130,8 +130,8 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 	p.Suspend = raw.Suspend
 	if raw.Provider != "" {
 		p.Provider = Provider(raw.Provider)
-		if !IsManaged(p.Provider) {
-			l.add("provider", "%q is not a provider atrest can manage: use aescbc (the default), aesgcm or secretbox; KMS needs a custom_config in cluster.yml", raw.Provider)
+		if !IsManagedProvider(p.Provider) {
+			l.add("provider", "%q is not a provider atrest can manage: use aescbc (the default), aesgcm, secretbox, or vault-transit (KMS v2 with a Vault Transit key that never leaves Vault); another KMS needs a custom_config in cluster.yml", raw.Provider)
 		}
 	}
 	if raw.Snapshots.Retention != nil {

@@ -19,6 +19,7 @@ func TestParsePolicy(t *testing.T) {
 		{"monthly", "rotation:\n  schedule: \"@monthly\"\nsnapshots:\n  retention: 5\n", AESCBC, 5, "@monthly", false},
 		{"cron with zone", "provider: secretbox\nrotation:\n  schedule: CRON_TZ=Europe/Berlin 0 3 1 * *\n", Secretbox, DefaultRetention, "CRON_TZ=Europe/Berlin 0 3 1 * *", false},
 		{"every and suspend", "provider: aesgcm\nrotation:\n  schedule: \"@every 30s\"\nsuspend: true\n", AESGCM, DefaultRetention, "@every 30s", true},
+		{"vault-transit", "provider: vault-transit\nrotation:\n  schedule: \"@monthly\"\n", VaultTransit, DefaultRetention, "@monthly", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

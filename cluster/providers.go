@@ -81,14 +81,23 @@ var keyedKinds = []keyedKind{
 	},
 }
 
-// ManagedProviders are the providers atrest.yaml may choose.
-var ManagedProviders = func() []Provider {
+// KeyedProviders are the managed providers whose keys atrest generates
+// and keeps in Vault's KV store, and deploys in the provider file.
+var KeyedProviders = func() []Provider {
 	var out []Provider
 	for _, k := range keyedKinds {
 		out = append(out, k.provider)
 	}
 	return out
 }()
+
+// ManagedProviders are the providers atrest.yaml may choose: the keyed
+// ones, and VaultTransit, whose key never leaves Vault (KMS v2 through
+// atrest's plugin).
+var ManagedProviders = append(slices.Clone(KeyedProviders), VaultTransit)
+
+// IsManagedProvider says whether atrest.yaml may choose p.
+func IsManagedProvider(p Provider) bool { return slices.Contains(ManagedProviders, p) }
 
 func kindOf(p Provider) (keyedKind, bool) {
 	i := slices.IndexFunc(keyedKinds, func(k keyedKind) bool { return k.provider == p })
@@ -98,8 +107,9 @@ func kindOf(p Provider) (keyedKind, bool) {
 	return keyedKinds[i], true
 }
 
-// IsManaged says whether atrest manages keys of provider p.
-func IsManaged(p Provider) bool {
+// IsKeyed says whether p is a managed provider whose keys atrest holds
+// and deploys in the provider file.
+func IsKeyed(p Provider) bool {
 	_, ok := kindOf(p)
 	return ok
 }

@@ -10,13 +10,13 @@ import (
 // TestKeyedKinds: every row of the table renders, parses back through
 // kube-apiserver's validation, and is told apart from the other rows.
 func TestKeyedKinds(t *testing.T) {
-	if len(ManagedProviders) != len(keyedKinds) {
-		t.Fatalf("ManagedProviders %v, table %d rows", ManagedProviders, len(keyedKinds))
+	if len(KeyedProviders) != len(keyedKinds) {
+		t.Fatalf("KeyedProviders %v, table %d rows", KeyedProviders, len(keyedKinds))
 	}
-	for _, p := range ManagedProviders {
+	for _, p := range KeyedProviders {
 		t.Run(string(p), func(t *testing.T) {
-			if !IsManaged(p) || !slices.Contains(KeySizes(p), KeySize) {
-				t.Fatalf("IsManaged %v, sizes %v: want true and %d among them", IsManaged(p), KeySizes(p), KeySize)
+			if !IsKeyed(p) || !slices.Contains(KeySizes(p), KeySize) {
+				t.Fatalf("IsManaged %v, sizes %v: want true and %d among them", IsKeyed(p), KeySizes(p), KeySize)
 			}
 			k, err := NewKey(p, nil)
 			if err != nil {
@@ -38,7 +38,7 @@ func TestKeyedKinds(t *testing.T) {
 			if prov, keys := V1ProviderKeys(entry); prov != p || len(keys) != 1 {
 				t.Errorf("V1ProviderKeys of a %s entry: %s %v", p, prov, keys)
 			}
-			for _, other := range ManagedProviders {
+			for _, other := range KeyedProviders {
 				if other != p && keyList(&entry, other) != nil {
 					t.Errorf("a %s entry has a %s key list", p, other)
 				}
@@ -46,8 +46,8 @@ func TestKeyedKinds(t *testing.T) {
 		})
 	}
 	for _, p := range []Provider{"identity", "kms", "aes"} {
-		if IsManaged(p) || KeySizes(p) != nil {
-			t.Errorf("%s: managed %v, sizes %v", p, IsManaged(p), KeySizes(p))
+		if IsKeyed(p) || KeySizes(p) != nil {
+			t.Errorf("%s: managed %v, sizes %v", p, IsKeyed(p), KeySizes(p))
 		}
 	}
 	if prov, keys := V1ProviderKeys(apiserverv1.ProviderConfiguration{Identity: &apiserverv1.IdentityConfiguration{}}); prov != "" || keys != nil {

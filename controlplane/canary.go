@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -31,17 +32,25 @@ const defaultEtcdPrefix = "/registry"
 // and returns its storage prefix (cluster.StoragePrefix):
 // "aescbc:v1:k-abcde", "kms:v2:NAME", "identity", ...
 func (n *Node) Canary(ctx context.Context) (string, error) {
+	prefix, _, err := n.CanaryKeyID(ctx)
+	return prefix, err
+}
+
+// CanaryKeyID is Canary that also returns, for a value a KMS v2 provider
+// wrote, the key_id in its envelope (cluster.KMSv2KeyID): which version
+// of the KMS key this node's kube-apiserver wraps its data keys with now.
+func (n *Node) CanaryKeyID(ctx context.Context) (prefix, keyID string, err error) {
 	const op = "canary"
 	if n.opts.Storage == nil {
-		return "", nodeErr(n.name, op, nil, errors.New("no etcd reader (Options.Storage) to read the canary back with"))
+		return "", "", nodeErr(n.name, op, nil, errors.New("no etcd reader (Options.Storage) to read the canary back with"))
 	}
 	a, err := n.Inspect(ctx)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	prefix, ok := a.Flag(flagEtcdPrefix)
-	if !ok || prefix == "" {
-		prefix = defaultEtcdPrefix
+	registry, ok := a.Flag(flagEtcdPrefix)
+	if !ok || registry == "" {
+		registry = defaultEtcdPrefix
 	}
 	var nonce [16]byte
 	_, _ = rand.Read(nonce[:])
@@ -61,7 +70,7 @@ func (n *Node) Canary(ctx context.Context) (string, error) {
 		"data": map[string][]byte{"nonce": []byte(hex.EncodeToString(nonce[:]))},
 	})
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	wctx, cancel := context.WithTimeout(ctx, n.opts.Timeout)
 	defer cancel()
@@ -72,21 +81,54 @@ func (n *Node) Canary(ctx context.Context) (string, error) {
 		if apierrors.IsInternalError(err) {
 			hint = "; if the stored canary was written with a key this node does not have, delete it through a node that has the key"
 		}
-		return "", nodeErr(n.name, op, ErrCanary, fmt.Errorf("write secret %s/%s through %s: %w%s", CanaryNamespace, CanaryName, n.apiURL, err, hint))
+		return "", "", nodeErr(n.name, op, ErrCanary, fmt.Errorf("write secret %s/%s through %s: %w%s", CanaryNamespace, CanaryName, n.apiURL, err, hint))
 	}
-	key := path.Join(prefix, "secrets", CanaryNamespace, CanaryName)
+	key := path.Join(registry, "secrets", CanaryNamespace, CanaryName)
 	rctx, cancel2 := context.WithTimeout(ctx, n.opts.Timeout)
 	defer cancel2()
 	raw, err := n.opts.Storage.RawGet(rctx, key)
 	if err != nil {
-		return "", nodeErr(n.name, op, ErrCanary, fmt.Errorf("read %s from etcd: %w", key, err))
+		return "", "", nodeErr(n.name, op, ErrCanary, fmt.Errorf("read %s from etcd: %w", key, err))
 	}
 	if raw == nil {
-		return "", nodeErr(n.name, op, ErrCanary, fmt.Errorf("%s is not in etcd after the write: does --etcd-prefix (%s) match?", key, prefix))
+		return "", "", nodeErr(n.name, op, ErrCanary, fmt.Errorf("%s is not in etcd after the write: does --etcd-prefix (%s) match?", key, registry))
 	}
-	got := cluster.StoragePrefix(raw)
-	n.log.Info("canary written", "stored_as", got)
-	return got, nil
+	prefix = cluster.StoragePrefix(raw)
+	keyID, _ = cluster.KMSv2KeyID(raw)
+	n.log.Info("canary written", "stored_as", prefix, "key_id", keyID)
+	return prefix, keyID, nil
+}
+
+// AwaitKeyID waits until every node's kube-apiserver writes with the KMS v2
+// key_id keyID under the storage prefix want, a canary through each in
+// turn: kube-apiserver learns a new key_id from its plugin's status, which
+// it polls once a minute, so a rotated key is in force on each node
+// within about a minute. Every node must be proven before anything is
+// rewritten, or what a late node writes would need the old version.
+func (c *Cluster) AwaitKeyID(ctx context.Context, want, keyID string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, n := range c.nodes {
+		for {
+			prefix, got, err := n.CanaryKeyID(ctx)
+			if err == nil && prefix == want && got == keyID {
+				n.log.Info("writes with the key_id", "key_id", keyID)
+				break
+			}
+			if time.Now().After(deadline) {
+				if err != nil {
+					return err
+				}
+				return nodeErr(n.name, "canary", ErrCanary, fmt.Errorf("after %s the canary written through %s is stored as %s with key_id %q, not %s with %q: its kube-apiserver has not taken up the key's new version (is its KMS plugin healthy?)",
+					timeout, n.name, prefix, got, want, keyID))
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}
+	return nil
 }
 
 // deleteCanary deletes the canary through this node; a missing one is

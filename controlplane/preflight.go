@@ -7,6 +7,8 @@ import (
 	"path"
 	"strings"
 	"sync"
+
+	"github.com/atrest-io/atrest/cluster"
 )
 
 // PreflightRequest says what a plan will need of every node.
@@ -18,6 +20,11 @@ type PreflightRequest struct {
 	// config the plan deploys, as kube-apiserver sees them inside its
 	// container.
 	KMSEndpoints []string
+	// ManagedKMS: the config names atrest's own KMS plugin, which it
+	// deploys itself (and proves healthy) before the config: its socket
+	// directory must be mounted into kube-apiserver's container, and
+	// need not exist yet.
+	ManagedKMS bool
 }
 
 // Check is one thing a plan needs of one node, and whether the node has
@@ -83,7 +90,7 @@ func (n *Node) preflight(ctx context.Context, req PreflightRequest) ([]Check, er
 			return checks, nil
 		}
 	}
-	if !req.ProviderFile && len(req.KMSEndpoints) == 0 {
+	if !req.ProviderFile && len(req.KMSEndpoints) == 0 && !req.ManagedKMS {
 		return checks, nil
 	}
 	c, err := n.container(ctx)
@@ -114,6 +121,10 @@ func mountChecks(node, file string, mounts []mount, req PreflightRequest, socket
 			}
 		}
 		checks = append(checks, Check{Node: node, What: checkKMSSocket + ep, Problem: problem})
+	}
+	if req.ManagedKMS {
+		_, problem := kmsSocketHostPath(mounts, "unix://"+cluster.KMSSocket)
+		checks = append(checks, Check{Node: node, What: checkKMSSocket + "unix://" + cluster.KMSSocket + " (atrest's plugin)", Problem: problem})
 	}
 	return checks, nil
 }

@@ -134,7 +134,7 @@ func explainPrefix(p string) string {
 		return "an unknown prefix"
 	}
 	parts := strings.Split(p, ":")
-	if len(parts) == 3 && cluster.IsManaged(cluster.Provider(parts[0])) {
+	if len(parts) == 3 && cluster.IsKeyed(cluster.Provider(parts[0])) {
 		return fmt.Sprintf("%s (encrypted with key %s)", p, parts[2])
 	}
 	if len(parts) == 3 && parts[0] == "kms" {

@@ -55,7 +55,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	atrest = bin
-	code := sandboxtest.Main(m, sandbox.Options{Nodes: 3}, &sb)
+	code := sandboxtest.Main(m, sandbox.Options{Nodes: 3, KMSPlugin: bin}, &sb)
 	cleanup()
 	os.Exit(code)
 }

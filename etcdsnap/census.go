@@ -43,6 +43,14 @@ func (c Census) Prefixes() []string {
 	return slices.Sorted(maps.Keys(seen))
 }
 
+// KeyIDs counts the objects a KMS v2 provider stored, by the key_id in
+// each envelope (cluster.KMSv2KeyID): resource -> storage prefix ->
+// key_id -> count. It says which version of a KMS key each object needs.
+type KeyIDs map[string]map[string]map[string]int64
+
+// Of is the key_id counts of resource under prefix (nil when none).
+func (k KeyIDs) Of(resource, prefix string) map[string]int64 { return k[resource][prefix] }
+
 // DefaultPageSize is the census page size when none is given: memory
 // stays near this many values (a Secret is at most 1 MiB).
 const DefaultPageSize = 500
@@ -60,23 +68,30 @@ const censusRetries = 3
 // "*.*"); StoragePath says where each is stored under registry, the
 // kube-apiservers' real --etcd-prefix ("" for Config.RegistryPrefix).
 func (c *Client) Census(ctx context.Context, registry string, resources []string, pageSize int64) (Census, error) {
+	out, _, err := c.CensusKeyIDs(ctx, registry, resources, pageSize)
+	return out, err
+}
+
+// CensusKeyIDs is Census that also counts the KMS v2 objects by key_id.
+func (c *Client) CensusKeyIDs(ctx context.Context, registry string, resources []string, pageSize int64) (Census, KeyIDs, error) {
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
 	}
 	if registry == "" {
 		registry = c.cfg.RegistryPrefix
 	}
-	out := Census{}
+	out, ids := Census{}, KeyIDs{}
 	for _, r := range resources {
 		prefix, err := StoragePath(registry, r)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		start := time.Now()
 		var counts map[string]int64
+		var keyIDs map[string]map[string]int64
 		var rev, pages int64
 		for attempt := 0; ; attempt++ {
-			counts, rev, pages, err = c.count(ctx, prefix, pageSize)
+			counts, keyIDs, rev, pages, err = c.count(ctx, prefix, pageSize)
 			if errors.Is(err, rpctypes.ErrCompacted) && attempt < censusRetries {
 				c.log.Warn("etcd compacted during the census; scanning again", "resource", r, "prefix", prefix)
 				continue
@@ -84,13 +99,16 @@ func (c *Client) Census(ctx context.Context, registry string, resources []string
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("census of %s (%s): %w", r, prefix, err)
+			return nil, nil, fmt.Errorf("census of %s (%s): %w", r, prefix, err)
 		}
 		out[r] = counts
+		if len(keyIDs) > 0 {
+			ids[r] = keyIDs
+		}
 		c.log.Debug("census", "resource", r, "prefix", prefix, "revision", rev, "pages", pages,
 			"counts", counts, "took", time.Since(start).Round(time.Millisecond))
 	}
-	return out, nil
+	return out, ids, nil
 }
 
 // CheckRegistry proves that kube-apiserver stores under registry (its
@@ -111,8 +129,9 @@ func (c *Client) CheckRegistry(ctx context.Context, registry string) error {
 	return nil
 }
 
-// count scans every value under prefix.
-func (c *Client) count(ctx context.Context, prefix string, pageSize int64) (counts map[string]int64, rev, pages int64, err error) {
+// count scans every value under prefix, counting by storage prefix and,
+// for KMS v2 values, by key_id under it.
+func (c *Client) count(ctx context.Context, prefix string, pageSize int64) (counts map[string]int64, keyIDs map[string]map[string]int64, rev, pages int64, err error) {
 	counts = map[string]int64{}
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	key := prefix
@@ -125,17 +144,27 @@ func (c *Client) count(ctx context.Context, prefix string, pageSize int64) (coun
 		resp, err := c.cli.Get(pctx, key, opts...)
 		cancel()
 		if err != nil {
-			return nil, 0, pages, fmt.Errorf("range from %q at revision %d: %w", key, rev, err)
+			return nil, nil, 0, pages, fmt.Errorf("range from %q at revision %d: %w", key, rev, err)
 		}
 		pages++
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			counts[cluster.StoragePrefix(kv.Value)]++
+			p := cluster.StoragePrefix(kv.Value)
+			counts[p]++
+			if id, ok := cluster.KMSv2KeyID(kv.Value); ok {
+				if keyIDs == nil {
+					keyIDs = map[string]map[string]int64{}
+				}
+				if keyIDs[p] == nil {
+					keyIDs[p] = map[string]int64{}
+				}
+				keyIDs[p][id]++
+			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return counts, rev, pages, nil
+			return counts, keyIDs, rev, pages, nil
 		}
 		// The next page starts right after the last key of this one.
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"

@@ -236,7 +236,7 @@ func (m Manifest) checkConfig() []error {
 						errs = append(errs, fmt.Errorf("manifest config[%d].providers[%d] (%s).kms.timeout: %q is not a duration", i, j, p.Name, p.KMS.Timeout))
 					}
 				}
-			case !cluster.IsManaged(cluster.Provider(p.Kind)):
+			case !cluster.IsKeyed(cluster.Provider(p.Kind)):
 				errs = append(errs, fmt.Errorf("manifest config[%d].providers[%d]: kind %q: want aescbc, aesgcm, secretbox, kms or identity", i, j, p.Kind))
 			case !slices.ContainsFunc(m.Keys, func(k KeyRef) bool {
 				return k.Name == p.Name && k.Provider == p.Kind && k.Fingerprint == p.Fingerprint

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/server/options/encryptionconfig"
 	storagevalue "k8s.io/apiserver/pkg/storage/value"
+	kmsservice "k8s.io/kms/pkg/service"
 
 	"github.com/atrest-io/atrest/cluster"
 )
@@ -109,6 +111,12 @@ type DrillOptions struct {
 	// snapshot when the store is not a local directory. Default
 	// os.TempDir().
 	TempDir string
+	// KMS serves KMS v2 providers by name for the drill: objects under
+	// one are decrypted through it, on a socket of the drill's own, as
+	// kube-apiserver would through the plugin (atrest's vault-transit
+	// provider, backed by Vault Transit). Objects under any other KMS
+	// provider are counted, unchecked.
+	KMS map[string]kmsservice.Service
 }
 
 // Drill proves snapshot name restorable, changing nothing: it verifies
@@ -157,6 +165,11 @@ func Drill(ctx context.Context, store Store, name string, keys KeySource, opts D
 	if err != nil {
 		return nil, fmt.Errorf("drill snapshot %s: %w", name, err)
 	}
+	stop, err := ring.serveKMS(opts.KMS, work)
+	defer stop()
+	if err != nil {
+		return nil, fmt.Errorf("drill snapshot %s: %w", name, err)
+	}
 	// The transformers live as long as ctx: cancel ends their goroutines.
 	tctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -200,6 +213,93 @@ type drillRing struct {
 	// to why its objects cannot be read; kms marks those a plugin could.
 	cannot map[string]string
 	kms    map[string]bool
+	// orig is the manifest's config, which lists is built from.
+	orig []ResourceList
+}
+
+// build makes the lists the drill reads with from the manifest's: every
+// provider it has the key of, identity, and the KMS providers served
+// (by name, with the drill's own endpoint).
+func (r *drillRing) build(served map[string]ProviderRef) {
+	r.lists = nil
+	for _, l := range r.orig {
+		out := ResourceList{Resources: l.Resources}
+		for _, p := range l.Providers {
+			switch {
+			case p.Kind == cluster.KindKMS:
+				if local, ok := served[p.Name]; ok {
+					out.Providers = append(out.Providers, local)
+				}
+			case p.Kind == cluster.KindIdentity:
+				out.Providers = append(out.Providers, p)
+			default:
+				if _, ok := r.keys[p.Name]; ok {
+					out.Providers = append(out.Providers, p)
+				}
+			}
+		}
+		if len(out.Providers) == 0 {
+			// Every key is gone: identity reads what is plain, and the
+			// rest fails by its prefix.
+			out.Providers = []ProviderRef{{Kind: cluster.KindIdentity}}
+		}
+		r.lists = append(r.lists, out)
+	}
+}
+
+// serveKMS serves each KMS v2 provider of the config that services has a
+// service for, on a socket in dir, and adds it to the lists in place of
+// the plugin's endpoint: its objects are then decrypted, not unchecked.
+// stop ends the servers.
+func (r *drillRing) serveKMS(services map[string]kmsservice.Service, dir string) (stop func(), err error) {
+	var servers []*kmsservice.GRPCService
+	stop = func() {
+		for _, s := range servers {
+			s.Close()
+		}
+	}
+	served := map[string]ProviderRef{}
+	for _, l := range r.orig {
+		for _, p := range l.Providers {
+			svc := services[p.Name]
+			if _, done := served[p.Name]; done || p.Kind != cluster.KindKMS || svc == nil || p.KMS == nil || p.KMS.APIVersion != "v2" {
+				continue
+			}
+			sock := filepath.Join(dir, fmt.Sprintf("kms-%d.sock", len(servers)))
+			srv := kmsservice.NewGRPCService(sock, 30*time.Second, svc)
+			servers = append(servers, srv)
+			ended := make(chan error, 1)
+			go func() { ended <- srv.ListenAndServe() }()
+			if err := waitSocket(sock, ended); err != nil {
+				return stop, fmt.Errorf("serve KMS provider %s for the drill: %w", p.Name, err)
+			}
+			k := *p.KMS
+			k.Endpoint = "unix://" + sock
+			local := p
+			local.KMS = &k
+			served[p.Name] = local
+			delete(r.cannot, "kms:v2:"+p.Name)
+		}
+	}
+	if len(served) > 0 {
+		r.build(served)
+	}
+	return stop, nil
+}
+
+// waitSocket waits until a server listens on sock, or says why it stopped.
+func waitSocket(sock string, served <-chan error) error {
+	for range 100 {
+		if _, err := os.Stat(sock); err == nil {
+			return nil
+		}
+		select {
+		case err := <-served:
+			return err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return errors.New("no socket after 2s")
 }
 
 func drillKeys(ctx context.Context, m Manifest, keys KeySource, transient func(error) bool, rep *DrillReport) (*drillRing, error) {
@@ -208,7 +308,7 @@ func drillKeys(ctx context.Context, m Manifest, keys KeySource, transient func(e
 		dk := DrillKey{KeyRef: ref}
 		prefix := ref.Provider + ":v1:" + ref.Name
 		switch {
-		case !cluster.IsManaged(cluster.Provider(ref.Provider)):
+		case !cluster.IsKeyed(cluster.Provider(ref.Provider)):
 			dk.Problem = fmt.Sprintf("provider %q: atrest holds no key of that kind", ref.Provider)
 		case keys == nil:
 			dk.Problem = "no keystore to fetch it from"
@@ -243,29 +343,19 @@ func drillKeys(ctx context.Context, m Manifest, keys KeySource, transient func(e
 		lists = legacyLists(m.resources(), fetched)
 	}
 	for _, l := range lists {
-		out := ResourceList{Resources: l.Resources}
 		for _, p := range l.Providers {
-			switch {
-			case p.Kind == cluster.KindKMS:
-				// A KMS plugin holds its key: only it can read these.
+			if p.Kind == cluster.KindKMS {
+				// A KMS plugin holds its key: only it can read these,
+				// unless the drill is given a service of its own for it
+				// (serveKMS).
 				prefix := "kms:" + p.KMS.APIVersion + ":" + p.Name
 				ring.kms[prefix] = true
-				ring.cannot[prefix] = "KMS provider " + p.Name + ": only its plugin can decrypt it, the drill does not call plugins"
-			case p.Kind == cluster.KindIdentity:
-				out.Providers = append(out.Providers, p)
-			default:
-				if _, ok := ring.keys[p.Name]; ok {
-					out.Providers = append(out.Providers, p)
-				}
+				ring.cannot[prefix] = "KMS provider " + p.Name + ": only its plugin can decrypt it, and the drill has no service for it"
 			}
 		}
-		if len(out.Providers) == 0 {
-			// Every key is gone: identity reads what is plain, and the
-			// rest fails by its prefix.
-			out.Providers = []ProviderRef{{Kind: cluster.KindIdentity}}
-		}
-		ring.lists = append(ring.lists, out)
 	}
+	ring.orig = lists
+	ring.build(nil)
 	return ring, nil
 }
 
@@ -284,6 +374,26 @@ func (r *drillRing) load(ctx context.Context, dir string) (encryptionconfig.Stat
 	cfg, err := encryptionconfig.LoadEncryptionConfig(ctx, path, false, "atrest-drill")
 	if err != nil {
 		return nil, fmt.Errorf("kube-apiserver's loader refuses the restore config: %w", err)
+	}
+	// A KMS v2 provider reads only once its plugin's status has been
+	// taken (its state holds the key_id): what kube-apiserver's health
+	// check does at start.
+	for _, hc := range cfg.HealthChecks {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "/healthz", nil)
+		var err error
+		for range 50 {
+			if err = hc.Check(req); err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("the KMS provider served for the drill is not healthy: %w", err)
+		}
 	}
 	return encryptionconfig.StaticTransformers(cfg.Transformers), nil
 }

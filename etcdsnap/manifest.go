@@ -57,6 +57,11 @@ type Manifest struct {
 	// ("" for the default, /registry): a restored cluster's apiservers need
 	// the same.
 	EtcdPrefix string `json:"etcdPrefix,omitempty"`
+	// Transit names the Transit key of the vault-transit provider and the
+	// versions of it the snapshot's objects were wrapped with: each must
+	// still decrypt in Vault (min_decryption_version at most the oldest)
+	// for as long as the snapshot is kept.
+	Transit *TransitRef `json:"transit,omitempty"`
 
 	// Filled in by Save.
 	Endpoint     string `json:"endpoint"`     // the member the snapshot came from
@@ -64,6 +69,13 @@ type Manifest struct {
 	EtcdRevision int64  `json:"etcdRevision"` // its revision just before the snapshot: the snapshot holds at least this
 	Size         int64  `json:"size"`         // bytes of <name>.db, etcd's trailing sha256 included
 	SHA256       string `json:"sha256"`       // sha256 of <name>.db, hex
+}
+
+// TransitRef is a Transit key and the versions of it a snapshot needs.
+type TransitRef struct {
+	Mount    string `json:"mount"`
+	Key      string `json:"key"`
+	Versions []int  `json:"versions"`
 }
 
 // KeyRef names a key without holding it.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/template"
 
@@ -33,7 +34,7 @@ func RestoreConfig(ctx context.Context, m Manifest, keys KeySource) ([]byte, err
 	fetched := map[string]cluster.Key{}
 	var order []cluster.Key
 	for _, ref := range m.Keys {
-		if !cluster.IsManaged(cluster.Provider(ref.Provider)) {
+		if !cluster.IsKeyed(cluster.Provider(ref.Provider)) {
 			return nil, fmt.Errorf("restore config for snapshot %s: key %s has provider %q: atrest can only write aescbc, aesgcm and secretbox keys into a config; copy that provider's entry from the custom config in force when the snapshot was taken (Git revision %s), its plugin must still hold the key",
 				m.Name, ref.Name, ref.Provider, orUnknown(m.GitRevision))
 		}
@@ -290,8 +291,20 @@ func readsClaim(m Manifest) string {
 		if p.KMS.APIVersion == "v1" {
 			b.WriteString(" (KMS v1: kube-apiserver needs --feature-gates=KMSv1=true)")
 		}
+		if t := m.Transit; t != nil && len(t.Versions) > 0 && p.Name == cluster.TransitProviderName {
+			fmt.Fprintf(&b, ": atrest's plugin (`atrest kms-plugin`, container %s), logged in to Vault\n    with decrypt on Transit key %s/%s, which must still decrypt version(s) %s\n    (its min_decryption_version at most %d: `vault read %s/keys/%s`)",
+				"atrest-kms", t.Mount, t.Key, joinInts(t.Versions), slices.Min(t.Versions), t.Mount, t.Key)
+		}
 	}
 	return b.String()
+}
+
+func joinInts(vs []int) string {
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = strconv.Itoa(v)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // RestoreInstructions tells an operator how to restore snapshot m with the

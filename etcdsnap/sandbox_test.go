@@ -11,14 +11,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -269,72 +265,16 @@ func render(t *testing.T, m cluster.ManagedConfig) []byte {
 	return data
 }
 
-// freePort returns a port nothing listens on at ip right now.
-func freePort(t *testing.T, ip string) string {
-	t.Helper()
-	l, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
-}
-
-// startProcess runs cmd in its own process group with its output in
-// logFile, and stops it (the group, by its PID) when the test ends.
-func startProcess(t *testing.T, name string, cmd *exec.Cmd, logFile string) {
-	t.Helper()
-	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		f.Close()
-		close(done)
-	}()
-	pid := cmd.Process.Pid
-	t.Cleanup(func() {
-		_ = syscall.Kill(-pid, syscall.SIGTERM)
-		select {
-		case <-done:
-			return
-		case <-time.After(15 * time.Second):
-		}
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Errorf("%s (pid %d) still running after SIGKILL", name, pid)
-		}
-	})
-}
-
-func tailFile(file string, n int) string {
-	data, _ := os.ReadFile(file)
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
 // restored is an etcd restored from a snapshot, with a kube-apiserver on it.
 type restored struct {
 	etcd      etcdsnap.Config
 	apiserver string // https://IP:PORT
 }
 
-// restoreSnapshot restores the snapshot file db with etcdctl into a fresh
-// data directory, starts a separate etcd on it (same CA and certificates as
-// the sandbox's) and a kube-apiserver run from the binary on the host with
-// --encryption-provider-config=config, and waits until both serve. Both are
-// stopped when t ends.
+// restoreSnapshot restores the snapshot file db as an operator does and
+// runs a kube-apiserver on it with --encryption-provider-config=config
+// (sandbox.RestoreSnapshot), until /readyz answers. Both are stopped when
+// t ends.
 func restoreSnapshot(t *testing.T, db, config string, logger *slog.Logger) restored {
 	t.Helper()
 	return restoreSnapshotUntil(t, db, config, logger, "/readyz")
@@ -345,82 +285,16 @@ func restoreSnapshot(t *testing.T, db, config string, logger *slog.Logger) resto
 // never ready).
 func restoreSnapshotUntil(t *testing.T, db, config string, logger *slog.Logger, check string) restored {
 	t.Helper()
-	ctx := testCtx(t, 4*time.Minute)
-	dir := t.TempDir()
-	etcdURL, _ := url.Parse(sb.EtcdEndpoint)
-	ip := etcdURL.Hostname()
-	clientPort, peerPort := freePort(t, ip), freePort(t, ip)
-	peer := "http://" + ip + ":" + peerPort
-	data := filepath.Join(dir, "etcd-data")
-	out, err := exec.CommandContext(ctx, "etcdctl", "snapshot", "restore", db,
-		"--data-dir="+data, "--name=restored", "--initial-cluster=restored="+peer,
-		"--initial-cluster-token=etcdsnap-test", "--initial-advertise-peer-urls="+peer).CombinedOutput()
-	if err != nil {
-		t.Fatalf("etcdctl snapshot restore %s: %v\n%s", db, err, out)
-	}
-	pki := filepath.Dir(sb.CAFile)
-	endpoint := "https://" + ip + ":" + clientPort
-	etcdLog := filepath.Join(dir, "etcd.log")
-	startProcess(t, "restored etcd", exec.Command("etcd",
-		"--name=restored", "--data-dir="+data,
-		"--listen-client-urls="+endpoint, "--advertise-client-urls="+endpoint,
-		"--listen-peer-urls="+peer, "--initial-advertise-peer-urls="+peer,
-		"--initial-cluster=restored="+peer,
-		"--cert-file="+filepath.Join(pki, "etcd.pem"), "--key-file="+filepath.Join(pki, "etcd-key.pem"),
-		"--client-cert-auth", "--trusted-ca-file="+sb.CAFile,
-	), etcdLog)
-	r := restored{etcd: etcdConfig(logger)}
-	r.etcd.Endpoints = []string{endpoint}
-	var dialErr error
-	for range 60 {
-		var c *etcdsnap.Client
-		if c, dialErr = etcdsnap.Dial(ctx, r.etcd); dialErr == nil {
-			c.Close()
-			break
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	if dialErr != nil {
-		t.Fatalf("restored etcd does not answer: %v\n%s", dialErr, tailFile(etcdLog, 20))
-	}
-
-	// The node's kube-apiserver flags, with the node's /etc/kubernetes
-	// read from the host, on another port, against the restored etcd.
-	n := sb.Nodes[0]
-	port := freePort(t, n.Address)
-	hostEtc := filepath.Join(n.Dir, "etc-kubernetes") + "/"
-	var args []string
-	for _, a := range sb.APIServerArgs(n) {
-		switch {
-		case strings.HasPrefix(a, "--secure-port="):
-			a = "--secure-port=" + port
-		case strings.HasPrefix(a, "--etcd-servers="):
-			a = "--etcd-servers=" + endpoint
-		}
-		args = append(args, strings.ReplaceAll(a, "/etc/kubernetes/", hostEtc))
-	}
-	args = append(args, "--encryption-provider-config="+config, "--cert-dir="+filepath.Join(dir, "certs"))
-	apiLog := filepath.Join(dir, "kube-apiserver.log")
-	startProcess(t, "restored kube-apiserver", exec.Command(os.Getenv("ATREST_KUBE_APISERVER"), args...), apiLog)
-	r.apiserver = "https://" + n.Address + ":" + port
-	client, err := sb.AdminClient()
+	r, err := sb.RestoreSnapshot(testCtx(t, 4*time.Minute), db, config, check)
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.apiserver+check, nil)
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
+	t.Cleanup(func() {
+		if err := r.Stop(); err != nil {
+			t.Error(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("restored kube-apiserver fails %s: %v\n%s", check, err, tailFile(apiLog, 30))
-		}
-		time.Sleep(time.Second)
-	}
-	return r
+	})
+	out := restored{etcd: etcdConfig(logger), apiserver: r.APIServer}
+	out.etcd.Endpoints = []string{r.EtcdEndpoint}
+	return out
 }

@@ -148,7 +148,16 @@ func TestVaultPolicyScope(t *testing.T) {
 	}
 	base := "atrest/" + cfg.ClusterName + "/"
 	keys := "secret/metadata/" + base + "keys/*"
-	for _, file := range []string{"vault-policy.hcl", "vault-policy-destroy.hcl"} {
+	transitKey := "atrest-" + cfg.ClusterName
+	plugin := "auth/approle/role/atrest-kms-" + cfg.ClusterName + "/"
+	// The vault-transit provider's paths: its one Transit key and its
+	// plugins' one AppRole role, never another cluster's.
+	transit := map[string]bool{
+		"transit/keys/" + transitKey: true, "transit/keys/" + transitKey + "/rotate": true, "transit/keys/" + transitKey + "/config": true,
+		"transit/encrypt/" + transitKey: true, "transit/decrypt/" + transitKey: true,
+		plugin + "role-id": true, plugin + "secret-id": true, plugin + "secret-id-accessor/destroy": true,
+	}
+	for _, file := range []string{"vault-policy.hcl", "vault-policy-destroy.hcl", "vault-policy-kms-plugin.hcl"} {
 		t.Run(file, func(t *testing.T) {
 			data, err := os.ReadFile(file)
 			if err != nil {
@@ -168,6 +177,13 @@ func TestVaultPolicyScope(t *testing.T) {
 				caps[p] = c
 				switch {
 				case p == "auth/token/lookup-self" || p == "auth/token/renew-self":
+				case transit[p] && file != "vault-policy-destroy.hcl":
+					if file == "vault-policy-kms-plugin.hcl" && !strings.HasPrefix(p, "transit/encrypt/") && !strings.HasPrefix(p, "transit/decrypt/") {
+						t.Errorf("path %q: the plugin encrypts and decrypts, nothing else", p)
+					}
+					if strings.Contains(c, "delete") {
+						t.Errorf("path %q: capabilities [%s]: atrest never deletes a Transit key or version", p, c)
+					}
 				case slices.ContainsFunc(allowed, func(a string) bool { return strings.HasPrefix(p, a) }):
 					if strings.Contains(strings.TrimPrefix(p, "secret/"), "+") || strings.Count(p, "*") > 1 || (strings.Contains(p, "*") && !strings.HasSuffix(p, "/*")) {
 						t.Errorf("path %q: a wildcard other than a trailing /* reaches beyond one cluster's documents", p)
@@ -186,6 +202,10 @@ func TestVaultPolicyScope(t *testing.T) {
 			case "vault-policy.hcl":
 				if c, ok := caps[keys]; !ok || strings.Contains(c, "delete") {
 					t.Errorf("%s: the daemon's policy grants [%s] on %s: it must not delete key material", file, c, keys)
+				}
+			case "vault-policy-kms-plugin.hcl":
+				if len(paths) != 2 {
+					t.Errorf("%s has paths %v: want encrypt and decrypt on the one Transit key", file, paths)
 				}
 			case "vault-policy-destroy.hcl":
 				if caps[keys] != `"delete"` {

@@ -89,3 +89,45 @@ path "auth/token/lookup-self" {
 path "auth/token/renew-self" {
   capabilities = ["update"]
 }
+
+# The vault-transit provider (provider: vault-transit in atrest.yaml, with
+# settings kms.image): only when you use it. Its Transit key (settings
+# kms.transitMount "transit", kms.transitKey "atrest-<cluster.name>") wraps
+# kube-apiserver's data keys and never leaves Vault: atrest creates it
+# (never exportable), reads its versions, rotates it, and raises its
+# min_decryption_version once no object and no kept snapshot needs the
+# older versions. It encrypts a probe and decrypts data keys for the
+# snapshot drill (which decrypts every object of a kept snapshot offline).
+# No "delete", and nothing on trim: versions are never destroyed by atrest.
+path "transit/keys/atrest-prod-eu-1" {
+  capabilities = ["read", "create", "update"]
+}
+path "transit/keys/atrest-prod-eu-1/rotate" {
+  capabilities = ["update"]
+}
+path "transit/keys/atrest-prod-eu-1/config" {
+  capabilities = ["update"]
+}
+path "transit/encrypt/atrest-prod-eu-1" {
+  capabilities = ["update"]
+}
+path "transit/decrypt/atrest-prod-eu-1" {
+  capabilities = ["update"]
+}
+
+# The plugins' credentials: the AppRole role the plugins log in with
+# (settings kms.approleMount "approle", kms.approleRole
+# "atrest-kms-<cluster.name>"), which the operator creates with the policy
+# of vault-policy-kms-plugin.hcl (examples/README.md). atrest reads its role
+# id, issues a secret id for each node's plugin (delivered over SSH, 0600)
+# and destroys the ones it replaced. It cannot change the role or its
+# policy.
+path "auth/approle/role/atrest-kms-prod-eu-1/role-id" {
+  capabilities = ["read"]
+}
+path "auth/approle/role/atrest-kms-prod-eu-1/secret-id" {
+  capabilities = ["update"]
+}
+path "auth/approle/role/atrest-kms-prod-eu-1/secret-id-accessor/destroy" {
+  capabilities = ["update"]
+}

@@ -196,7 +196,7 @@ func (a *authenticator) loginWith(ctx context.Context, mount string, body map[st
 // re-login), a 403 costs one fresh login and one retry, and is returned only
 // if the retry is denied too. A refused request changed nothing, so the
 // retry cannot apply a write twice.
-func (s *Store) call(ctx context.Context, f func(context.Context) (*vault.Secret, error)) (*vault.Secret, error) {
+func (s *Session) call(ctx context.Context, f func(context.Context) (*vault.Secret, error)) (*vault.Secret, error) {
 	token := s.client.Token()
 	cctx, cancel := context.WithTimeout(ctx, opTimeout)
 	sec, err := f(cctx)
@@ -222,7 +222,7 @@ func (s *Store) call(ctx context.Context, f func(context.Context) (*vault.Secret
 
 // handOver gives the renewal goroutine a token obtained outside it, so it
 // watches the new token instead of the old one.
-func (s *Store) handOver(secret *vault.Secret) {
+func (s *Session) handOver(secret *vault.Secret) {
 	select {
 	case <-s.loggedIn: // drop an older hand-over not yet picked up
 	default:
@@ -235,8 +235,8 @@ func (s *Store) handOver(secret *vault.Secret) {
 
 // keepLoggedIn renews the token while it can be extended and logs in again
 // when it cannot (max TTL reached, or renewal failing). It returns when the
-// Store is closed.
-func (s *Store) keepLoggedIn(secret *vault.Secret) {
+// Session is closed.
+func (s *Session) keepLoggedIn(secret *vault.Secret) {
 	defer close(s.done)
 	for {
 		if secret == nil {
@@ -288,8 +288,8 @@ func (s *Store) keepLoggedIn(secret *vault.Secret) {
 
 // relogin logs in again with backoff (1 s doubling to 30 s) until it
 // works, and returns the new login (nil for a token that never expires), or
-// false when the Store is closed first.
-func (s *Store) relogin() (*vault.Secret, bool) {
+// false when the Session is closed first.
+func (s *Session) relogin() (*vault.Secret, bool) {
 	wait := time.Second
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)

@@ -138,6 +138,32 @@ type Keyring struct {
 	// Stall, when set, stops every change until the desired state changes
 	// or `atrest resume`.
 	Stall *Stall `json:"stall,omitempty"`
+	// Transit is the vault-transit provider's Transit key, once atrest
+	// created it (or found it), and its plugins' credentials.
+	Transit *TransitRecord `json:"transit,omitempty"`
+}
+
+// TransitRecord is what atrest keeps of the vault-transit provider: the
+// key's place (its material never leaves Vault), the rotation in flight,
+// and the secret ids issued to each node's plugin.
+type TransitRecord struct {
+	Mount   string    `json:"mount"`
+	Key     string    `json:"key"`
+	Created time.Time `json:"created"`
+	// Rotating is a rotation started from version From to serve Request:
+	// written before Vault is asked, so a crash between the two neither
+	// rotates twice nor forgets the request.
+	Rotating *TransitRotation `json:"rotating,omitempty"`
+	// Credentials lists, per node, the accessors of the secret ids issued
+	// to its plugin and not yet revoked, the one in use last.
+	Credentials map[string][]string `json:"credentials,omitempty"`
+}
+
+// TransitRotation is a rotation of the Transit key in flight.
+type TransitRotation struct {
+	Request string    `json:"request,omitempty"`
+	From    int       `json:"from"`
+	Started time.Time `json:"started"`
 }
 
 // MaxRotationRequests bounds Keyring.RotationRequests.
@@ -283,8 +309,8 @@ func validateKeyring(kr *Keyring) error {
 			problems = append(problems, fmt.Sprintf("%s.name: %s is listed twice", where, k.Name))
 		}
 		seen[k.Name] = true
-		if !cluster.IsManaged(k.Provider) {
-			problems = append(problems, fmt.Sprintf("%s.provider: %q is not one of %v", where, k.Provider, cluster.ManagedProviders))
+		if !cluster.IsKeyed(k.Provider) {
+			problems = append(problems, fmt.Sprintf("%s.provider: %q is not one of %v", where, k.Provider, cluster.KeyedProviders))
 		}
 		switch k.Role {
 		case RolePrimary:

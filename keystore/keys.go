@@ -234,7 +234,7 @@ func checkKey(k cluster.Key) error {
 	}
 	sizes := cluster.KeySizes(k.Provider)
 	if sizes == nil {
-		return fmt.Errorf("%w: key %s: provider %q is not one of %v", ErrInvalid, k.Name, k.Provider, cluster.ManagedProviders)
+		return fmt.Errorf("%w: key %s: provider %q is not one of %v", ErrInvalid, k.Name, k.Provider, cluster.KeyedProviders)
 	}
 	if !slices.Contains(sizes, len(k.Secret)) {
 		return fmt.Errorf("%w: key %s: %s takes %v-byte keys, not %d bytes", ErrInvalid, k.Name, k.Provider, sizes, len(k.Secret))

@@ -30,7 +30,7 @@ func TestConfigDefaults(t *testing.T) {
 		cfg.KubernetesTokenFile != DefaultKubernetesTokenFile || cfg.KVMount != "kv" || cfg.Prefix != "teams/x/atrest" || cfg.Logger == nil {
 		t.Errorf("defaults: %+v", cfg)
 	}
-	s := &Store{cfg: cfg, base: cfg.Prefix + "/" + cfg.Cluster}
+	s := &Store{Session: &Session{cfg: cfg}, base: cfg.Prefix + "/" + cfg.Cluster}
 	if got := s.path("data", "keys/k-abcde"); got != "kv/data/teams/x/atrest/c1/keys/k-abcde" {
 		t.Errorf("path: %s", got)
 	}

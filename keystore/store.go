@@ -31,10 +31,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -96,9 +98,32 @@ const opTimeout = 30 * time.Second
 
 var segmentRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
-// withDefaults fills in defaults and checks cfg; the error names every
+// withDefaults fills in defaults and checks cfg for a Store: a session's
+// checks, plus where the cluster's documents live. The error names every
 // problem and its fix.
 func (cfg Config) withDefaults() (Config, error) {
+	cfg, problems := cfg.sessionDefaults()
+	if cfg.KVMount == "" {
+		cfg.KVMount = "secret"
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "atrest"
+	}
+	cfg.KVMount = strings.Trim(cfg.KVMount, "/")
+	cfg.Prefix = strings.Trim(cfg.Prefix, "/")
+	switch {
+	case cfg.Cluster == "":
+		problems = append(problems, "cluster: required: the cluster's name, which names its keyring in Vault")
+	case !segmentRE.MatchString(cfg.Cluster):
+		problems = append(problems, fmt.Sprintf("cluster: %q must be letters, digits, '.', '_' or '-', starting with a letter or digit", cfg.Cluster))
+	}
+	problems = append(problems, checkPaths(map[string]string{"kvMount": cfg.KVMount, "prefix": cfg.Prefix})...)
+	return cfg, configError(problems)
+}
+
+// sessionDefaults fills in the defaults of reaching Vault and logging in,
+// and lists what is wrong with them.
+func (cfg Config) sessionDefaults() (Config, []string) {
 	if cfg.AuthMethod == "" {
 		cfg.AuthMethod = AuthToken
 	}
@@ -111,36 +136,15 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.KubernetesTokenFile == "" {
 		cfg.KubernetesTokenFile = DefaultKubernetesTokenFile
 	}
-	if cfg.KVMount == "" {
-		cfg.KVMount = "secret"
-	}
-	if cfg.Prefix == "" {
-		cfg.Prefix = "atrest"
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	cfg.KVMount = strings.Trim(cfg.KVMount, "/")
-	cfg.Prefix = strings.Trim(cfg.Prefix, "/")
 	cfg.AppRoleMount = strings.Trim(cfg.AppRoleMount, "/")
 	cfg.KubernetesMount = strings.Trim(cfg.KubernetesMount, "/")
 
 	var problems []string
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
-	switch {
-	case cfg.Cluster == "":
-		bad("cluster: required: the cluster's name, which names its keyring in Vault")
-	case !segmentRE.MatchString(cfg.Cluster):
-		bad("cluster: %q must be letters, digits, '.', '_' or '-', starting with a letter or digit", cfg.Cluster)
-	}
-	for _, p := range []struct{ field, value string }{{"kvMount", cfg.KVMount}, {"prefix", cfg.Prefix}, {"approleMount", cfg.AppRoleMount}, {"kubernetesMount", cfg.KubernetesMount}} {
-		for seg := range strings.SplitSeq(p.value, "/") {
-			if !segmentRE.MatchString(seg) {
-				bad("%s: %q is not a Vault path: each '/'-separated part must be letters, digits, '.', '_' or '-', starting with a letter or digit", p.field, p.value)
-				break
-			}
-		}
-	}
+	problems = append(problems, checkPaths(map[string]string{"approleMount": cfg.AppRoleMount, "kubernetesMount": cfg.KubernetesMount})...)
 	if (cfg.ClientCertFile == "") != (cfg.ClientKeyFile == "") {
 		bad("clientCertFile and clientKeyFile: give both or neither")
 	}
@@ -160,25 +164,95 @@ func (cfg Config) withDefaults() (Config, error) {
 	default:
 		bad("authMethod: %q is not one of token, approle, kubernetes", cfg.AuthMethod)
 	}
-	if len(problems) > 0 {
-		return cfg, fmt.Errorf("%w vault settings:\n  %s", ErrInvalid, strings.Join(problems, "\n  "))
-	}
-	return cfg, nil
+	return cfg, problems
 }
 
-// Store is a cluster's key custody in Vault. It is safe for concurrent use.
-// Close it to stop renewing its Vault token.
-type Store struct {
+// checkPaths lists the fields whose value is not a Vault path, in field
+// order.
+func checkPaths(fields map[string]string) []string {
+	var problems []string
+	for _, field := range slices.Sorted(maps.Keys(fields)) {
+		for seg := range strings.SplitSeq(fields[field], "/") {
+			if !segmentRE.MatchString(seg) {
+				problems = append(problems, fmt.Sprintf("%s: %q is not a Vault path: each '/'-separated part must be letters, digits, '.', '_' or '-', starting with a letter or digit", field, fields[field]))
+				break
+			}
+		}
+	}
+	return problems
+}
+
+func configError(problems []string) error {
+	if len(problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w vault settings:\n  %s", ErrInvalid, strings.Join(problems, "\n  "))
+}
+
+// Session is a Vault client that stays logged in: it renews its token
+// while it can be extended and logs in again when it cannot. A Store is
+// one; so is the KMS plugin's connection to Vault Transit. It is safe for
+// concurrent use. Close it to stop renewing.
+type Session struct {
 	cfg    Config
 	log    *slog.Logger
 	client *vault.Client
 	auth   *authenticator
-	base   string // <prefix>/<cluster>
 
 	loggedIn  chan *vault.Secret // logins made outside keepLoggedIn (see call)
 	stop      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
+}
+
+// OpenSession connects to Vault, logs in and starts renewing the token in
+// the background. Only cfg's connection and login settings are used.
+func OpenSession(ctx context.Context, cfg Config) (*Session, error) {
+	cfg, problems := cfg.sessionDefaults()
+	if err := configError(problems); err != nil {
+		return nil, err
+	}
+	return openSession(ctx, cfg, cfg.Logger)
+}
+
+func openSession(ctx context.Context, cfg Config, log *slog.Logger) (*Session, error) {
+	client, err := newClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{
+		cfg:      cfg,
+		log:      log,
+		client:   client,
+		loggedIn: make(chan *vault.Secret, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	s.auth = &authenticator{cfg: cfg, client: client, log: log}
+	lctx, cancel := context.WithTimeout(ctx, opTimeout)
+	secret, err := s.auth.login(lctx)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	go s.keepLoggedIn(secret)
+	return s, nil
+}
+
+// Close stops renewing the Vault token.
+func (s *Session) Close() {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.done
+	})
+}
+
+// Store is a cluster's key custody in Vault: a Session and where the
+// cluster's documents live. It is safe for concurrent use. Close it to
+// stop renewing its Vault token.
+type Store struct {
+	*Session
+	base string // <prefix>/<cluster>
 }
 
 // Open connects to Vault, logs in, checks that the KV mount is there and is
@@ -190,30 +264,15 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := newClient(cfg)
+	sess, err := openSession(ctx, cfg, cfg.Logger.With("cluster", cfg.Cluster))
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{
-		cfg:      cfg,
-		log:      cfg.Logger.With("cluster", cfg.Cluster),
-		client:   client,
-		base:     cfg.Prefix + "/" + cfg.Cluster,
-		loggedIn: make(chan *vault.Secret, 1),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-	}
-	s.auth = &authenticator{cfg: cfg, client: client, log: s.log}
-	lctx, cancel := context.WithTimeout(ctx, opTimeout)
-	secret, err := s.auth.login(lctx)
-	cancel()
-	if err != nil {
-		return nil, err
-	}
+	s := &Store{Session: sess, base: cfg.Prefix + "/" + cfg.Cluster}
 	if err := s.checkMount(ctx); err != nil {
+		s.Close()
 		return nil, err
 	}
-	go s.keepLoggedIn(secret)
 	return s, nil
 }
 
@@ -306,15 +365,6 @@ func (s *Store) checkMount(ctx context.Context) error {
 		return &OpError{Op: op, Path: p, Err: fmt.Errorf("%w: the secrets engine at %q is %q version %q, not kv version 2: atrest needs KV v2 for versions and check-and-set", ErrInvalid, s.cfg.KVMount, typ, version)}
 	}
 	return nil
-}
-
-// Close stops renewing the Vault token. Locks are not released: Release
-// them first.
-func (s *Store) Close() {
-	s.closeOnce.Do(func() {
-		close(s.stop)
-		<-s.done
-	})
 }
 
 // path returns the KV v2 API path of a document: kind is "data" or

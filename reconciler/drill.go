@@ -9,6 +9,9 @@ import (
 	"strings"
 	"time"
 
+	kmsservice "k8s.io/kms/pkg/service"
+
+	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/etcdsnap"
 	"github.com/atrest-io/atrest/keystore"
 )
@@ -116,7 +119,11 @@ func (r *Reconciler) Drill(ctx context.Context, name string) (*etcdsnap.DrillRep
 	if r.Snapshots == nil {
 		return nil, errors.New("drill: no snapshot directory configured (settings snapshots.dir)")
 	}
-	rep, err := etcdsnap.Drill(ctx, r.Snapshots, name, r.Keys, etcdsnap.DrillOptions{Transient: keyUnavailable})
+	opts := etcdsnap.DrillOptions{Transient: keyUnavailable}
+	if r.KMS != nil && r.KMS.Service != nil {
+		opts.KMS = map[string]kmsservice.Service{cluster.TransitProviderName: r.KMS.Service}
+	}
+	rep, err := etcdsnap.Drill(ctx, r.Snapshots, name, r.Keys, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -62,6 +62,11 @@ type Live struct {
 	// ServingUnproven: no kube-apiserver holds an identity lease
 	// (APIServerIdentity off), so only the endpoints say which serve.
 	ServingUnproven bool
+	// KeyIDs counts the objects a KMS v2 provider stored by the key_id in
+	// their envelope: resource -> storage prefix -> key_id -> count.
+	KeyIDs map[string]map[string]map[string]int64
+	// Transit is the managed vault-transit provider's Transit key.
+	Transit TransitLive
 }
 
 // NodeLive is one controlplane node as observed.
@@ -89,6 +94,9 @@ type NodeLive struct {
 	// (controlplane.NodeState.Unsynced), as when it cannot decrypt what
 	// etcd stores: see starved.
 	Unsynced bool
+	// Plugin is the node's KMS plugin, when the vault-transit provider is
+	// in use (nil when it was not observed).
+	Plugin *PluginLive
 }
 
 // Running is the config the node's kube-apiserver uses: its file when the
@@ -219,11 +227,25 @@ type Step struct {
 	// ready: they cannot read what etcd stores, and this deploy gives them
 	// the keys they lack (starved).
 	Unsynced []string
+	// Nodes the KMS plugin is deployed to.
+	Nodes []string
+	// KeyID, for a rewrite: the KMS v2 key_id every node must be proven to
+	// write with before anything is rewritten (a rotated Transit key).
+	KeyID string
+	// KeyIDs, for a verify: the only key_id allowed under each resource's
+	// KMS v2 writer.
+	KeyIDs map[string]string
 }
 
 // TouchesNodes reports whether the step changes a node.
 func (s Step) TouchesNodes() bool {
-	return s.Kind == StepDeploy || s.Kind == StepRemoveConfig || s.Kind == StepReload
+	return s.Kind == StepDeploy || s.Kind == StepRemoveConfig || s.Kind == StepReload || s.Kind == StepDeployPlugin
+}
+
+// needsSnapshot reports whether a snapshot must come before the step: it
+// changes what a node runs, or what every object will be written with.
+func (s Step) needsSnapshot() bool {
+	return s.TouchesNodes() || s.Kind == StepRotateTransit
 }
 
 // String describes the step without key material.
@@ -257,13 +279,28 @@ func (s Step) String() string {
 		return d + " to every node, one at a time, restarting kube-apiserver on " + strings.Join(s.Restarts, ", ") +
 			" (no --encryption-provider-config-automatic-reload yet: this restart sets it where the version proves reloads, unless restart-only); canary must be " + s.Expect
 	case StepRewrite:
+		if s.KeyID != "" {
+			return "prove every node writes with key_id " + s.KeyID + " (a canary through each), then rewrite every object of " + strings.Join(s.Resources, ", ")
+		}
 		return "rewrite every object of " + strings.Join(s.Resources, ", ")
 	case StepVerify:
 		var parts []string
 		for _, r := range s.Resources {
-			parts = append(parts, r+" under "+s.Writers[r])
+			w := r + " under " + s.Writers[r]
+			if id := s.KeyIDs[r]; id != "" {
+				w += " with key_id " + id
+			}
+			parts = append(parts, w)
 		}
 		return "verify with the census: " + strings.Join(parts, ", ")
+	case StepCreateTransitKey:
+		return "create the Transit key in Vault (aes256-gcm96, not exportable)"
+	case StepRotateTransit:
+		return "rotate the Transit key in Vault: a new version wraps every data key from now on"
+	case StepDeployPlugin:
+		return "start the KMS plugin (" + "atrest-kms" + ") with a fresh Vault credential on " + strings.Join(s.Nodes, ", ") + ", one at a time, each proven healthy"
+	case StepRemovePlugin:
+		return "remove the KMS plugin from every node and revoke its Vault credentials: nothing is stored under it and no node reads with it"
 	case StepRemoveConfig:
 		return "clear --encryption-provider-config and remove the provider file on every node, one at a time"
 	case StepReload:
@@ -363,7 +400,7 @@ func MakePlan(in Input) (*Plan, error) {
 
 	// The target: what every node should run at the end.
 	target := cluster.Chains{}
-	var generate bool
+	var generate, createTransit, rotateTransit bool
 	primary := ""
 	switch in.Desired.Mode {
 	case cluster.Disabled:
@@ -376,6 +413,15 @@ func MakePlan(in Input) (*Plan, error) {
 			p.Warnings = append(p.Warnings, "key rotation requested, but cluster.yml has a custom_config: rotate by committing a new custom_config (as with RKE, atrest rotates managed keys only)")
 		}
 	case cluster.Managed:
+		if in.Desired.Provider == cluster.VaultTransit {
+			createTransit = !in.Live.Transit.Exists
+			rotateTransit = in.Desired.RotateRequested && !createTransit
+			chain := cluster.Chain{cluster.TransitEntry(), cluster.Identity}
+			for _, r := range cluster.ManagedResources {
+				target[r] = chain
+			}
+			break
+		}
 		var primaryEntry cluster.ProviderEntry
 		for _, k := range in.Keyring.Keys {
 			if k.Role == RolePrimary && k.Provider == in.Desired.Provider {
@@ -410,12 +456,18 @@ func MakePlan(in Input) (*Plan, error) {
 
 	// Keys to import, and whether the adopted writer becomes the primary.
 	step := Step{Kind: StepImportKeys, Keys: imports}
-	if in.Desired.Mode == cluster.Managed && !generate && !isPrimary(in.Keyring, primary) {
+	if in.Desired.Mode == cluster.Managed && in.Desired.Provider != cluster.VaultTransit && !generate && !isPrimary(in.Keyring, primary) {
 		step.Primary = primary
 	}
 	if len(step.Keys) > 0 || step.Primary != "" {
 		p.Steps = append(p.Steps, step)
 	}
+	// The Transit key, then its plugin on every node, before any config
+	// that names it is written or loaded.
+	if createTransit {
+		p.Steps = append(p.Steps, Step{Kind: StepCreateTransitKey})
+	}
+	p.Steps = append(p.Steps, pluginSteps(in)...)
 	// A node whose file changed after its kube-apiserver started runs
 	// something unknown: it is restarted on its file first, when that is
 	// safe, and the rest is planned once what it runs is known.
@@ -430,6 +482,9 @@ func MakePlan(in Input) (*Plan, error) {
 	}
 	if generate {
 		p.Steps = append(p.Steps, Step{Kind: StepGenerateKey, Provider: in.Desired.Provider})
+	}
+	if rotateTransit {
+		p.Steps = append(p.Steps, Step{Kind: StepRotateTransit})
 	}
 	resources := unionResources(target, live, census)
 
@@ -486,8 +541,15 @@ func MakePlan(in Input) (*Plan, error) {
 	}
 
 	// Stage 3: rewrite what is not stored under its writer, and prove it.
+	// Under the vault-transit writer, that is also what a version other
+	// than the Transit key's latest wraps (a rotation).
 	var rewrite []string
 	writers := map[string]string{}
+	keyID := in.Live.Transit.KeyID
+	if rotateTransit || createTransit {
+		keyID = PendingVersion
+	}
+	keyIDs := map[string]string{}
 	for _, r := range resources {
 		w := current[r].Writer()
 		for prefix, n := range census[r] {
@@ -497,6 +559,12 @@ func MakePlan(in Input) (*Plan, error) {
 			}
 		}
 		writers[r] = w
+		if w == cluster.TransitPrefix && keyID != "" {
+			keyIDs[r] = keyID
+			if (rotateTransit || staleKeyIDs(in, r, w, keyID)) && !slices.Contains(rewrite, r) && total(census[r]) > 0 {
+				rewrite = append(rewrite, r)
+			}
+		}
 	}
 	if changed2 {
 		// Objects written by a node before it switched writers are not in
@@ -509,13 +577,19 @@ func MakePlan(in Input) (*Plan, error) {
 	}
 	slices.Sort(rewrite)
 	if len(rewrite) > 0 {
-		verifyWriters := map[string]string{}
+		verifyWriters, verifyIDs := map[string]string{}, map[string]string{}
+		rw := Step{Kind: StepRewrite, Resources: rewrite}
 		for _, r := range rewrite {
 			verifyWriters[r] = writers[r]
+			if id := keyIDs[r]; id != "" {
+				verifyIDs[r], rw.KeyID = id, id
+			}
 		}
-		p.Steps = append(p.Steps,
-			Step{Kind: StepRewrite, Resources: rewrite},
-			Step{Kind: StepVerify, Resources: rewrite, Writers: verifyWriters})
+		vf := Step{Kind: StepVerify, Resources: rewrite, Writers: verifyWriters}
+		if len(verifyIDs) > 0 {
+			vf.KeyIDs = verifyIDs
+		}
+		p.Steps = append(p.Steps, rw, vf)
 	}
 
 	// Stage 4: the target, readers no longer needed dropped.
@@ -532,8 +606,9 @@ func MakePlan(in Input) (*Plan, error) {
 	} else if !final.Equal(nonEmpty(current)) {
 		p.Steps = append(p.Steps, deploy(final))
 	}
+	p.Steps = append(p.Steps, removePlugin(in, final)...)
 
-	p.insertSnapshot(in, generate)
+	p.insertSnapshot(in, generate || rotateTransit)
 	markRestarts(p.Steps, in.Live.Nodes)
 	if err := p.feedStarved(in); err != nil {
 		return nil, err
@@ -569,11 +644,13 @@ func (p *Plan) insertSnapshot(in Input, generate bool) {
 	if len(p.Steps) > 0 && p.Transition == "" {
 		p.Transition = transition(in, generate)
 	}
-	if i := slices.IndexFunc(p.Steps, Step.TouchesNodes); i >= 0 && !snapshotCovers(in) {
+	if i := slices.IndexFunc(p.Steps, Step.needsSnapshot); i >= 0 && !snapshotCovers(in) {
 		snap := Step{Kind: StepSnapshot, Reason: "before " + p.Transition}
+		// After the imports and the Transit key: the snapshot's keys are
+		// all in Vault. Before anything else.
 		at := 0
-		if len(p.Steps) > 0 && p.Steps[0].Kind == StepImportKeys {
-			at = 1
+		for at < len(p.Steps) && (p.Steps[at].Kind == StepImportKeys || p.Steps[at].Kind == StepCreateTransitKey) {
+			at++
 		}
 		p.Steps = slices.Insert(p.Steps, at, snap)
 	}
@@ -595,14 +672,20 @@ func transition(in Input, generate bool) string {
 	if !anyRunning {
 		return "enable"
 	}
+	transit := in.Desired.Provider == cluster.VaultTransit
+	onTransit := false
 	for _, n := range in.Live.Nodes {
+		onTransit = onTransit || runsTransit(n)
 		for r, c := range n.Running() {
 			for _, e := range c {
-				if e.Kind == cluster.KindKMS || !slices.Contains(cluster.ManagedResources, r) {
+				if e.Kind == cluster.KindKMS && !e.IsTransit() || !slices.Contains(cluster.ManagedResources, r) {
 					return "managed" // from a custom config back to managed keys
 				}
 			}
 		}
+	}
+	if transit != onTransit {
+		return "managed" // to or from the keys that never leave Vault
 	}
 	if generate {
 		return "rotate"

@@ -29,7 +29,22 @@ type world struct {
 	crashAfter int
 	// limits are the operator's; unlimited unless a test bounds them.
 	limits Limits
+	// transit simulates the vault-transit provider (nil: not configured).
+	transit *transitSim
 }
+
+// transitSim is Vault's Transit key, each node's plugin, and which
+// version each node's kube-apiserver wraps with: it learns a new one only
+// at its next status poll, which AwaitKeyID (the rewrite) waits for.
+type transitSim struct {
+	exists  bool
+	latest  int
+	uses    map[string]int  // node -> version its kube-apiserver wraps with
+	plugins map[string]bool // node -> plugin current and healthy
+	keyIDs  map[string]map[string]int64
+}
+
+func (ts *transitSim) keyID(v int) string { return cluster.TransitKeyID("transit", "atrest-test", v) }
 
 // unlimited bounds no commit: the planner's own tests plan what they ask.
 var unlimited = Limits{AllowDisable: true, AllowCustomConfig: true, AllowKMS: true}
@@ -57,9 +72,29 @@ func cloneChains(cs cluster.Chains) cluster.Chains {
 	return out
 }
 
+// input is what the planner sees of the world.
+func (w *world) input() Input {
+	live := Live{Nodes: slices.Clone(w.nodes), Census: w.census}
+	if ts := w.transit; ts != nil {
+		live.Transit = TransitLive{Configured: true, Exists: ts.exists, Latest: ts.latest, MinDecryption: 1}
+		if ts.exists {
+			live.Transit.KeyID = ts.keyID(ts.latest)
+		}
+		live.KeyIDs = map[string]map[string]map[string]int64{}
+		for r, ids := range ts.keyIDs {
+			live.KeyIDs[r] = map[string]map[string]int64{cluster.TransitPrefix: maps.Clone(ids)}
+		}
+		for i := range live.Nodes {
+			ok := ts.plugins[live.Nodes[i].Name]
+			live.Nodes[i].Plugin = &PluginLive{Current: ok, Present: ok, Healthy: ok}
+		}
+	}
+	return Input{Desired: w.desired, Live: live, Keyring: w.keyring, Limits: w.limits}
+}
+
 func (w *world) plan() *Plan {
 	w.t.Helper()
-	p, err := MakePlan(Input{Desired: w.desired, Live: Live{Nodes: w.nodes, Census: w.census}, Keyring: w.keyring, Limits: w.limits})
+	p, err := MakePlan(w.input())
 	if err != nil {
 		w.t.Fatalf("plan: %v", err)
 	}
@@ -95,7 +130,23 @@ func (w *world) write(r string, n NodeLive) {
 	if w.census[r] == nil {
 		w.census[r] = map[string]int64{}
 	}
-	w.census[r][n.Running()[r].Writer()]++
+	writer := n.Running()[r].Writer()
+	if writer == cluster.TransitPrefix && !w.transit.plugins[n.Name] {
+		return // no plugin to wrap a data key: the write fails
+	}
+	w.census[r][writer]++
+	if writer == cluster.TransitPrefix {
+		ts := w.transit
+		if ts.keyIDs[r] == nil {
+			ts.keyIDs[r] = map[string]int64{}
+		}
+		v := ts.uses[n.Name]
+		if v == 0 {
+			v = ts.latest // its first data key: it asks the plugin, which wraps with the latest
+			ts.uses[n.Name] = v
+		}
+		ts.keyIDs[r][ts.keyID(v)]++
+	}
 }
 
 func (w *world) exec(s Step) {
@@ -125,6 +176,15 @@ func (w *world) exec(s Step) {
 		if w.keyring.Snapshot == "" {
 			w.t.Fatal("a node is changed before a snapshot was taken")
 		}
+		for r, c := range s.Chains {
+			if slices.ContainsFunc(c, cluster.ProviderEntry.IsTransit) {
+				for _, n := range w.nodes {
+					if !w.transit.plugins[n.Name] {
+						w.t.Fatalf("a config naming the vault-transit provider for %s is deployed before %s's plugin is healthy", r, n.Name)
+					}
+				}
+			}
+		}
 		for _, name := range s.Chains.KeyNames() {
 			if name == PendingKey {
 				w.t.Fatal("a deploy step runs before its key was generated")
@@ -152,7 +212,51 @@ func (w *world) exec(s Step) {
 				w.t.Fatalf("canary on %s is %s, step expects %s", w.nodes[i].Name, got, s.Expect)
 			}
 		}
+	case StepCreateTransitKey:
+		w.transit.exists, w.transit.latest = true, 1
+		w.desired.RotateRequested = false // served with the key, as a generate-key serves it
+	case StepRotateTransit:
+		if w.keyring.Snapshot == "" {
+			w.t.Fatal("the Transit key is rotated before a snapshot was taken")
+		}
+		w.transit.latest++
+		w.desired.RotateRequested = false
+	case StepDeployPlugin:
+		if w.keyring.Snapshot == "" {
+			w.t.Fatal("a plugin is deployed before a snapshot was taken")
+		}
+		if !w.transit.exists {
+			w.t.Fatal("a plugin is deployed before its Transit key exists")
+		}
+		for _, n := range s.Nodes {
+			w.transit.plugins[n] = true
+		}
+		for i := range w.nodes {
+			if w.nodes[i].Plugin != nil || !w.nodes[i].Ready && runsTransit(w.nodes[i]) {
+				w.nodes[i].Ready = true // a node down only for its plugin is up again
+			}
+		}
+	case StepRemovePlugin:
+		for _, n := range w.nodes {
+			if runsTransit(n) {
+				w.t.Fatalf("the plugin is removed while %s reads with it", n.Name)
+			}
+		}
+		for r, counts := range w.census {
+			if counts[cluster.TransitPrefix] > 0 {
+				w.t.Fatalf("the plugin is removed while %d %s are stored under it", counts[cluster.TransitPrefix], r)
+			}
+		}
+		w.transit.plugins = map[string]bool{}
 	case StepRewrite:
+		if s.KeyID != "" {
+			if s.KeyID != w.transit.keyID(w.transit.latest) {
+				w.t.Fatalf("rewrite proves key_id %s, the Transit key's latest is %s", s.KeyID, w.transit.keyID(w.transit.latest))
+			}
+			for _, n := range w.nodes {
+				w.transit.uses[n.Name] = w.transit.latest // AwaitKeyID: every node takes it up
+			}
+		}
 		for _, r := range s.Resources {
 			writer := w.nodes[0].Running()[r].Writer()
 			for _, n := range w.nodes {
@@ -165,12 +269,27 @@ func (w *world) exec(s Step) {
 				all += v
 			}
 			w.census[r] = map[string]int64{writer: all}
+			if writer == cluster.TransitPrefix {
+				if s.KeyID == "" {
+					w.t.Fatalf("rewrite of %s under the vault-transit writer with no key_id proven", r)
+				}
+				w.transit.keyIDs[r] = map[string]int64{s.KeyID: all}
+			} else if w.transit != nil {
+				delete(w.transit.keyIDs, r)
+			}
 		}
 	case StepVerify:
 		for _, r := range s.Resources {
 			for prefix, n := range w.census[r] {
 				if n > 0 && prefix != s.Writers[r] {
 					w.t.Fatalf("verify: %d %s under %s, want only %s", n, r, prefix, s.Writers[r])
+				}
+			}
+			if id := s.KeyIDs[r]; id != "" {
+				for got, n := range w.transit.keyIDs[r] {
+					if n > 0 && got != id {
+						w.t.Fatalf("verify: %d %s wrapped by %s, want only %s", n, r, got, id)
+					}
 				}
 			}
 		}

@@ -88,13 +88,20 @@ func needsOf(plan *Plan) preflightNeeds {
 			n.nodes.ProviderFile = true
 			for _, chain := range s.Chains {
 				for _, e := range chain {
-					if e.Kind == cluster.KindKMS && e.KMS != nil {
+					switch {
+					case e.IsTransit():
+						// atrest deploys this plugin itself, proven healthy
+						// before the config: only its mount is needed now.
+						n.nodes.ManagedKMS = true
+					case e.Kind == cluster.KindKMS && e.KMS != nil:
 						n.nodes.KMSEndpoints = append(n.nodes.KMSEndpoints, e.KMS.Endpoint)
 					}
 				}
 			}
 		case StepReload:
 			n.nodes.ProviderFile = true
+		case StepDeployPlugin:
+			n.nodes.ManagedKMS = true
 		}
 	}
 	slices.Sort(n.rewrite)

@@ -41,7 +41,7 @@ type Keys interface {
 
 // Etcd is the cluster's etcd (etcdsnap.Client).
 type Etcd interface {
-	Census(ctx context.Context, registry string, resources []string, pageSize int64) (etcdsnap.Census, error)
+	CensusKeyIDs(ctx context.Context, registry string, resources []string, pageSize int64) (etcdsnap.Census, etcdsnap.KeyIDs, error)
 	CheckRegistry(ctx context.Context, registry string) error
 	Save(ctx context.Context, store etcdsnap.Store, refs etcdsnap.KeyRefs, req etcdsnap.Manifest) (*etcdsnap.Manifest, error)
 }
@@ -83,6 +83,9 @@ type Reconciler struct {
 	// (settings policy.*): every plan this Reconciler makes, for apply,
 	// plan, status or the daemon, is refused beyond them.
 	Limits Limits
+	// KMS runs the vault-transit provider; nil when it is not configured
+	// (settings kms.*).
+	KMS *KMS
 	// OnStep, when set, is called as each step starts (done false) and
 	// ends (done true, with its error): the daemon's metrics and state.
 	OnStep func(transition string, step Step, done bool, err error)
@@ -410,6 +413,11 @@ func (r *Reconciler) finish(ctx context.Context, kr *keystore.Keyring, d Desired
 			r.logger().Info("pruned snapshots", "removed", removed)
 		}
 	}
+	// After the prune: the Transit versions only the pruned snapshots
+	// needed are no longer decrypted with.
+	if err := r.trimTransit(ctx, live); err != nil {
+		r.logger().Warn("raise the Transit key's min_decryption_version", "err", err)
+	}
 	return nil
 }
 
@@ -432,9 +440,28 @@ func (r *Reconciler) run(ctx context.Context, step Step, d Desired, live Live) e
 	case StepDeploy:
 		return r.deploy(ctx, step, d)
 	case StepRewrite:
+		if step.KeyID != "" {
+			if err := r.awaitKeyID(ctx, step.KeyID); err != nil {
+				return err
+			}
+		}
 		return r.rewrite(ctx, step)
 	case StepVerify:
 		return r.verify(ctx, step, live.EtcdPrefix)
+	case StepCreateTransitKey, StepRotateTransit, StepDeployPlugin, StepRemovePlugin:
+		if r.KMS == nil {
+			return errors.New(string(step.Kind) + ": " + NoKMS)
+		}
+		switch step.Kind {
+		case StepCreateTransitKey:
+			return r.createTransitKey(ctx, d)
+		case StepRotateTransit:
+			return r.rotateTransit(ctx, d)
+		case StepDeployPlugin:
+			return r.deployPlugin(ctx, step)
+		default:
+			return r.removePlugin(ctx)
+		}
 	case StepReload:
 		return r.Nodes.Reload(ctx, step.Node, step.Expect)
 	case StepRemoveConfig:
@@ -663,10 +690,17 @@ func (r *Reconciler) saveSnapshot(ctx context.Context, reason, revision string, 
 	if kr.Journal != nil {
 		transition = kr.Journal.ID
 	}
+	var transit *etcdsnap.TransitRef
+	if r.KMS != nil {
+		mount, key := r.KMS.Transit.Mount(), r.KMS.Transit.Key()
+		if vs := TransitVersions(live.KeyIDs, mount, key); len(vs) > 0 {
+			transit = &etcdsnap.TransitRef{Mount: mount, Key: key, Versions: vs}
+		}
+	}
 	m, err := r.Etcd.Save(ctx, r.Snapshots, r.Keys, etcdsnap.Manifest{
 		Cluster: r.Cluster, Reason: reason, Transition: transition, GitRevision: revision,
 		KeyringVersion: kr.Version, Keys: refs, Resources: resources, Config: lists, Unreadable: unreadable,
-		EtcdPrefix: etcdPrefix,
+		EtcdPrefix: etcdPrefix, Transit: transit,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
@@ -715,7 +749,7 @@ func (r *Reconciler) updateRoles(ctx context.Context, d Desired, deployed cluste
 	for i := range kr.Keys {
 		k := &kr.Keys[i]
 		switch {
-		case k.Role == keystore.RolePrimary && d.Mode == cluster.Managed:
+		case k.Role == keystore.RolePrimary && d.Mode == cluster.Managed && d.Provider == k.Provider:
 		case slices.Contains(in, k.Name):
 			k.Role = keystore.RoleReader
 		default:
@@ -733,7 +767,7 @@ func (r *Reconciler) updateRoles(ctx context.Context, d Desired, deployed cluste
 }
 
 func (r *Reconciler) verify(ctx context.Context, step Step, registry string) error {
-	c, err := r.Etcd.Census(ctx, registry, step.Resources, censusPage)
+	c, ids, err := r.Etcd.CensusKeyIDs(ctx, registry, step.Resources, censusPage)
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
@@ -742,6 +776,15 @@ func (r *Reconciler) verify(ctx context.Context, step Step, registry string) err
 		for prefix, n := range c[res] {
 			if n > 0 && prefix != step.Writers[res] {
 				problems = append(problems, fmt.Errorf("%d %s still stored under %s (want all under %s)", n, res, prefix, step.Writers[res]))
+			}
+		}
+		want := step.KeyIDs[res]
+		if want == "" {
+			continue
+		}
+		for id, n := range ids.Of(res, step.Writers[res]) {
+			if n > 0 && id != want {
+				problems = append(problems, fmt.Errorf("%d %s still wrapped by key_id %s (want all by %s)", n, res, id, want))
 			}
 		}
 	}
@@ -798,14 +841,17 @@ func (r *Reconciler) Observe(ctx context.Context, d Desired) (Live, *keystore.Ke
 		if err := r.Etcd.CheckRegistry(ctx, live.EtcdPrefix); err != nil {
 			return Live{}, nil, fmt.Errorf("census: %w", err)
 		}
-		census, err := r.Etcd.Census(ctx, live.EtcdPrefix, resources, censusPage)
+		census, ids, err := r.Etcd.CensusKeyIDs(ctx, live.EtcdPrefix, resources, censusPage)
 		if err != nil {
 			return Live{}, nil, fmt.Errorf("census: %w", err)
 		}
-		live.Census = census
+		live.Census, live.KeyIDs = census, ids
 	}
 	kr, err := r.Keys.Keyring(ctx)
 	if err != nil {
+		return Live{}, nil, err
+	}
+	if err := r.observeTransit(ctx, d, &live, kr); err != nil {
 		return Live{}, nil, err
 	}
 	return live, kr, nil

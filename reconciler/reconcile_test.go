@@ -207,12 +207,12 @@ type fakeEtcd struct {
 	saves   int
 }
 
-func (f *fakeEtcd) Census(_ context.Context, _ string, resources []string, _ int64) (etcdsnap.Census, error) {
+func (f *fakeEtcd) CensusKeyIDs(_ context.Context, _ string, resources []string, _ int64) (etcdsnap.Census, etcdsnap.KeyIDs, error) {
 	c := etcdsnap.Census{}
 	for _, r := range resources {
 		c[r] = map[string]int64{f.stored: f.secrets}
 	}
-	return c, nil
+	return c, nil, nil
 }
 func (f *fakeEtcd) CheckRegistry(context.Context, string) error { return nil }
 func (f *fakeEtcd) Save(_ context.Context, _ etcdsnap.Store, _ etcdsnap.KeyRefs, req etcdsnap.Manifest) (*etcdsnap.Manifest, error) {

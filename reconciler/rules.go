@@ -28,6 +28,9 @@ const (
 	// ReasonNotInForce: no one config runs on every node as atrest
 	// deployed it, so `atrest rke up` has none to give RKE.
 	ReasonNotInForce = "ConfigNotInForce"
+	// ReasonTransitUnavailable: the vault-transit provider is needed, but
+	// atrest has no plugin image or cannot read the Transit key.
+	ReasonTransitUnavailable = "TransitUnavailable"
 )
 
 // Refusal is a plan MakePlan will not make, because going on could lose
@@ -73,6 +76,7 @@ var refusalRules = []func(Input) error{
 	ruleEtcdPrefix,
 	ruleServing,
 	ruleKeyMaterial,
+	ruleTransitReady,
 }
 
 // ruleNodesHealthy: every node is seen, ready, and runs a config atrest
@@ -82,7 +86,7 @@ func ruleNodesHealthy(in Input) error {
 		return refuse(ReasonNoNodes, "no controlplane node observed")
 	}
 	for _, n := range in.Live.Nodes {
-		if !n.Ready && len(starved(in, n)) == 0 {
+		if !n.Ready && len(starved(in, n)) == 0 && !pluginDown(n) {
 			return refuse(ReasonNodeNotReady, "node %s: kube-apiserver is not ready; nothing will change until it is", n.Name)
 		}
 		if n.Flag && n.FileError != "" {

@@ -45,6 +45,22 @@ type Status struct {
 	// could not be listed.
 	Snapshots      []SnapshotProof `json:"snapshots,omitempty"`
 	SnapshotsError string          `json:"snapshotsError,omitempty"`
+	// Transit is the vault-transit provider's Transit key, when atrest
+	// runs the provider; KeyIDs counts the objects by the key_id (Transit
+	// version) that wraps their data key.
+	Transit *TransitStatus                         `json:"transit,omitempty"`
+	KeyIDs  map[string]map[string]map[string]int64 `json:"keyIDs,omitempty"`
+}
+
+// TransitStatus is the Transit key of the vault-transit provider.
+type TransitStatus struct {
+	Mount         string `json:"mount"`
+	Key           string `json:"key"`
+	Exists        bool   `json:"exists"`
+	Latest        int    `json:"latest,omitempty"`
+	MinDecryption int    `json:"minDecryption,omitempty"`
+	KeyID         string `json:"keyID,omitempty"`
+	Problem       string `json:"problem,omitempty"`
 }
 
 // NodeStatus is one node's state.
@@ -60,6 +76,9 @@ type NodeStatus struct {
 	ConfigHash string `json:"configHash,omitempty"`
 	Config     string `json:"config"`
 	Error      string `json:"error,omitempty"`
+	// Plugin is the node's KMS plugin, when the vault-transit provider is
+	// in use.
+	Plugin *PluginLive `json:"plugin,omitempty"`
 }
 
 // SnapshotStatus describes a snapshot.
@@ -92,6 +111,18 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 		return st, nil
 	}
 	st.Census = live.Census
+	for i := range st.Nodes {
+		for _, n := range live.Nodes {
+			if n.Name == st.Nodes[i].Name {
+				st.Nodes[i].Plugin = n.Plugin
+			}
+		}
+	}
+	if r.KMS != nil {
+		t := live.Transit
+		st.Transit = &TransitStatus{Mount: r.KMS.Transit.Mount(), Key: r.KMS.Transit.Key(), Exists: t.Exists, Latest: t.Latest, MinDecryption: t.MinDecryption, KeyID: t.KeyID, Problem: t.Problem}
+		st.KeyIDs = live.KeyIDs
+	}
 	st.Keys = kr.Keys
 	st.Journal = kr.Journal
 	st.LastRotation = kr.LastRotation
@@ -164,6 +195,18 @@ func (st *Status) Text() string {
 		if n.Error != "" {
 			fmt.Fprintf(&b, "  error: %s\n", n.Error)
 		}
+		if p := n.Plugin; p != nil {
+			switch {
+			case !p.Present:
+				b.WriteString("  kms plugin: none\n")
+			case !p.Healthy:
+				fmt.Fprintf(&b, "  kms plugin: NOT HEALTHY: %s\n", p.Problem)
+			case !p.Current:
+				fmt.Fprintf(&b, "  kms plugin: healthy, key_id %s, but not the image or flags atrest deploys\n", p.KeyID)
+			default:
+				fmt.Fprintf(&b, "  kms plugin: healthy, key_id %s\n", p.KeyID)
+			}
+		}
 	}
 	for _, r := range sortedKeys(st.Census) {
 		var parts []string
@@ -171,6 +214,23 @@ func (st *Status) Text() string {
 			parts = append(parts, fmt.Sprintf("%d under %s", st.Census[r][p], p))
 		}
 		fmt.Fprintf(&b, "census %s: %s\n", r, strings.Join(parts, ", "))
+	}
+	if t := st.Transit; t != nil && (t.Exists || t.Problem != "") {
+		if t.Exists {
+			fmt.Fprintf(&b, "transit key %s/%s: latest version %d (key_id %s), decrypts from version %d\n", t.Mount, t.Key, t.Latest, t.KeyID, t.MinDecryption)
+		}
+		if t.Problem != "" {
+			fmt.Fprintf(&b, "transit: %s\n", t.Problem)
+		}
+	}
+	for _, r := range sortedKeys(st.KeyIDs) {
+		for _, p := range sortedKeys(st.KeyIDs[r]) {
+			var parts []string
+			for _, id := range sortedKeys(st.KeyIDs[r][p]) {
+				parts = append(parts, fmt.Sprintf("%d with key_id %s", st.KeyIDs[r][p][id], id))
+			}
+			fmt.Fprintf(&b, "census %s under %s: %s\n", r, p, strings.Join(parts, ", "))
+		}
 	}
 	for _, k := range st.Keys {
 		outside := ""

@@ -61,6 +61,10 @@ printf %s "$HOST" >/proc/sys/kernel/hostname
 mkdir -p /etc/kubernetes
 mount --bind "$NODE/etc-kubernetes" /etc/kubernetes
 mount --bind "$NODE/run" /run
+# atrest's KMS plugin keeps its Vault credential in /etc/atrest-kms: each
+# node its own, as on real hosts.
+mkdir -p "$NODE/etc-atrest-kms" /etc/atrest-kms
+mount --bind "$NODE/etc-atrest-kms" /etc/atrest-kms
 mkdir -p /run/sshd
 /usr/sbin/sshd -D -f "$NODE/ssh/sshd_config" -E "$NODE/sshd.log" &
 sshd=$!
@@ -386,7 +390,11 @@ func (sb *Sandbox) AdminClient() (*http.Client, error) {
 
 // writeRootfs writes a tar holding the kube-apiserver binary and the few
 // directories it expects: the whole image, for `docker import`.
-func writeRootfs(file, binary string) error {
+func writeRootfs(file, binary string) error { return writeImage(file, binary, "kube-apiserver") }
+
+// writeImage writes a tar holding binary as /usr/local/bin/name and the
+// few directories a static binary expects, for `docker import`.
+func writeImage(file, binary, name string) error {
 	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
 		return err
 	}
@@ -414,7 +422,7 @@ func writeRootfs(file, binary string) error {
 	if err != nil {
 		return err
 	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "usr/local/bin/kube-apiserver", Mode: 0o755, Size: st.Size(), ModTime: time.Unix(0, 0)}); err != nil {
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "usr/local/bin/" + name, Mode: 0o755, Size: st.Size(), ModTime: time.Unix(0, 0)}); err != nil {
 		return err
 	}
 	if _, err := io.Copy(tw, bin); err != nil {

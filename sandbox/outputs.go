@@ -105,6 +105,21 @@ ssh:
   knownHostsFile: {{.KnownHostsFile}}
 snapshots:
   dir: {{.Dir}}/snapshots
+{{- if .KMSPluginImage}}
+# provider: vault-transit in atrest.yaml: the plugin on every node, and the
+# Transit key it wraps kube-apiserver's data keys with.
+kms:
+  image: {{.KMSPluginImage}}
+  transitMount: transit
+  approleMount: approle
+{{- if .Vault.CAFile}}
+  vaultCAFile: {{.Vault.CAFile}}
+{{- end}}
+{{- if .Vault.PlainHTTP}}
+  vaultInsecureAllowHTTP: true
+{{- end}}
+  awaitTimeout: 3m
+{{- end}}
 listen:
   metrics: {{.MetricsAddress}}
 # The sandbox is for trying and testing every transition: its commits

@@ -51,6 +51,11 @@ type Options struct {
 	// sandbox's kube-apiserver (tools/build.sh) takes it from
 	// $ATREST_SANDBOX_RELOAD_POLL, the release polls once a minute.
 	ReloadPoll time.Duration
+	// KMSPlugin is an atrest binary: when set, each node gets an image
+	// holding it (KMSPluginImage), Vault gets a Transit engine and the
+	// plugins' AppRole role, and the settings file turns the vault-transit
+	// provider on. Empty: $ATREST_KMS_PLUGIN (unset: no KMS).
+	KMSPlugin string
 	// Log receives progress lines (default: discarded).
 	Log io.Writer
 }
@@ -161,6 +166,9 @@ func Start(ctx context.Context, opts Options) (sb *Sandbox, err error) {
 	if opts.Vault == "" {
 		opts.Vault = os.Getenv("ATREST_VAULT")
 	}
+	if opts.KMSPlugin == "" {
+		opts.KMSPlugin = os.Getenv("ATREST_KMS_PLUGIN")
+	}
 	if opts.ReloadPoll <= 0 {
 		opts.ReloadPoll = DefaultReloadPoll
 	}
@@ -218,6 +226,7 @@ func Start(ctx context.Context, opts Options) (sb *Sandbox, err error) {
 		{"kube-apiserver containers", sb.startAPIServers},
 		{"vault", sb.startVault},
 		{"git", sb.startGit},
+		{"kms (transit, plugin image)", sb.setupKMS},
 		{"outputs", sb.writeOutputs},
 	}
 	total := time.Now()

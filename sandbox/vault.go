@@ -71,6 +71,15 @@ func (sb *Sandbox) vaultProc() *proc {
 	return nil
 }
 
+// VaultPID is the running Vault's process id (0 when none), for tests
+// that make it unreachable for a while (SIGSTOP, SIGCONT).
+func (sb *Sandbox) VaultPID() int {
+	if p := sb.vaultProc(); p != nil {
+		return p.PID
+	}
+	return 0
+}
+
 // StopVault stops Vault (tests use it to see atrest meet a Vault that is
 // down). Persistent Vault keeps its data; StartVault brings it back.
 func (sb *Sandbox) StopVault(context.Context) error {

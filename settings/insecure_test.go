@@ -53,6 +53,18 @@ func TestValidateInsecure(t *testing.T) {
 			want: []string{"VAULT_SKIP_VERIFY"}},
 		{name: "vault not needed", args: vault("--vault-address", "http://vault.example:8200", "--snapshots-dir", dir), env: map[string]string{"VAULT_SKIP_VERIFY": "true"}, needs: []Need{NeedSnapshots}},
 
+		// The vault-transit provider's plugins reach Vault from the nodes:
+		// their address is checked as atrest's own is.
+		{name: "kms off: nothing checked", args: vault("--vault-address", "https://vault.example:8200", "--kms-vault-address", "http://x:8200"), needs: []Need{NeedVault}},
+		{name: "kms plugins over https", args: vault("--vault-address", "https://vault.example:8200", "--kms-image", "atrest:v1", "--kms-vault-ca-file", "/etc/ssl/vault.pem"), needs: []Need{NeedVault}},
+		{name: "kms plugins over http refused", args: vault("--vault-address", "https://vault.example:8200", "--kms-image", "atrest:v1", "--kms-vault-address", "http://10.0.0.5:8200"), needs: []Need{NeedVault},
+			want: []string{`kms.vaultAddress: "http://10.0.0.5:8200" is plain http`, "DANGEROUS, allow it with kms.vaultInsecureAllowHTTP (--kms-vault-insecure-allow-http, ATREST_KMS_VAULT_INSECURE_ALLOW_HTTP)"}},
+		{name: "kms plugins over http allowed", args: vault("--vault-address", "https://vault.example:8200", "--kms-image", "atrest:v1", "--kms-vault-address", "http://10.0.0.5:8200", "--kms-vault-insecure-allow-http"), needs: []Need{NeedVault}},
+		{name: "kms plugins take vault.address, and its allowance does not stand for theirs", args: vault("--vault-address", "http://vault.example:8200", "--vault-insecure-allow-http", "--kms-image", "atrest:v1"), needs: []Need{NeedVault},
+			want: []string{`kms.vaultAddress: "http://vault.example:8200" is plain http`}},
+		{name: "kms names and paths", args: vault("--vault-address", "https://vault.example:8200", "--kms-image", "atrest:v1", "--kms-transit-key", "a/b", "--kms-transit-mount", "/transit", "--kms-vault-ca-file", "vault.pem", "--kms-await-timeout", "30s"), needs: []Need{NeedVault},
+			want: []string{`kms.transitKey: "a/b" must be letters`, `kms.transitMount: "/transit" must be a path`, `kms.vaultCAFile: "vault.pem" must be an absolute path on the nodes`, "kms.awaitTimeout: must be at least 1m10s"}},
+
 		{name: "etcd https with CA", args: []string{"--etcd-endpoints", "https://10.0.0.1:2379", "--etcd-ca-file", ca}, needs: []Need{NeedEtcd}},
 		{name: "etcd http refused", args: []string{"--etcd-endpoints", "https://10.0.0.1:2379,http://10.0.0.2:2379", "--etcd-ca-file", ca}, needs: []Need{NeedEtcd},
 			want: []string{`etcd.endpoints: "http://10.0.0.2:2379" is plaintext`, "use https:// with etcd.caFile", "DANGEROUS, allow it with etcd.insecureAllowHTTP (--etcd-insecure-allow-http, ATREST_ETCD_INSECURE_ALLOW_HTTP)", "(from flag --etcd-endpoints)"},
@@ -133,8 +145,9 @@ func TestInsecureList(t *testing.T) {
 	if got := keys("--vault-address", "https://v:8200", "--vault-insecure-allow-http", "--etcd-endpoints", "https://e:2379", "--etcd-insecure-allow-http"); len(got) != 0 {
 		t.Errorf("allowed but not in effect: %v", got)
 	}
-	got := keys("--vault-address", "http://v:8200", "--vault-insecure-allow-http", "--vault-insecure-skip-tls-verify", "--etcd-endpoints", "http://e:2379", "--etcd-insecure-allow-http")
-	if want := []string{"vault.insecureAllowHTTP", "vault.insecureSkipTLSVerify", "etcd.insecureAllowHTTP"}; !slices.Equal(got, want) {
+	got := keys("--vault-address", "http://v:8200", "--vault-insecure-allow-http", "--vault-insecure-skip-tls-verify", "--etcd-endpoints", "http://e:2379", "--etcd-insecure-allow-http",
+		"--kms-image", "atrest:v1", "--kms-vault-insecure-allow-http")
+	if want := []string{"vault.insecureAllowHTTP", "kms.vaultInsecureAllowHTTP", "vault.insecureSkipTLSVerify", "etcd.insecureAllowHTTP"}; !slices.Equal(got, want) {
 		t.Errorf("Insecure = %v, want %v", got, want)
 	}
 }

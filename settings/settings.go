@@ -30,6 +30,7 @@ type Settings struct {
 	Kubernetes Kubernetes `json:"kubernetes"`
 	SSH        SSH        `json:"ssh"`
 	Snapshots  Snapshots  `json:"snapshots"`
+	KMS        KMS        `json:"kms"`
 	Listen     Listen     `json:"listen"`
 	Daemon     Daemon     `json:"daemon"`
 	Policy     Policy     `json:"policy"`
@@ -151,6 +152,35 @@ type Snapshots struct {
 	DrillInterval time.Duration `json:"drillInterval"`
 }
 
+// KMS is the vault-transit provider (atrest.yaml provider: vault-transit):
+// the Vault Transit key that wraps kube-apiserver's data keys and never
+// leaves Vault, and the plugin atrest runs on every controlplane node.
+type KMS struct {
+	// Image is the plugin's image: atrest's own, which holds atrest at
+	// /usr/local/bin/atrest. Empty: the provider is off.
+	Image string `json:"image"`
+	// TransitMount and TransitKey name the Transit key (default transit,
+	// atrest-<cluster.name>).
+	TransitMount string `json:"transitMount"`
+	TransitKey   string `json:"transitKey"`
+	// AppRoleMount and AppRoleRole are the AppRole the plugins log in
+	// with (default approle, atrest-kms-<cluster.name>): atrest issues a
+	// secret id of it for each node.
+	AppRoleMount string `json:"approleMount"`
+	AppRoleRole  string `json:"approleRole"`
+	// VaultAddress is Vault as the nodes reach it (default vault.address);
+	// VaultCAFile a CA bundle on the nodes that verifies it; Namespace
+	// its Enterprise namespace (default vault.namespace).
+	VaultAddress string `json:"vaultAddress"`
+	VaultCAFile  string `json:"vaultCAFile"`
+	// VaultInsecureAllowHTTP lets the plugins reach Vault over plain http.
+	VaultInsecureAllowHTTP bool `json:"vaultInsecureAllowHTTP"`
+	// AwaitTimeout bounds the wait, after a rotation, for every
+	// kube-apiserver to wrap with the new version (it polls its plugin's
+	// status once a minute).
+	AwaitTimeout time.Duration `json:"awaitTimeout"`
+}
+
 // Listen is what the daemon serves.
 type Listen struct {
 	Metrics           string `json:"metrics"`
@@ -216,6 +246,7 @@ func Default() *Settings {
 		Kubernetes: Kubernetes{QPS: 200, Burst: 400, RewriteWorkers: 16},
 		SSH:        SSH{Timeout: 30 * time.Second, ReadyTimeout: 3 * time.Minute, ReloadTimeout: 3*time.Minute + 30*time.Second},
 		Snapshots:  Snapshots{DrillInterval: 24 * time.Hour},
+		KMS:        KMS{TransitMount: "transit", AppRoleMount: "approle", AwaitTimeout: 4 * time.Minute},
 		Listen:     Listen{Metrics: "127.0.0.1:9795"},
 		Daemon:     Daemon{MaxBackoff: 10 * time.Minute, StallAfter: 3},
 		Policy:     Policy{MinRotationInterval: time.Hour, MinSnapshotRetention: DefaultMinSnapshotRetention, AllowCustomConfig: true, AllowKMS: true},
@@ -296,6 +327,16 @@ func (s *Settings) fields() []field {
 
 		{"snapshots.dir", "directory for etcd snapshots and their manifests", &s.Snapshots.Dir},
 		{"snapshots.drillInterval", "how often the daemon decrypts every kept snapshot again with the keys in Vault, to prove it restorable (a new snapshot is drilled at once)", &s.Snapshots.DrillInterval},
+
+		{"kms.image", "image of the KMS plugin of provider vault-transit (atrest's, holding /usr/local/bin/atrest); empty: vault-transit is off", &s.KMS.Image},
+		{"kms.transitMount", "mount path of Vault's Transit secrets engine", &s.KMS.TransitMount},
+		{"kms.transitKey", "Transit key that wraps kube-apiserver's data keys (default atrest-<cluster.name>)", &s.KMS.TransitKey},
+		{"kms.approleMount", "mount path of the AppRole auth method the plugins log in with", &s.KMS.AppRoleMount},
+		{"kms.approleRole", "AppRole role of the plugins, allowed only encrypt and decrypt on the Transit key (default atrest-kms-<cluster.name>)", &s.KMS.AppRoleRole},
+		{"kms.vaultAddress", "Vault's address as the controlplane nodes reach it (default vault.address)", &s.KMS.VaultAddress},
+		{"kms.vaultCAFile", "path ON THE NODES of the CA bundle that verifies Vault for the plugins", &s.KMS.VaultCAFile},
+		{"kms.vaultInsecureAllowHTTP", "DANGEROUS: let the plugins reach Vault over plain http: data keys and their token in plaintext", &s.KMS.VaultInsecureAllowHTTP},
+		{"kms.awaitTimeout", "how long every kube-apiserver may take to wrap with a rotated Transit key's new version (it polls its plugin once a minute)", &s.KMS.AwaitTimeout},
 
 		{"listen.metrics", "address for /metrics, /healthz and /readyz", &s.Listen.Metrics},
 		{"listen.webhook", "address for the Git webhook (empty: no webhook)", &s.Listen.Webhook},

@@ -266,7 +266,65 @@ func (v *validator) vault() {
 			v.add(k.key, "%q must be a path without leading or trailing slash or ..", k.val)
 		}
 	}
+	v.kms()
 }
+
+// KMSVaultAddress is Vault's address as the KMS plugins reach it.
+func (s *Settings) KMSVaultAddress() string {
+	if s.KMS.VaultAddress != "" {
+		return s.KMS.VaultAddress
+	}
+	addr, _ := s.VaultAddress()
+	return addr
+}
+
+// TransitKey is the vault-transit provider's Transit key name.
+func (s *Settings) TransitKey() string {
+	if s.KMS.TransitKey != "" {
+		return s.KMS.TransitKey
+	}
+	return "atrest-" + s.Cluster.Name
+}
+
+// PluginRole is the AppRole role the KMS plugins log in with.
+func (s *Settings) PluginRole() string {
+	if s.KMS.AppRoleRole != "" {
+		return s.KMS.AppRoleRole
+	}
+	return "atrest-kms-" + s.Cluster.Name
+}
+
+// kms checks the vault-transit provider's settings, when it is on.
+func (v *validator) kms() {
+	k := v.s.KMS
+	if k.Image == "" {
+		return
+	}
+	for _, p := range []struct{ key, val string }{{"kms.transitMount", k.TransitMount}, {"kms.approleMount", k.AppRoleMount}} {
+		if v.required(p.key, p.val, "a Vault mount path") && (strings.HasPrefix(p.val, "/") || strings.HasSuffix(p.val, "/") || strings.Contains(p.val, "..")) {
+			v.add(p.key, "%q must be a path without leading or trailing slash or ..", p.val)
+		}
+	}
+	for _, p := range []struct{ key, val string }{{"kms.transitKey", k.TransitKey}, {"kms.approleRole", k.AppRoleRole}} {
+		if p.val != "" && !vaultName.MatchString(p.val) {
+			v.add(p.key, "%q must be letters, digits, '.', '_' or '-', starting with a letter or digit", p.val)
+		}
+	}
+	addr := v.s.KMSVaultAddress()
+	if u, err := url.Parse(addr); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		v.add("kms.vaultAddress", "%q is not an http(s):// URL: the plugins on the nodes reach Vault there", addr)
+	} else if u.Scheme == "http" && !k.VaultInsecureAllowHTTP {
+		v.add("kms.vaultAddress", "%q is plain http: every data key and the plugins' token would cross the network unencrypted; use https:// (with kms.vaultCAFile, a CA bundle on the nodes) %s", addr, allowHint("kms.vaultInsecureAllowHTTP"))
+	}
+	if k.VaultCAFile != "" && !strings.HasPrefix(k.VaultCAFile, "/") {
+		v.add("kms.vaultCAFile", "%q must be an absolute path on the nodes", k.VaultCAFile)
+	}
+	if k.AwaitTimeout < 70*time.Second {
+		v.add("kms.awaitTimeout", "must be at least 1m10s (kube-apiserver polls its KMS plugin's status once a minute), not %s", k.AwaitTimeout)
+	}
+}
+
+var vaultName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
 func (v *validator) etcd() {
 	e := v.s.Etcd
@@ -381,6 +439,9 @@ func (s *Settings) Insecure(needs ...Need) []Insecurity {
 		case NeedVault:
 			if addr, _ := s.VaultAddress(); s.Vault.InsecureAllowHTTP && strings.HasPrefix(strings.ToLower(addr), "http://") {
 				out = append(out, Insecurity{"vault.insecureAllowHTTP", "Vault at " + addr + " is reached over plain http"})
+			}
+			if addr := s.KMSVaultAddress(); s.KMS.Image != "" && s.KMS.VaultInsecureAllowHTTP && strings.HasPrefix(strings.ToLower(addr), "http://") {
+				out = append(out, Insecurity{"kms.vaultInsecureAllowHTTP", "the KMS plugins reach Vault at " + addr + " over plain http"})
 			}
 			if s.Vault.InsecureSkipTLSVerify {
 				out = append(out, Insecurity{"vault.insecureSkipTLSVerify", "Vault's TLS certificate is not verified"})

@@ -22,7 +22,41 @@ func newKeysCommand() *cobra.Command {
 		Use:   "keys",
 		Short: "The keys of the cluster's keyring in Vault",
 	}
-	cmd.AddCommand(newKeysDestroyRetiredCommand())
+	cmd.AddCommand(newKeysDestroyRetiredCommand(), newKeysRotatePluginCredentialsCommand())
+	return cmd
+}
+
+func newKeysRotatePluginCredentialsCommand() *cobra.Command {
+	var src source
+	var nodes []string
+	cmd := &cobra.Command{
+		Use:   "rotate-plugin-credentials",
+		Short: "Give the KMS plugin on each node a fresh Vault secret id, and revoke the old one",
+		Long: `rotate-plugin-credentials replaces the Vault credential of the KMS plugin
+(provider vault-transit) on every controlplane node that runs one, or on the
+nodes --node names: one node at a time, under the transition lock, it issues
+a new AppRole secret id for that node, writes it to the node (0600, over
+SSH), starts the plugin again, proves it healthy with it, and revokes the
+secret id it replaces. Use it on a schedule of your own, or at once when a
+node's disk or backup may have leaked its credential.`,
+		Args: cobra.NoArgs,
+	}
+	loader := withSettings(cmd)
+	src.bind(cmd)
+	cmd.Flags().StringSliceVar(&nodes, "node", nil, "only these nodes (by cluster.yml's hostname_override or address); default every node with a plugin")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		_, e, err := connect(cmd, loader, &src)
+		if err != nil {
+			return errorExit(err)
+		}
+		defer e.Close()
+		host, _ := os.Hostname()
+		if err := e.rec.RotatePluginCredentials(cmd.Context(), fmt.Sprintf("atrest keys rotate-plugin-credentials pid %d on %s", os.Getpid(), host), nodes); err != nil {
+			return errorExit(err)
+		}
+		fmt.Fprintln(cmd.OutOrStdout(), "the KMS plugins run with fresh Vault credentials; the ones they replace are revoked")
+		return nil
+	}
 	return cmd
 }
 

@@ -78,7 +78,7 @@ transition (enable, disable, rotate, custom config) safely and resumably.`,
 	root.SetErr(stderr)
 	root.AddCommand(newValidateCommand(), newPlanCommand(), newApplyCommand(), newStatusCommand(),
 		newRotateKeyCommand(), newSnapshotCommand(), newAdoptCommand(), newRunCommand(), newVersionCommand(),
-		newResumeCommand(), newUnlockCommand(), newKeysCommand(), newRKECommand(), newOptionsCommand())
+		newResumeCommand(), newUnlockCommand(), newKeysCommand(), newRKECommand(), newOptionsCommand(), newKMSPluginCommand())
 	// Added now, not at Execute, so that strictGroups sees it too.
 	root.InitDefaultCompletionCmd()
 	strictGroups(root)

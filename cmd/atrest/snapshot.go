@@ -236,7 +236,7 @@ func snapshotKeeper(cmd *cobra.Command, s *settings.Settings, store etcdsnap.Sto
 	if err != nil {
 		return nil, nil, err
 	}
-	return &reconciler.Reconciler{Keys: keys, Snapshots: store, Cluster: s.Cluster.Name, Logger: log}, keys.Close, nil
+	return &reconciler.Reconciler{Keys: keys, Snapshots: store, Cluster: s.Cluster.Name, Logger: log, KMS: kmsOf(s, keys, nil)}, keys.Close, nil
 }
 
 func newSnapshotRestoreConfigCommand() *cobra.Command {

@@ -232,9 +232,44 @@ func open(ctx context.Context, s *settings.Settings, cfg *cluster.Config, policy
 		Nodes: e.nodes, Keys: e.keys, Etcd: e.etcd, Snapshots: e.snaps, Rewriter: rw, Locks: reconciler.StoreLocker(e.keys), Cluster: s.Cluster.Name,
 		Holder:       fmt.Sprintf("atrest %s pid %d on %s", version, os.Getpid(), host),
 		FeatureGates: cfg.KubeAPI.ExtraArgs["feature-gates"], Retention: policy.Retention, StallAfter: s.Daemon.StallAfter, Logger: log,
-		Limits: limits(s),
+		Limits: limits(s), KMS: kmsOf(s, e.keys, e.nodes),
 	}
 	return e, nil
+}
+
+// kmsOf is the vault-transit provider the settings give (kms.*), nil when
+// kms.image is not set; plugins is nil for commands that reach no node
+// (the snapshot drill needs Vault alone).
+func kmsOf(s *settings.Settings, keys *keystore.Store, plugins reconciler.Plugins) *reconciler.KMS {
+	if s.KMS.Image == "" {
+		return nil
+	}
+	transit := keys.Transit(s.KMS.TransitMount, s.TransitKey())
+	return &reconciler.KMS{
+		Plugins: plugins, Transit: transit, Credentials: keys.PluginRole(s.KMS.AppRoleMount, s.PluginRole()),
+		Spec: pluginSpec(s), AwaitTimeout: s.KMS.AwaitTimeout, Service: keystore.NewKMSService(transit, nil),
+	}
+}
+
+// pluginSpec is the container every node runs `atrest kms-plugin` in.
+func pluginSpec(s *settings.Settings) controlplane.PluginSpec {
+	k := s.KMS
+	args := []string{"--transit-mount", k.TransitMount, "--transit-key", s.TransitKey(), "--vault-address", s.KMSVaultAddress(),
+		"--auth", keystore.AuthAppRole, "--approle-mount", k.AppRoleMount,
+		"--approle-role-id-file", controlplane.KMSRoleIDFile, "--approle-secret-id-file", controlplane.KMSSecretIDFile,
+		"--log-format", "json"}
+	var binds []string
+	if k.VaultCAFile != "" {
+		args = append(args, "--vault-ca-file", k.VaultCAFile)
+		binds = append(binds, k.VaultCAFile+":"+k.VaultCAFile+":ro")
+	}
+	if s.Vault.Namespace != "" {
+		args = append(args, "--vault-namespace", s.Vault.Namespace)
+	}
+	if k.VaultInsecureAllowHTTP {
+		args = append(args, "--vault-insecure-allow-http")
+	}
+	return controlplane.PluginSpec{Image: k.Image, Args: args, Binds: binds}
 }
 
 // limits are the operator's bounds on commits, from the settings' policy
@@ -365,11 +400,16 @@ func checkREST(s *settings.Settings, cfg *rest.Config, origin string, log *slog.
 }
 
 func newLogger(s *settings.Settings, w io.Writer) *slog.Logger {
+	return loggerFor(s.Log.Format, s.Log.Level, w)
+}
+
+// loggerFor logs in format (text or json) at level to w.
+func loggerFor(format, lvl string, w io.Writer) *slog.Logger {
 	var level slog.Level
-	_ = level.UnmarshalText([]byte(s.Log.Level))
+	_ = level.UnmarshalText([]byte(lvl))
 	opts := &slog.HandlerOptions{Level: level}
 	var h slog.Handler = slog.NewTextHandler(w, opts)
-	if s.Log.Format == "json" {
+	if format == "json" {
 		h = slog.NewJSONHandler(w, opts)
 	}
 	// client-go and apiserver's transformers log through klog, which is

@@ -32,6 +32,9 @@ func Build() (string, func(), error) {
 	// By import path, so it builds from any package's directory.
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/atrest-io/atrest/cmd/atrest")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	// Static, as `make build` and the image build it: the sandbox runs it
+	// in a container of its own (the KMS plugin's).
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if err := build.Run(); err != nil {
 		cleanup()
 		return "", nil, fmt.Errorf("build atrest: %w", err)
