@@ -237,9 +237,11 @@ func TestMetricsFromStatus(t *testing.T) {
 	d := newTestDaemon(t)
 	st := &reconciler.Status{
 		Nodes: []reconciler.NodeStatus{
-			{Name: "n1", Ready: true, FileSHA256: "aa", ConfigHash: "sha256:c1"},
-			{Name: "n2", Ready: false, FileSHA256: "bb", ConfigHash: "sha256:c2"},
+			{Name: "n1", Ready: true, FileSHA256: "aa", ConfigHash: "sha256:c1", Plugin: &reconciler.PluginLive{Current: true, Present: true, Healthy: true}},
+			{Name: "n2", Ready: false, FileSHA256: "bb", ConfigHash: "sha256:c2", Plugin: &reconciler.PluginLive{Present: true}},
 		},
+		Transit:      &reconciler.TransitStatus{Exists: true, Latest: 3, MinDecryption: 2},
+		KeyIDs:       map[string]map[string]map[string]int64{"secrets": {"kms:v2:atrest-vault-transit": {"transit/k:v3": 7}}},
 		DeployedHash: "sha256:c1",
 		Census:       map[string]map[string]int64{"secrets": {"aescbc:v1:k-abcde": 500, "identity": 3}},
 		Keys:         []keystore.KeyInfo{{Name: "k-abcde", Role: keystore.RolePrimary}, {Name: "k-old", Role: keystore.RoleRetired}},
@@ -257,6 +259,9 @@ func TestMetricsFromStatus(t *testing.T) {
 		`atrest_keys{role="primary"} 1`, `atrest_keys{role="retired"} 1`,
 		"atrest_snapshot_age_seconds 1", "atrest_rotation_age_seconds 36", "atrest_rotation_next_seconds ",
 		"atrest_rotation_next_timestamp_seconds ", `atrest_reconcile_total{result="in-sync"} 0`,
+		`atrest_kms_plugin_healthy{node="n1"} 1`, `atrest_kms_plugin_healthy{node="n2"} 0`,
+		`atrest_transit_key_version{which="latest"} 3`, `atrest_transit_key_version{which="min_decryption"} 2`,
+		`atrest_census_key_id_objects{key_id="transit/k:v3",resource="secrets",stored_as="kms:v2:atrest-vault-transit"} 7`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("/metrics lacks %q", want)

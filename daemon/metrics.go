@@ -44,6 +44,9 @@ type metrics struct {
 	restorable        *prometheus.GaugeVec
 	proven            *prometheus.GaugeVec
 	drills            *prometheus.CounterVec
+	pluginHealthy     *prometheus.GaugeVec
+	transit           *prometheus.GaugeVec
+	keyIDs            *prometheus.GaugeVec
 
 	// times backs the gauges of ages, read at scrape time.
 	mu    sync.Mutex
@@ -92,6 +95,13 @@ func newMetrics() *metrics {
 		Help: "Snapshot decryption drills run, by verdict: Restorable, NotRestorable, Unproven."}, []string{"verdict"})
 	m.rotations = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_scheduled_rotations_total", Help: "Scheduled rotations requested (each served once)."})
 
+	m.pluginHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_kms_plugin_healthy",
+		Help: "Provider vault-transit: 1 when the node's KMS plugin runs the spec atrest deploys and answers its status through its socket, 0 when not."}, []string{"node"})
+	m.transit = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_transit_key_version",
+		Help: "Provider vault-transit: the Transit key's latest version (which=latest) and the oldest Vault still decrypts with (which=min_decryption)."}, []string{"which"})
+	m.keyIDs = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_census_key_id_objects",
+		Help: "Objects a KMS v2 provider stored, by resource, storage prefix and the key_id (Transit version) wrapping their data key."}, []string{"resource", "stored_as", "key_id"})
+	m.reg.MustRegister(m.pluginHealthy, m.transit, m.keyIDs)
 	m.reg.MustRegister(m.reconciles, m.reconcileDuration, m.failures, m.suspended, m.stalled, m.revision, m.refused,
 		m.nodeReady, m.nodeDeployed, m.nodesAgree, m.census, m.keys, m.step, m.rewriteListed, m.rewriteUpdated,
 		m.gitPolls, m.gitPollDuration, m.gitFetches, m.gitFetchDuration, m.gitFetchedBytes, m.webhook, m.rotations,
@@ -169,6 +179,25 @@ func (m *metrics) observeStatus(st *reconciler.Status, next time.Time) {
 	m.keys.Reset()
 	for _, k := range st.Keys {
 		m.keys.WithLabelValues(string(k.Role)).Inc()
+	}
+	m.pluginHealthy.Reset()
+	for _, n := range st.Nodes {
+		if n.Plugin != nil {
+			m.pluginHealthy.WithLabelValues(n.Name).Set(bool01(n.Plugin.Current))
+		}
+	}
+	m.transit.Reset()
+	if t := st.Transit; t != nil && t.Exists {
+		m.transit.WithLabelValues("latest").Set(float64(t.Latest))
+		m.transit.WithLabelValues("min_decryption").Set(float64(t.MinDecryption))
+	}
+	m.keyIDs.Reset()
+	for res, byPrefix := range st.KeyIDs {
+		for prefix, ids := range byPrefix {
+			for id, n := range ids {
+				m.keyIDs.WithLabelValues(res, prefix, id).Set(float64(n))
+			}
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -295,6 +295,40 @@ func TestKMS(t *testing.T) {
 		t.Errorf("rotate-plugin-credentials: exit %d, secret ids before %v, after %v:\n%s", code, before, after, out)
 	}
 
+	// A new plugin image rolls out node by node; one that does not start
+	// is put back on the first node, and goes no further.
+	for i := range sb.Nodes {
+		for tag, from := range map[string]string{"atrest-sandbox/atrest:kms-next": sb.KMSPluginImage(), "atrest-sandbox/atrest:broken": sb.KubeAPIServerImage()} {
+			if _, err := sb.Docker(context.Background(), i, "tag", from, tag); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ids := func() []string {
+		var out []string
+		for i := range sb.Nodes {
+			id, _, _ := pluginContainer(t, i)
+			out = append(out, id)
+		}
+		return out
+	}
+	was := ids()
+	code, out = run(t, "apply", "--config", managed, "--policy", transitPolicy, "--kms-image", "atrest-sandbox/atrest:broken")
+	said = append(said, out)
+	if code == 0 || !strings.Contains(out, "stopped at node1") || !slices.Equal(ids(), was) {
+		t.Errorf("a plugin image that does not start: exit %d, containers %v, were %v:\n%s", code, ids(), was, out)
+	}
+	out = apply("upgrade the plugin", "apply", "--config", managed, "--policy", transitPolicy, "--kms-image", "atrest-sandbox/atrest:kms-next")
+	now := ids()
+	for i := range now {
+		if now[i] == was[i] {
+			t.Errorf("node%d's plugin was not upgraded", i+1)
+		}
+	}
+	if code, out := run(t, "plan", "--config", managed, "--policy", transitPolicy, "--kms-image", "atrest-sandbox/atrest:kms-next"); code != 0 {
+		t.Errorf("plan after the upgrade: exit %d:\n%s", code, out)
+	}
+
 	// 4. Back to aescbc, the same way: readers first, rewrite, and the
 	// plugin goes once nothing needs it.
 	apply("back to aescbc", "apply", "--config", managed, "--policy", aescbcPolicy)

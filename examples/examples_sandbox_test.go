@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	atrestBin = bin
-	code := sandboxtest.Main(m, sandbox.Options{Nodes: 1}, &sb)
+	code := sandboxtest.Main(m, sandbox.Options{Nodes: 1, KMSPlugin: bin}, &sb)
 	cleanup()
 	os.Exit(code)
 }
@@ -289,6 +289,93 @@ func TestVaultPolicy(t *testing.T) {
 	t.Run("destroy-retired", func(t *testing.T) {
 		testDestroyRetired(t, ctx, root, leak, name, config, env)
 	})
+
+	t.Run("vault-transit", func(t *testing.T) {
+		testTransitPolicy(t, ctx, root, leak, name, config, env, token)
+	})
+}
+
+// testTransitPolicy proves the examples' vault-transit policies enough and
+// no more: the plugins' AppRole role made as vault-policy-kms-plugin.hcl
+// says, atrest with only vault-policy.hcl's token switches the cluster to
+// provider vault-transit (Transit key, a secret id per node, the plugin on
+// the node, rewrite), and then neither token reaches more than it lists.
+func testTransitPolicy(t *testing.T, ctx context.Context, root *vault.Client, leak *leaktest.Watch, name, config string, env []string, token string) {
+	pluginPolicy, err := os.ReadFile("vault-policy-kms-plugin.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	role := "atrest-kms-" + name
+	transitKey := "atrest-" + name
+	if err := root.Sys().PutPolicyWithContext(ctx, role, string(pluginPolicy)); err != nil {
+		t.Fatal(err)
+	}
+	// As the policy file's comment says to make it.
+	if _, err := root.Logical().WriteWithContext(ctx, "auth/approle/role/"+role, map[string]any{
+		"token_policies": role, "token_ttl": "1h", "token_max_ttl": "24h", "secret_id_ttl": "0", "secret_id_num_uses": 0,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	policy := writeFile(t, "atrest.yaml", "provider: vault-transit\n")
+	code, out := atrest(t, env, "apply", "--config", config, "--policy", policy)
+	leak.Note(out)
+	if code != 0 || !strings.Contains(out, "create the Transit key") || !strings.Contains(out, "start the KMS plugin") {
+		t.Fatalf("apply switching to vault-transit with only the example policy: exit %d:\n%s", code, out)
+	}
+	code, out = atrest(t, env, "snapshot", "save", "--config", config, "--policy", policy)
+	leak.Note(out)
+	if code != 0 {
+		t.Fatalf("snapshot save under vault-transit with only the example policy: exit %d:\n%s", code, out)
+	}
+	snap := ""
+	for _, line := range strings.Split(out, "\n") {
+		if rest, ok := strings.CutPrefix(line, "saved "); ok {
+			snap, _, _ = strings.Cut(rest, ":")
+		}
+	}
+	code, out = atrest(t, env, "snapshot", "verify", "--decrypt", snap, "--config", config, "--policy", policy)
+	leak.Note(out)
+	if code != 0 || !strings.Contains(out, "Restorable") {
+		t.Errorf("the drill of a vault-transit snapshot with only the example policy: exit %d:\n%s", code, out)
+	}
+
+	plugin, err := root.Auth().Token().CreateWithContext(ctx, &vault.TokenCreateRequest{Policies: []string{role}, NoDefaultPolicy: true, TTL: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := []string{"create", "read", "update"}
+	upd := []string{"update"}
+	deny := []string{"deny"}
+	for _, c := range []struct {
+		token string
+		who   string
+		want  map[string][]string
+	}{
+		{token, "vault-policy.hcl", map[string][]string{
+			"transit/keys/" + transitKey: rw, "transit/keys/" + transitKey + "/rotate": upd, "transit/keys/" + transitKey + "/config": upd,
+			"transit/encrypt/" + transitKey: upd, "transit/decrypt/" + transitKey: upd,
+			"transit/keys/" + transitKey + "/trim": deny, "transit/export/encryption-key/" + transitKey: deny, "transit/keys/atrest-other": deny,
+			"auth/approle/role/" + role + "/role-id": {"read"}, "auth/approle/role/" + role + "/secret-id": upd,
+			"auth/approle/role/" + role + "/secret-id-accessor/destroy": upd,
+			"auth/approle/role/" + role:                                 deny, "auth/approle/role/atrest-kms-other/secret-id": deny, "sys/policies/acl/" + role: deny,
+		}},
+		{plugin.Auth.ClientToken, "vault-policy-kms-plugin.hcl", map[string][]string{
+			"transit/encrypt/" + transitKey: upd, "transit/decrypt/" + transitKey: upd,
+			"transit/keys/" + transitKey: deny, "transit/keys/" + transitKey + "/rotate": deny, "transit/encrypt/atrest-other": deny,
+			"secret/data/atrest/" + name + "/keyring": deny, "auth/approle/role/" + role + "/secret-id": deny,
+		}},
+	} {
+		for _, p := range slices.Sorted(maps.Keys(c.want)) {
+			got, err := root.Sys().CapabilitiesWithContext(ctx, c.token, p)
+			if err != nil {
+				t.Fatalf("capabilities on %s: %v", p, err)
+			}
+			slices.Sort(got)
+			if w := slices.Sorted(slices.Values(c.want[p])); !slices.Equal(got, w) {
+				t.Errorf("%s: %s grants %v, want %v", p, c.who, got, w)
+			}
+		}
+	}
 }
 
 // TestVaultPolicy's last part, in its own function for reading:

@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	atrest = bin
-	code := sandboxtest.Main(m, sandbox.Options{Nodes: 2, KubeAPIServer: kas}, &sb)
+	code := sandboxtest.Main(m, sandbox.Options{Nodes: 2, KubeAPIServer: kas, KMSPlugin: bin}, &sb)
 	cleanup()
 	os.Exit(code)
 }
@@ -130,6 +130,27 @@ func stored(t *testing.T) map[string]int {
 	return out
 }
 
+// keyIDs counts the test's secrets by the KMS v2 key_id in their envelope.
+func keyIDs(t *testing.T) map[string]int {
+	t.Helper()
+	c, err := sb.EtcdClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	resp, err := c.Get(context.Background(), sb.EtcdPrefix+"/secrets/v132/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, kv := range resp.Kvs {
+		if id, ok := cluster.KMSv2KeyID(kv.Value); ok {
+			out[id]++
+		}
+	}
+	return out
+}
+
 func TestTransitionsOnV132(t *testing.T) {
 	if !strings.HasPrefix(sb.KubeAPIServerVersion, "v1.32.") {
 		t.Fatalf("the sandbox runs kube-apiserver %s, not v1.32", sb.KubeAPIServerVersion)
@@ -163,6 +184,10 @@ func TestTransitionsOnV132(t *testing.T) {
               - identity: {}
 `)
 
+	transit := filepath.Join(t.TempDir(), "atrest.yaml")
+	if err := os.WriteFile(transit, []byte("provider: vault-transit\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	steps := []struct {
 		name     string
 		args     []string
@@ -174,6 +199,9 @@ func TestTransitionsOnV132(t *testing.T) {
 		{"rotate", []string{"rotate-key", "--config", managed}, "aescbc:v1:", false},
 		{"custom", []string{"apply", "--config", custom}, "secretbox:v1:k-v132s", false},
 		{"back to managed", []string{"apply", "--config", managed}, "aescbc:v1:", false},
+		// KMS v2 through atrest's plugin and Vault Transit, as v1.32 runs it.
+		{"vault-transit", []string{"apply", "--config", managed, "--policy", transit}, cluster.TransitPrefix, false},
+		{"rotate the Transit key", []string{"rotate-key", "--config", managed, "--policy", transit}, cluster.TransitPrefix, false},
 		// Disable clears both flags, so it replaces each container.
 		{"disable", []string{"apply", "--config", disabled}, "identity", true},
 	}
@@ -196,6 +224,11 @@ func TestTransitionsOnV132(t *testing.T) {
 			t.Errorf("%s restarted %d kube-apiserver(s); after the first change every stage reloads", s.name, restarted)
 		}
 		got := stored(t)
+		if s.name == "rotate the Transit key" {
+			if ids := keyIDs(t); len(ids) != 1 || ids[cluster.TransitKeyID("transit", sandbox.TransitKey, 2)] != secretCount {
+				t.Fatalf("%s: secrets by key_id %v, want all %d under version 2", s.name, ids, secretCount)
+			}
+		}
 		if len(got) != 1 {
 			t.Fatalf("%s: secrets under several prefixes: %v", s.name, got)
 		}

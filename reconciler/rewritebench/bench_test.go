@@ -36,12 +36,16 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/atrest-io/atrest/cluster"
+	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/reconciler"
 	"github.com/atrest-io/atrest/sandbox"
 	"github.com/atrest-io/atrest/sandbox/sandboxtest"
 )
 
-var sb *sandbox.Sandbox
+var (
+	sb        *sandbox.Sandbox
+	atrestBin string // for the vault-transit provider's setup and its plugin's image
+)
 
 func TestMain(m *testing.M) {
 	sandbox.RunHelper() // this binary also serves the sandbox's Git over HTTP
@@ -50,7 +54,15 @@ func TestMain(m *testing.M) {
 		// Not benchmarking: no sandbox to start.
 		os.Exit(m.Run())
 	}
-	os.Exit(sandboxtest.Main(m, sandbox.Options{Nodes: 1}, &sb))
+	bin, cleanup, err := atrestbin.Build()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	atrestBin = bin
+	code := sandboxtest.Main(m, sandbox.Options{Nodes: 1, KMSPlugin: bin}, &sb)
+	cleanup()
+	os.Exit(code)
 }
 
 func BenchmarkRewrite(b *testing.B) {

@@ -104,6 +104,12 @@ only crash.
 {{- if and (hasPrefix "http://" (lower $v.vault.address)) (not $v.vault.insecureAllowHTTP) }}
 {{- $errs = append $errs (printf "vault.address: %q is plain http: the Vault token and every key would cross the network unencrypted; use https:// (with vault.ca for a private CA) or, DANGEROUS, set vault.insecureAllowHTTP" $v.vault.address) }}
 {{- end }}
+{{- if $v.kms.enabled }}
+{{- $kmsVault := default $v.vault.address $v.kms.vaultAddress }}
+{{- if and (hasPrefix "http://" (lower $kmsVault)) (not $v.kms.vaultInsecureAllowHTTP) }}
+{{- $errs = append $errs (printf "kms.vaultAddress: %q is plain http: the plugins' data keys and token would cross the network unencrypted; use https:// (with kms.vaultCAFile, a CA bundle on the nodes) or, DANGEROUS, set kms.vaultInsecureAllowHTTP" $kmsVault) }}
+{{- end }}
+{{- end }}
 {{- if and (eq $v.vault.authMethod "kubernetes") (not $v.vault.kubernetes.role) }}
 {{- $errs = append $errs "vault.kubernetes.role: required for authMethod kubernetes: the Vault role bound to this chart's service account" }}
 {{- end }}
@@ -220,6 +226,21 @@ file it names is one the Deployment mounts.
 {{- $_ := set $etcd "insecureAllowHTTP" true }}
 {{- end }}
 {{- $ssh := dict "keyFile" (printf "%s/ssh/identity" $d) "knownHostsFile" (printf "%s/ssh/known_hosts" $d) "timeout" $v.ssh.timeout }}
+{{- $kms := dict }}
+{{- if $v.kms.enabled }}
+{{- $kms = dict "image" (default (include "atrest.image" .) $v.kms.image) "transitMount" $v.kms.transitMount "approleMount" $v.kms.approleMount "awaitTimeout" $v.kms.awaitTimeout }}
+{{- if $v.kms.transitKeyName }}
+{{- $_ := set $kms "transitKey" $v.kms.transitKeyName }}
+{{- end }}
+{{- range $k := list "approleRole" "vaultAddress" "vaultCAFile" }}
+{{- if index $v.kms $k }}
+{{- $_ := set $kms $k (index $v.kms $k) }}
+{{- end }}
+{{- end }}
+{{- if $v.kms.vaultInsecureAllowHTTP }}
+{{- $_ := set $kms "vaultInsecureAllowHTTP" true }}
+{{- end }}
+{{- end }}
 {{- $listen := dict "metrics" (printf "0.0.0.0:%d" (int $v.metrics.port)) }}
 {{- if $v.webhook.enabled }}
 {{- $_ := set $listen "webhook" (printf "0.0.0.0:%d" (int $v.webhook.port)) }}
@@ -233,6 +254,7 @@ file it names is one the Deployment mounts.
   "kubernetes" (dict "inCluster" true "qps" $v.kubernetes.qps "burst" $v.kubernetes.burst "rewriteWorkers" $v.kubernetes.rewriteWorkers)
   "ssh" $ssh
   "snapshots" (dict "dir" (include "atrest.snapshotsDir" .) "drillInterval" $v.snapshots.drillInterval)
+  "kms" $kms
   "listen" $listen
   "daemon" (dict "suspend" $v.daemon.suspend "maxBackoff" $v.daemon.maxBackoff)
   "policy" (dict "minRotationInterval" $v.policy.minRotationInterval "minSnapshotRetention" $v.policy.minSnapshotRetention "allowDisable" $v.policy.allowDisable "allowCustomConfig" $v.policy.allowCustomConfig "allowKMS" $v.policy.allowKMS)
