@@ -318,7 +318,7 @@ func TestKMS(t *testing.T) {
 	if code == 0 || !strings.Contains(out, "stopped at node1") || !slices.Equal(ids(), was) {
 		t.Errorf("a plugin image that does not start: exit %d, containers %v, were %v:\n%s", code, ids(), was, out)
 	}
-	out = apply("upgrade the plugin", "apply", "--config", managed, "--policy", transitPolicy, "--kms-image", "atrest-sandbox/atrest:kms-next")
+	apply("upgrade the plugin", "apply", "--config", managed, "--policy", transitPolicy, "--kms-image", "atrest-sandbox/atrest:kms-next")
 	now := ids()
 	for i := range now {
 		if now[i] == was[i] {
