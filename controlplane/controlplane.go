@@ -141,6 +141,8 @@ type Node struct {
 	fileMu                 sync.Mutex
 	lastFile               ProviderFile
 	fileReads, fileFetches int
+	// observations counts the one-command observations of the node.
+	observations int
 }
 
 // Connect opens one SSH connection to each controlplane node of cfg (in

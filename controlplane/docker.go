@@ -223,22 +223,32 @@ func (s *strSlice) UnmarshalJSON(b []byte) error {
 }
 
 func (d *docker) inspect(ctx context.Context, name string) (*container, error) {
+	var raw json.RawMessage
+	if err := d.call(ctx, http.MethodGet, "/containers/"+url.PathEscape(name)+"/json", nil, nil, 0, &raw); err != nil {
+		return nil, err
+	}
+	return decodeContainer(raw)
+}
+
+// decodeContainer reads a container's inspect document, as the API or
+// `docker inspect` gives it.
+func decodeContainer(data []byte) (*container, error) {
 	var raw struct {
 		container
 		NetworkSettings struct {
 			Networks map[string]json.RawMessage
 		}
 	}
-	if err := d.call(ctx, http.MethodGet, "/containers/"+url.PathEscape(name)+"/json", nil, nil, 0, &raw); err != nil {
-		return nil, err
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("docker inspect: %w", err)
 	}
 	c := raw.container
 	c.networks = raw.NetworkSettings.Networks
 	if err := json.Unmarshal(c.Config, &c.config); err != nil {
-		return nil, fmt.Errorf("docker inspect %s: Config: %w", name, err)
+		return nil, fmt.Errorf("docker inspect %s: Config: %w", c.Name, err)
 	}
 	if err := json.Unmarshal(c.HostConfig, &c.hostConfig); err != nil {
-		return nil, fmt.Errorf("docker inspect %s: HostConfig: %w", name, err)
+		return nil, fmt.Errorf("docker inspect %s: HostConfig: %w", c.Name, err)
 	}
 	return &c, nil
 }

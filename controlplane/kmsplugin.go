@@ -308,6 +308,9 @@ func pluginBody(spec PluginSpec, sockDir string) map[string]json.RawMessage {
 		"Entrypoint": raw([]string{KMSPluginBinary}),
 		"Cmd":        raw(append([]string{"kms-plugin"}, spec.Args...)),
 		"Labels":     raw(map[string]string{specLabel: spec.Hash(), "app.kubernetes.io/managed-by": "atrest"}),
+		// Root: the socket's and the credential's directories are root's
+		// (atrest's image runs as 65532 by default).
+		"User": raw("0:0"),
 		"HostConfig": raw(map[string]any{
 			"NetworkMode":   "host",
 			"RestartPolicy": map[string]any{"Name": "always"},

@@ -99,10 +99,7 @@ func (c *Cluster) Observe(ctx context.Context) ([]NodeState, error) {
 			s := NodeState{Node: n.name, RestartOnly: c.opts.RestartOnly}
 			var errs []error
 			var err error
-			if s.File, err = n.ReadProviderFile(ctx); err != nil {
-				errs = append(errs, err)
-			}
-			if s.APIServer, err = n.Inspect(ctx); err != nil {
+			if s.File, s.APIServer, err = n.observe(ctx); err != nil {
 				errs = append(errs, err)
 			}
 			var nr *NotReadyError

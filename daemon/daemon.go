@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,6 +58,52 @@ type Cluster interface {
 	Close()
 }
 
+// Costs is what observing a cluster has cost so far, as an opened Cluster
+// counts it (CostReporter): bytes read from etcd, full censuses taken,
+// live census events applied and cross-check mismatches.
+type Costs struct {
+	EtcdReadBytes, EtcdSnapshotBytes             int64
+	FullCensuses, CensusEvents, CensusMismatches int64
+}
+
+// CostReporter is a Cluster that counts what it costs.
+type CostReporter interface {
+	Costs() Costs
+}
+
+// CensusChecker is a Cluster whose census is kept live (from etcd's
+// watch): it cross-checks it with a full census now and then.
+type CensusChecker interface {
+	// CrossCheck compares the live census with a full one, corrects it,
+	// and says how many objects it had wrong.
+	CrossCheck(ctx context.Context) (int, error)
+}
+
+// Event types, as Kubernetes names them.
+const (
+	EventNormal  = "Normal"
+	EventWarning = "Warning"
+)
+
+// Reasons of the events the daemon records: stable and CamelCase, for
+// `kubectl get events --field-selector reason=...` and alerts.
+const (
+	ReasonTransitionStarted   = "TransitionStarted"
+	ReasonStepDone            = "StepDone"
+	ReasonStepFailed          = "StepFailed"
+	ReasonTransitionCompleted = "TransitionCompleted"
+	ReasonDriftCorrected      = "DriftCorrected"
+	ReasonStalled             = "Stalled"
+	ReasonDrillFailed         = "DrillFailed"
+)
+
+// Events records what an operator watches with `kubectl get events`:
+// transitions, their steps, stalls, drift corrected, drills that failed.
+// Messages name steps, keys by name and reasons, never key material.
+type Events interface {
+	Event(eventType, reason, message string)
+}
+
 // forgetAfter is how long a daemon that stopped reporting stays in the
 // status: pods get new names at every restart, so their documents would
 // otherwise pile up in Vault.
@@ -93,8 +140,15 @@ type Config struct {
 	// this keeps the cron from waking the loop for it all the same.
 	MinRotationInterval time.Duration
 	// DrillInterval is how often each kept snapshot is drilled again
-	// (settings snapshots.drillInterval); a new one is drilled at once.
+	// (settings snapshots.drillInterval; 0: 24h); a new one is drilled at
+	// once.
 	DrillInterval time.Duration
+	// CrossCheckInterval is how often a live census is cross-checked with
+	// a full one (settings daemon.censusCrossCheck; 0: 6h).
+	CrossCheckInterval time.Duration
+	// Events, when set, records Kubernetes events (settings
+	// kubernetes.events).
+	Events Events
 	// WebhookSecret is the webhook's HMAC secret.
 	WebhookSecret []byte
 
@@ -135,6 +189,15 @@ type Daemon struct {
 	cronEntry cron.EntryID
 	cronSpec  string
 	pruned    bool
+	// lastCheck is when the live census was last cross-checked; costs is
+	// what the cluster had cost when last read, for the counters' deltas.
+	lastCheck time.Time
+	costs     Costs
+	// inTransition is the transition whose steps run, for its
+	// TransitionStarted event; stalledFor the stall last recorded, so that
+	// a standing one is one event, not one per cycle.
+	inTransition string
+	stalledFor   string
 
 	// The webhook's bounds: requests being read, deliveries accepted.
 	webhookSlots chan struct{}
@@ -160,6 +223,9 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.DrillInterval <= 0 {
+		cfg.DrillInterval = 24 * time.Hour
+	}
 	d := &Daemon{
 		cfg: cfg, log: cfg.Logger, metrics: newMetrics(),
 		rand:    rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x617472657374)),
@@ -169,6 +235,8 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d.state = keystore.DaemonState{Instance: cfg.Instance, Version: cfg.Version, Interval: cfg.Interval, Suspended: cfg.Suspend}
 	d.metrics.suspended.Set(bool01(cfg.Suspend))
+	d.metrics.drillInterval.Set(cfg.DrillInterval.Seconds())
+	d.metrics.heartbeat.SetToCurrentTime()
 	return d, nil
 }
 
@@ -295,6 +363,7 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 			return d.fail(ctx, start, fmt.Errorf("connect to the cluster: %w", err))
 		}
 		d.cluster, d.reopen = cl, false
+		d.costs, d.lastCheck = Costs{}, time.Now()
 		if !d.pruned {
 			d.pruned = true
 			d.forgetGone(ctx, log)
@@ -313,6 +382,8 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 	// A snapshot is only a safety net once proven: drill before the
 	// status reads the verdicts, so a failing one stalls this cycle.
 	d.drill(ctx, log)
+	d.crossCheck(ctx, log)
+	defer d.countCosts()
 	want := reconciler.DesiredFrom(desired.Config, desired.Policy, desired.Revision)
 	st, err := d.cluster.Status(ctx, want)
 	if err != nil {
@@ -406,7 +477,12 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 	}
 	if res.Transition != "" {
 		log.Info("transition complete", "transition", res.Transition, "revision", desired.Revision, "steps", len(res.Steps), "snapshot", res.Snapshot)
+		d.event(EventNormal, ReasonTransitionCompleted, "transition %s complete (revision %s): %d steps, snapshot before %s, after %s", res.Transition, d.revision(), len(res.Steps), res.Snapshot, res.After)
+		if len(st.Drift) > 0 {
+			d.event(EventNormal, ReasonDriftCorrected, "drift corrected: %s", strings.Join(st.Drift, "; "))
+		}
 	}
+	d.inTransition = ""
 	// Report what the cluster is now, not what it was.
 	if after, err := d.cluster.Status(ctx, want); err == nil {
 		rot = RotationAt(desired.Policy, desired.Config.Desired.Mode, after.Keys, after.LastRotation, time.Now())
@@ -420,17 +496,72 @@ func (d *Daemon) cycle(ctx context.Context, stop <-chan struct{}, trigger string
 // (Vault unreachable) proves nothing either way: the snapshot stays due and
 // the next cycle tries again; the cycle goes on meanwhile.
 func (d *Daemon) drill(ctx context.Context, log *slog.Logger) {
-	every := d.cfg.DrillInterval
-	if every <= 0 {
-		every = 24 * time.Hour
-	}
-	reps, err := d.cluster.DrillDue(ctx, every, time.Now())
+	reps, err := d.cluster.DrillDue(ctx, d.cfg.DrillInterval, time.Now())
+	d.metrics.heartbeat.SetToCurrentTime()
 	for _, r := range reps {
 		d.metrics.drills.WithLabelValues(r.Verdict).Inc()
+		if r.Verdict == etcdsnap.NotRestorable {
+			d.event(EventWarning, ReasonDrillFailed, "%s", r.Summary())
+		}
 	}
 	if err != nil {
 		log.Warn("drill the kept snapshots", "err", err)
 	}
+}
+
+// crossCheck compares the live census with a full census of etcd, once
+// every CrossCheckInterval.
+func (d *Daemon) crossCheck(ctx context.Context, log *slog.Logger) {
+	cc, ok := d.cluster.(CensusChecker)
+	every := d.cfg.CrossCheckInterval
+	if every <= 0 {
+		every = 6 * time.Hour
+	}
+	if !ok || time.Since(d.lastCheck) < every {
+		return
+	}
+	d.lastCheck = time.Now()
+	wrong, err := cc.CrossCheck(ctx)
+	if err != nil {
+		log.Warn("cross-check the live census", "err", err)
+		return
+	}
+	if wrong > 0 {
+		log.Warn("the live census disagreed with a full census of etcd, and was corrected", "objects", wrong)
+	}
+}
+
+// countCosts adds what the cluster cost since it was last read to the
+// counters.
+func (d *Daemon) countCosts() {
+	cr, ok := d.cluster.(CostReporter)
+	if !ok {
+		return
+	}
+	now := cr.Costs()
+	was := d.costs
+	d.costs = now
+	m := d.metrics
+	m.etcdRead.WithLabelValues("census").Add(float64(max(0, now.EtcdReadBytes-was.EtcdReadBytes)))
+	m.etcdRead.WithLabelValues("snapshot").Add(float64(max(0, now.EtcdSnapshotBytes-was.EtcdSnapshotBytes)))
+	m.fullCensuses.Add(float64(max(0, now.FullCensuses-was.FullCensuses)))
+	m.censusEvents.Add(float64(max(0, now.CensusEvents-was.CensusEvents)))
+	m.censusMismatches.Add(float64(max(0, now.CensusMismatches-was.CensusMismatches)))
+}
+
+// event records an event, when events are on.
+func (d *Daemon) event(eventType, reason, format string, args ...any) {
+	if d.cfg.Events != nil {
+		d.cfg.Events.Event(eventType, reason, fmt.Sprintf(format, args...))
+	}
+}
+
+// revision is the revision in force, short.
+func (d *Daemon) revision() string {
+	if d.desired == nil {
+		return ""
+	}
+	return d.desired.Revision[:min(len(d.desired.Revision), 12)]
 }
 
 // reasonTag prefixes a refusal's message with its reason: "[EtcdPrefixMismatch] ".
@@ -558,7 +689,17 @@ func (s policySchedule) Next(t time.Time) time.Time {
 
 // onStep runs in the loop goroutine, inside the reconcile.
 func (d *Daemon) onStep(transition string, step reconciler.Step, done bool, err error) {
+	switch {
+	case !done && d.inTransition != transition:
+		d.inTransition = transition
+		d.event(EventNormal, ReasonTransitionStarted, "transition %s started (revision %s): first step: %s", transition, d.revision(), step)
+	case done && err == nil:
+		d.event(EventNormal, ReasonStepDone, "%s: done: %s", transition, step)
+	case done:
+		d.event(EventWarning, ReasonStepFailed, "%s: failed: %s: %v", transition, step, err)
+	}
 	d.metrics.step.Reset()
+	d.metrics.heartbeat.SetToCurrentTime()
 	d.mu.Lock()
 	d.state.Step = ""
 	if !done {
@@ -572,6 +713,7 @@ func (d *Daemon) onStep(transition string, step reconciler.Step, done bool, err 
 func (d *Daemon) onProgress(resource string, listed, updated int64) {
 	d.metrics.rewriteListed.WithLabelValues(resource).Set(float64(listed))
 	d.metrics.rewriteUpdated.WithLabelValues(resource).Set(float64(updated))
+	d.metrics.heartbeat.SetToCurrentTime()
 }
 
 func (d *Daemon) setSuspended(s bool) {
@@ -584,6 +726,7 @@ func (d *Daemon) setSuspended(s bool) {
 // succeed records a cycle that did what it had to.
 func (d *Daemon) succeed(ctx context.Context, start time.Time, result string, rot Rotation) {
 	d.failures = 0
+	d.stalledFor = ""
 	d.setStalled("")
 	d.record(ctx, start, result, "", rot)
 }
@@ -593,6 +736,10 @@ func (d *Daemon) succeed(ctx context.Context, start time.Time, result string, ro
 // not a backoff, since it only observes whether the cause went away.
 func (d *Daemon) stalled(ctx context.Context, start time.Time, reason string, err error) time.Duration {
 	d.failures = 0
+	if d.stalledFor != reason {
+		d.event(EventWarning, ReasonStalled, "stalled (%s): nothing changes until the desired state does or `atrest resume`: %v", reason, err)
+	}
+	d.stalledFor = reason
 	d.setStalled(reason)
 	d.log.Error("stalled: a person must act; nothing is changed until the desired state changes or `atrest resume`", "reason", reason, "err", err)
 	d.record(ctx, start, resultStalled, err.Error(), Rotation{Next: d.State().NextRotation})
@@ -629,6 +776,7 @@ func (d *Daemon) record(ctx context.Context, start time.Time, result, errText st
 	d.metrics.reconciles.WithLabelValues(result).Inc()
 	d.metrics.reconcileDuration.WithLabelValues(result).Observe(took.Seconds())
 	d.metrics.failures.Set(float64(d.failures))
+	d.metrics.heartbeat.SetToCurrentTime()
 	d.mu.Lock()
 	d.state.LastReconcile = time.Now().UTC()
 	d.state.Result, d.state.Error, d.state.Failures = result, errText, d.failures

@@ -1,12 +1,14 @@
 package daemon
 
 import (
+	"regexp"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/atrest-io/atrest/gitsource"
 	"github.com/atrest-io/atrest/reconciler"
@@ -45,8 +47,17 @@ type metrics struct {
 	proven            *prometheus.GaugeVec
 	drills            *prometheus.CounterVec
 	pluginHealthy     *prometheus.GaugeVec
+	etcdRead          *prometheus.CounterVec
+	fullCensuses      prometheus.Counter
+	censusEvents      prometheus.Counter
+	censusMismatches  prometheus.Counter
 	transit           *prometheus.GaugeVec
 	keyIDs            *prometheus.GaugeVec
+	heartbeat         prometheus.Gauge
+	drillInterval     prometheus.Gauge
+
+	// all is every collector registered, for MetricNames.
+	all []prometheus.Collector
 
 	// times backs the gauges of ages, read at scrape time.
 	mu    sync.Mutex
@@ -101,12 +112,23 @@ func newMetrics() *metrics {
 		Help: "Provider vault-transit: the Transit key's latest version (which=latest) and the oldest Vault still decrypts with (which=min_decryption)."}, []string{"which"})
 	m.keyIDs = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "atrest_census_key_id_objects",
 		Help: "Objects a KMS v2 provider stored, by resource, storage prefix and the key_id (Transit version) wrapping their data key."}, []string{"resource", "stored_as", "key_id"})
-	m.reg.MustRegister(m.pluginHealthy, m.transit, m.keyIDs)
-	m.reg.MustRegister(m.reconciles, m.reconcileDuration, m.failures, m.suspended, m.stalled, m.revision, m.refused,
+	m.etcdRead = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "atrest_etcd_read_bytes_total",
+		Help: "Bytes atrest read from etcd: census pages, watch events and gets (kind=census), snapshot streams (kind=snapshot)."}, []string{"kind"})
+	m.fullCensuses = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_census_full_total", Help: "Full censuses of etcd taken (every stored value read): for a step, to start or restart the live census, or to cross-check it."})
+	m.censusEvents = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_census_events_total", Help: "etcd watch events the live census applied."})
+	m.censusMismatches = prometheus.NewCounter(prometheus.CounterOpts{Name: "atrest_census_mismatches_total", Help: "Objects the live census had wrong when cross-checked with a full census (each corrected)."})
+	m.heartbeat = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_heartbeat_timestamp_seconds",
+		Help: "Unix time the daemon last showed progress: a cycle ended, a step began or ended, a rewrite page was done, a drill ran. Still while the daemon hangs, even if /metrics answers."})
+	m.drillInterval = prometheus.NewGauge(prometheus.GaugeOpts{Name: "atrest_snapshot_drill_interval_seconds",
+		Help: "The drill policy (settings snapshots.drillInterval): each kept snapshot is proven restorable at least this often."})
+	m.all = []prometheus.Collector{m.pluginHealthy, m.transit, m.keyIDs, m.etcdRead, m.fullCensuses, m.censusEvents, m.censusMismatches,
+		m.heartbeat, m.drillInterval,
+		m.reconciles, m.reconcileDuration, m.failures, m.suspended, m.stalled, m.revision, m.refused,
 		m.nodeReady, m.nodeDeployed, m.nodesAgree, m.census, m.keys, m.step, m.rewriteListed, m.rewriteUpdated,
 		m.gitPolls, m.gitPollDuration, m.gitFetches, m.gitFetchDuration, m.gitFetchedBytes, m.webhook, m.rotations,
 		m.outsideKeys, m.outsideRuns, m.restorable, m.proven, m.drills, &ageCollector{m: m},
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
+	m.reg.MustRegister(m.all...)
 	for _, r := range []string{"accepted", "bad_signature", "no_signature", "bad_request"} {
 		m.webhook.WithLabelValues(r)
 	}
@@ -114,6 +136,51 @@ func newMetrics() *metrics {
 		m.reconciles.WithLabelValues(r)
 	}
 	return m
+}
+
+// descName finds a metric's name in its description: client_golang
+// keeps the name unexported, and prints it in Desc.String.
+var descName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// MetricNames returns the name of every series /metrics may expose
+// (sorted), for the checks of the chart's alerts and dashboard: a
+// histogram's are its name with _bucket, _sum and _count, a summary's its
+// name and the latter two.
+func MetricNames() []string {
+	m := newMetrics()
+	var names []string
+	for _, c := range m.all {
+		ch := make(chan *prometheus.Desc)
+		go func() {
+			c.Describe(ch)
+			close(ch)
+		}()
+		for d := range ch {
+			n := descName.FindStringSubmatch(d.String())
+			if n == nil {
+				continue
+			}
+			switch c.(type) {
+			case prometheus.Histogram, *prometheus.HistogramVec:
+				names = append(names, n[1]+"_bucket", n[1]+"_sum", n[1]+"_count")
+			default:
+				names = append(names, n[1])
+			}
+		}
+	}
+	// The runtime's collectors mix kinds: their families say which.
+	fams, _ := m.reg.Gather()
+	for _, f := range fams {
+		switch f.GetType() {
+		case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
+			names = append(names, f.GetName()+"_bucket", f.GetName()+"_sum", f.GetName()+"_count")
+			names = slices.DeleteFunc(names, func(n string) bool { return n == f.GetName() })
+		case dto.MetricType_SUMMARY:
+			names = append(names, f.GetName()+"_sum", f.GetName()+"_count")
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 // ageCollector reports the ages and waits of times, computed at scrape

@@ -49,6 +49,21 @@ func (c *stallCluster) DaemonStates(context.Context) ([]keystore.DaemonState, er
 func (c *stallCluster) ForgetDaemon(context.Context, string) error { return nil }
 func (c *stallCluster) Close()                                     {}
 
+// eventLog records the daemon's events as "Type Reason".
+type eventLog []string
+
+func (e *eventLog) Event(eventType, reason, _ string) { *e = append(*e, eventType+" "+reason) }
+
+func (e eventLog) count(s string) int {
+	n := 0
+	for _, x := range e {
+		if x == s {
+			n++
+		}
+	}
+	return n
+}
+
 func TestStalls(t *testing.T) {
 	cfg, err := cluster.Parse("cluster.yml", []byte("nodes:\n- address: 127.0.0.1\n  user: root\n  role: [controlplane, etcd, worker]\nservices:\n  kube-api:\n    secrets_encryption_config:\n      enabled: true\n"))
 	if err != nil {
@@ -77,11 +92,12 @@ func TestStalls(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cl := &stallCluster{status: tt.status, err: tt.err}
+			var events eventLog
 			d, err := New(Config{
 				Source:   nopSource{},
 				Parse:    func(context.Context, *gitsource.Revision) (*Desired, error) { return nil, errors.New("unused") },
 				Open:     func(context.Context, *Desired, Hooks) (Cluster, error) { return cl, nil },
-				Interval: time.Minute, MaxBackoff: 10 * time.Minute,
+				Interval: time.Minute, MaxBackoff: 10 * time.Minute, Events: &events,
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -111,10 +127,17 @@ func TestStalls(t *testing.T) {
 				if st.Stalled != "" || st.Result != resultFailed || st.Failures != 3 || wait != Backoff(time.Minute, 10*time.Minute, 3) || strings.Contains(metrics, "atrest_stalled{") {
 					t.Errorf("transient: stalled %q, result %s, failures %d, wait %s; want none, failed, 3, the backoff", st.Stalled, st.Result, st.Failures, wait)
 				}
+				if events.count("Warning Stalled") != 0 {
+					t.Errorf("events %v for a transient failure, want no stall", events)
+				}
 				return
 			}
 			if st.Stalled != tt.reason || st.Result != resultStalled || st.Failures != 0 || wait != time.Minute {
 				t.Errorf("state stalled %q result %s failures %d wait %s; want %s, stalled, 0, the interval", st.Stalled, st.Result, st.Failures, wait, tt.reason)
+			}
+			// One event for the stall, not one per cycle it lasts.
+			if events.count("Warning Stalled") != 1 {
+				t.Errorf("events %v, want one Warning Stalled in 3 stalled cycles", events)
 			}
 			if want := `atrest_stalled{reason="` + tt.reason + `"} 1`; !strings.Contains(metrics, want) {
 				t.Errorf("metrics lack %s", want)
@@ -145,6 +168,7 @@ func TestDrills(t *testing.T) {
 		result  string
 		metrics []string
 		absent  []string
+		events  []string // each at least once
 	}{
 		{name: "all proven", cl: stallCluster{
 			drills: []*etcdsnap.DrillReport{{Verdict: etcdsnap.Restorable}},
@@ -163,7 +187,7 @@ func TestDrills(t *testing.T) {
 			`atrest_snapshot_restorable{snapshot="s-good"} 1`,
 			`atrest_snapshot_drills_total{verdict="NotRestorable"} 3`,
 			`atrest_stalled{reason="SnapshotNotRestorable"} 1`,
-		}},
+		}, events: []string{"Warning DrillFailed", "Warning Stalled"}},
 		{name: "Vault unreachable: the cycle goes on", cl: stallCluster{
 			drillErr: errors.New("vault: connection refused"),
 			status:   reconciler.Status{Snapshots: []reconciler.SnapshotProof{good}},
@@ -172,11 +196,12 @@ func TestDrills(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cl := &tt.cl
+			var events eventLog
 			d, err := New(Config{
 				Source:   nopSource{},
 				Parse:    func(context.Context, *gitsource.Revision) (*Desired, error) { return nil, errors.New("unused") },
 				Open:     func(context.Context, *Desired, Hooks) (Cluster, error) { return cl, nil },
-				Interval: time.Minute, MaxBackoff: 10 * time.Minute, DrillInterval: 6 * time.Hour,
+				Interval: time.Minute, MaxBackoff: 10 * time.Minute, DrillInterval: 6 * time.Hour, Events: &events,
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -205,6 +230,18 @@ func TestDrills(t *testing.T) {
 				if strings.Contains(m, no) {
 					t.Errorf("metrics hold %s", no)
 				}
+			}
+			// The drill policy, for the alert on proofs grown old.
+			if !strings.Contains(m, "atrest_snapshot_drill_interval_seconds 21600") || !strings.Contains(m, "atrest_heartbeat_timestamp_seconds ") {
+				t.Errorf("metrics lack the drill interval or the heartbeat:\n%s", m)
+			}
+			for _, want := range tt.events {
+				if events.count(want) == 0 {
+					t.Errorf("events %v, want %s", events, want)
+				}
+			}
+			if len(tt.events) == 0 && len(events) > 0 {
+				t.Errorf("events %v, want none", events)
 			}
 		})
 	}

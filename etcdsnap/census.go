@@ -90,6 +90,7 @@ func (c *Client) CensusKeyIDs(ctx context.Context, registry string, resources []
 		var counts map[string]int64
 		var keyIDs map[string]map[string]int64
 		var rev, pages int64
+		c.fulls.Add(1)
 		for attempt := 0; ; attempt++ {
 			counts, keyIDs, rev, pages, err = c.count(ctx, prefix, pageSize)
 			if errors.Is(err, rpctypes.ErrCompacted) && attempt < censusRetries {
@@ -133,10 +134,67 @@ func (c *Client) CheckRegistry(ctx context.Context, registry string) error {
 // for KMS v2 values, by key_id under it.
 func (c *Client) count(ctx context.Context, prefix string, pageSize int64) (counts map[string]int64, keyIDs map[string]map[string]int64, rev, pages int64, err error) {
 	counts = map[string]int64{}
+	rev, pages, err = c.scan(ctx, prefix, 0, pageSize, c.pageBytes(), func(_, value []byte) {
+		l := labelOf(value)
+		counts[l.prefix]++
+		if l.keyID != "" {
+			if keyIDs == nil {
+				keyIDs = map[string]map[string]int64{}
+			}
+			if keyIDs[l.prefix] == nil {
+				keyIDs[l.prefix] = map[string]int64{}
+			}
+			keyIDs[l.prefix][l.keyID]++
+		}
+	})
+	if err != nil {
+		return nil, nil, 0, pages, err
+	}
+	return counts, keyIDs, rev, pages, nil
+}
+
+// label is how one stored value is written: its storage prefix, and for
+// a KMS v2 value the key_id of its envelope.
+type label struct{ prefix, keyID string }
+
+func labelOf(value []byte) label {
+	l := label{prefix: cluster.StoragePrefix(value)}
+	l.keyID, _ = cluster.KMSv2KeyID(value)
+	return l
+}
+
+// DefaultPageBytes bounds the values one census page may hold: a page of
+// Helm releases (up to about 1 MiB each) holds four, not hundreds
+// (Config.PageBytes). A page costs about five times its size in heap
+// (gRPC's buffer, the decoded response, the page before it not yet
+// collected): at 4 MiB a census of 1 MiB values peaks no higher than one
+// of 10 KiB values in pages of 500 (make bench-daemon).
+const DefaultPageBytes = 4 << 20
+
+func (c *Client) pageBytes() int64 {
+	if c.cfg.PageBytes > 0 {
+		return c.cfg.PageBytes
+	}
+	return DefaultPageBytes
+}
+
+// firstPage is how many values the first page of a scan asks for, before
+// it knows how large they are: about 6 MiB even if each is as large as
+// etcd takes (1.5 MiB).
+const firstPage = 4
+
+// scan calls visit with every key and value under prefix, read at one
+// revision (rev, or the first page's when 0) in pages of at most pageSize
+// values that hold about pageBytes: each page asks for as many values as
+// the largest of the last page says fit. It returns the revision read at
+// and the pages read. visit must not keep value.
+func (c *Client) scan(ctx context.Context, prefix string, rev, pageSize, pageBytes int64, visit func(key, value []byte)) (int64, int64, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	key := prefix
+	limit := min(pageSize, firstPage)
+	var pages int64
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(pageSize)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(limit)}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
@@ -144,28 +202,21 @@ func (c *Client) count(ctx context.Context, prefix string, pageSize int64) (coun
 		resp, err := c.cli.Get(pctx, key, opts...)
 		cancel()
 		if err != nil {
-			return nil, nil, 0, pages, fmt.Errorf("range from %q at revision %d: %w", key, rev, err)
+			return rev, pages, fmt.Errorf("range from %q at revision %d: %w", key, rev, err)
 		}
 		pages++
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
+		largest := 0
 		for _, kv := range resp.Kvs {
-			p := cluster.StoragePrefix(kv.Value)
-			counts[p]++
-			if id, ok := cluster.KMSv2KeyID(kv.Value); ok {
-				if keyIDs == nil {
-					keyIDs = map[string]map[string]int64{}
-				}
-				if keyIDs[p] == nil {
-					keyIDs[p] = map[string]int64{}
-				}
-				keyIDs[p][id]++
-			}
+			visit(kv.Key, kv.Value)
+			largest = max(largest, len(kv.Value))
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return counts, keyIDs, rev, pages, nil
+			return rev, pages, nil
 		}
+		limit = max(1, min(pageSize, pageBytes/int64(max(largest, 1))))
 		// The next page starts right after the last key of this one.
 		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}

@@ -11,8 +11,10 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -54,6 +56,9 @@ type Config struct {
 	SnapshotIdleTimeout time.Duration
 	// RegistryPrefix is kube-apiserver's --etcd-prefix (default "/registry").
 	RegistryPrefix string
+	// PageBytes bounds the values one census page holds (default
+	// DefaultPageBytes).
+	PageBytes int64
 	// Logger receives progress and the etcd client's warnings (default:
 	// slog.Default()).
 	Logger *slog.Logger
@@ -61,10 +66,24 @@ type Config struct {
 
 // Client is a connection to etcd for snapshots, the census and raw reads.
 type Client struct {
-	cfg Config
-	tls *tls.Config
-	cli *clientv3.Client
-	log *slog.Logger
+	cfg  Config
+	tls  *tls.Config
+	cli  *clientv3.Client
+	log  *slog.Logger
+	read *readCounter
+	// fulls counts full censuses of a resource: every stored value read.
+	fulls atomic.Int64
+}
+
+// FullCensuses is how many times the client read every stored value of a
+// resource (a census, the start of a live census, a cross-check).
+func (c *Client) FullCensuses() int64 { return c.fulls.Load() }
+
+// ReadBytes is what the client has read from etcd so far: the bytes of
+// snapshot streams, and of everything else (census pages, watch events,
+// gets), as gRPC delivered them.
+func (c *Client) ReadBytes() (snapshot, other int64) {
+	return c.read.snapshot.Load(), c.read.other.Load()
 }
 
 // Dial connects to etcd and checks that at least one endpoint answers a
@@ -77,7 +96,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	cli, err := newEtcdClient(cfg, tlsCfg, cfg.Endpoints)
+	read := &readCounter{}
+	cli, err := newEtcdClient(cfg, tlsCfg, cfg.Endpoints, read)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
@@ -87,7 +107,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 				"endpoint", ep, "setting", "etcd.insecureAllowHTTP")
 		}
 	}
-	c := &Client{cfg: cfg, tls: tlsCfg, cli: cli, log: cfg.Logger}
+	c := &Client{cfg: cfg, tls: tlsCfg, cli: cli, log: cfg.Logger, read: read}
 	if _, err := c.member(ctx, cfg.DialTimeout); err != nil {
 		cli.Close()
 		return nil, err
@@ -172,17 +192,29 @@ func (cfg *Config) tlsConfig() (*tls.Config, error) {
 // cleared for every byte received, the largest single cost of a snapshot
 // on the client. (grpc.ForceCodecV2 is marked experimental: should gRPC
 // drop it, the build breaks here and this codec can go, at that cost.)
-type snapshotCodec struct{ pool mem.BufferPool }
+//
+// It also counts what it decodes: every byte atrest reads from etcd
+// passes here (Client.ReadBytes).
+type snapshotCodec struct {
+	pool mem.BufferPool
+	read *readCounter
+}
+
+// readCounter counts the bytes of the messages decoded from etcd: of
+// snapshot streams, and of everything else (ranges, watch events).
+type readCounter struct{ snapshot, other atomic.Int64 }
 
 var protoCodec = encoding.GetCodecV2("proto")
 
-func newSnapshotCodec() snapshotCodec {
+// snapshotPool is shared by every client: it is safe for concurrent use
+// and holds nothing but spare buffers.
+var snapshotPool = func() mem.BufferPool {
 	p, err := mem.NewBinaryTieredBufferPool(8, 12, 14, 15, 16, 20)
 	if err != nil {
 		panic(err)
 	}
-	return snapshotCodec{pool: p}
-}
+	return p
+}()
 
 func (c snapshotCodec) Marshal(v any) (mem.BufferSlice, error) { return protoCodec.Marshal(v) }
 
@@ -196,6 +228,11 @@ func (c snapshotCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	default:
 		return fmt.Errorf("etcd client: cannot decode %T", v)
 	}
+	if _, ok := m.(*etcdserverpb.SnapshotResponse); ok {
+		c.read.snapshot.Add(int64(data.Len()))
+	} else {
+		c.read.other.Add(int64(data.Len()))
+	}
 	buf := data.MaterializeToBuffer(c.pool)
 	defer buf.Free()
 	// proto.Unmarshal copies bytes fields: nothing refers to buf after.
@@ -204,13 +241,9 @@ func (c snapshotCodec) Unmarshal(data mem.BufferSlice, v any) error {
 
 func (snapshotCodec) Name() string { return protoCodec.Name() }
 
-// defaultSnapshotCodec is shared by every client: its pool is safe for
-// concurrent use and holds nothing but spare buffers.
-var defaultSnapshotCodec = newSnapshotCodec()
-
-func newEtcdClient(cfg Config, tlsCfg *tls.Config, endpoints []string) (*clientv3.Client, error) {
+func newEtcdClient(cfg Config, tlsCfg *tls.Config, endpoints []string, read *readCounter) (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{
-		DialOptions:          []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.ForceCodecV2(defaultSnapshotCodec))},
+		DialOptions:          []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.ForceCodecV2(snapshotCodec{pool: snapshotPool, read: read}))},
 		Endpoints:            endpoints,
 		TLS:                  tlsCfg,
 		DialTimeout:          cfg.DialTimeout,

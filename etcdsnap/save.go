@@ -131,7 +131,7 @@ func (c *Client) Save(ctx context.Context, store Store, refs KeyRefs, req Manife
 func (c *Client) stream(ctx context.Context, store Store, name, endpoint string) (int64, string, error) {
 	// One endpoint: the snapshot is the point-in-time state of one member,
 	// and the client must not fail over to another mid-stream.
-	cli, err := newEtcdClient(c.cfg, c.tls, []string{endpoint})
+	cli, err := newEtcdClient(c.cfg, c.tls, []string{endpoint}, c.read)
 	if err != nil {
 		return 0, "", err
 	}

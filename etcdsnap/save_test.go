@@ -203,13 +203,18 @@ func TestSnapshotCodec(t *testing.T) {
 		split = append(split, mem.SliceBuffer(part))
 	}
 	var out pb.SnapshotResponse
-	if err := defaultSnapshotCodec.Unmarshal(split, &out); err != nil {
+	codec := snapshotCodec{pool: snapshotPool, read: &readCounter{}}
+	if err := codec.Unmarshal(split, &out); err != nil {
 		t.Fatal(err)
 	}
 	if out.RemainingBytes != in.RemainingBytes || out.Version != in.Version || !bytes.Equal(out.Blob, blob) {
 		t.Errorf("decoded %d/%q/%d bytes", out.RemainingBytes, out.Version, len(out.Blob))
 	}
-	if err := defaultSnapshotCodec.Unmarshal(split, "not a message"); err == nil {
+	// What it decodes is counted, as a snapshot's.
+	if got := codec.read.snapshot.Load(); got != int64(len(flat)) || codec.read.other.Load() != 0 {
+		t.Errorf("counted %d snapshot bytes and %d others, want %d and 0", got, codec.read.other.Load(), len(flat))
+	}
+	if err := codec.Unmarshal(split, "not a message"); err == nil {
 		t.Error("decoded into a string")
 	}
 }

@@ -211,7 +211,7 @@ services: {kube-api: {secrets_encryption_config: {enabled: true}}}
 			t.Fatalf("apply of the attack: %v (%s)", err, StallReason(err))
 		}
 	}
-	st, err := StatusOf(ctx, e.r, e.nodes, attack)
+	st, err := StatusOf(ctx, e.r, attack)
 	if err != nil || st.PlanReason != ReasonBeyondOperatorLimit || len(st.Plan) != 0 {
 		t.Fatalf("status of the attack: %v, reason %q, plan %v", err, st.PlanReason, st.Plan)
 	}

@@ -83,6 +83,12 @@ func (r *Reconciler) ImportOutsideKeys(ctx context.Context) ([]OutsideKey, error
 	return r.importOutside(ctx, states)
 }
 
+// ImportOutsideKeysFrom is ImportOutsideKeys from an observation of the
+// nodes already made.
+func (r *Reconciler) ImportOutsideKeysFrom(ctx context.Context, states []controlplane.NodeState) ([]OutsideKey, error) {
+	return r.importOutside(ctx, states)
+}
+
 // maxKeyringRaces bounds the check-and-set retries of one import: another
 // writer of the keyring (a reconcile holding the lock) may be mid-step.
 const maxKeyringRaces = 3

@@ -86,6 +86,10 @@ type Reconciler struct {
 	// KMS runs the vault-transit provider; nil when it is not configured
 	// (settings kms.*).
 	KMS *KMS
+	// LiveCensus, when set, is what a status reads instead of a full
+	// census of etcd (the daemon's, at every poll). Steps are always
+	// planned from a full census.
+	LiveCensus LiveCensus
 	// OnStep, when set, is called as each step starts (done false) and
 	// ends (done true, with its error): the daemon's metrics and state.
 	OnStep func(transition string, step Step, done bool, err error)
@@ -796,13 +800,26 @@ func (r *Reconciler) verify(ctx context.Context, step Step, registry string) err
 
 const censusPage = 500
 
-// Observe reads what the nodes run, what etcd stores and what the keyring
-// holds.
+// LiveCensus is a census kept current from etcd's watch
+// (etcdsnap.LiveCensus): cheap to read, for observing only.
+type LiveCensus interface {
+	Registry() string
+	Census(ctx context.Context, resources []string) (etcdsnap.Census, etcdsnap.KeyIDs, error)
+}
+
+// Observe reads what the nodes run, what etcd stores (a full census,
+// exact now: what the steps are planned from) and what the keyring holds.
 func (r *Reconciler) Observe(ctx context.Context, d Desired) (Live, *keystore.Keyring, error) {
 	states, err := r.Nodes.Observe(ctx)
 	if err != nil {
 		return Live{}, nil, fmt.Errorf("observe the nodes: %w", err)
 	}
+	return r.observe(ctx, d, states, true)
+}
+
+// observe is Observe from the nodes' states; exact false reads the live
+// census when there is one for the nodes' --etcd-prefix.
+func (r *Reconciler) observe(ctx context.Context, d Desired, states []controlplane.NodeState, exact bool) (Live, *keystore.Keyring, error) {
 	var live Live
 	resources := []string{"secrets"}
 	for r := range d.Custom {
@@ -841,7 +858,14 @@ func (r *Reconciler) Observe(ctx context.Context, d Desired) (Live, *keystore.Ke
 		if err := r.Etcd.CheckRegistry(ctx, live.EtcdPrefix); err != nil {
 			return Live{}, nil, fmt.Errorf("census: %w", err)
 		}
-		census, ids, err := r.Etcd.CensusKeyIDs(ctx, live.EtcdPrefix, resources, censusPage)
+		var census etcdsnap.Census
+		var ids etcdsnap.KeyIDs
+		var err error
+		if !exact && r.LiveCensus != nil && cleanPrefix(r.LiveCensus.Registry()) == cleanPrefix(live.EtcdPrefix) {
+			census, ids, err = r.LiveCensus.Census(ctx, resources)
+		} else {
+			census, ids, err = r.Etcd.CensusKeyIDs(ctx, live.EtcdPrefix, resources, censusPage)
+		}
 		if err != nil {
 			return Live{}, nil, fmt.Errorf("census: %w", err)
 		}

@@ -386,7 +386,7 @@ func TestStallRule(t *testing.T) {
 	if e.nodes.applies != MaxStepFailures || e.nodes.recovers != recovers {
 		t.Fatalf("stalled, yet %d deploys and %d recoveries", e.nodes.applies, e.nodes.recovers-recovers)
 	}
-	st, err := StatusOf(ctx, e.r, e.nodes, d)
+	st, err := StatusOf(ctx, e.r, d)
 	if err != nil || st.Stall == nil || !strings.Contains(st.Text(), "STALLED (StepFailedRepeatedly)") {
 		t.Fatalf("status of a stall: %v\n%s", err, st.Text())
 	}

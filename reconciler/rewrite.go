@@ -63,10 +63,27 @@ type Rewriter struct {
 	beforeList func(cont string)
 }
 
+// SetRateLimit sets cfg's client-side rate limit: with qps 0 none at all,
+// as kubectl has none since v1.27; the rewrite's workers and the
+// apiserver's own flow control bound it (API Priority and Fairness answers
+// 429 with Retry-After, and client-go waits that long and retries, up to
+// ten times). client-go's default of 5 per second, with a burst of 10, is
+// why RKE's rewrite crawls. A positive qps caps it, with burst (0: twice
+// qps).
+func SetRateLimit(cfg *rest.Config, qps float64, burst int) {
+	if qps <= 0 {
+		cfg.QPS, cfg.Burst = -1, 0
+		return
+	}
+	if burst <= 0 {
+		burst = int(2 * qps)
+	}
+	cfg.QPS, cfg.Burst = float32(qps), max(burst, 1)
+}
+
 // NewRewriter builds a rewriter on cfg. Secrets go over protobuf; other
-// resources over JSON with the dynamic client. cfg's QPS and Burst are the
-// client's rate limit: client-go's default of 5 QPS is why RKE's rewrite
-// crawls, so callers pass the settings' kubernetes.qps.
+// resources over JSON with the dynamic client. cfg's rate limit is the
+// client's (SetRateLimit).
 func NewRewriter(cfg *rest.Config, opts RewriteOptions) (*Rewriter, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = 16

@@ -91,11 +91,18 @@ type SnapshotStatus struct {
 }
 
 // StatusOf observes the cluster for d and says where it stands.
-func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Status, error) {
-	states, err := nodes.Observe(ctx)
+func StatusOf(ctx context.Context, r *Reconciler, d Desired) (*Status, error) {
+	states, err := r.Nodes.Observe(ctx)
 	if err != nil && len(states) == 0 {
 		return nil, err
 	}
+	return StatusFrom(ctx, r, states, err, d)
+}
+
+// StatusFrom is StatusOf from an observation of the nodes already made
+// (states, and what could not be observed): one observation serves the
+// whole status. The census is the live one when r has it.
+func StatusFrom(ctx context.Context, r *Reconciler, states []controlplane.NodeState, observeErr error, d Desired) (*Status, error) {
 	st := &Status{}
 	for _, s := range states {
 		ns := NodeStatus{Name: s.Node, Ready: s.Ready, NotReady: s.NotReady, Flag: s.APIServer.ProviderConfigSet(), FileSHA256: s.File.SHA256}
@@ -105,7 +112,11 @@ func StatusOf(ctx context.Context, r *Reconciler, nodes Nodes, d Desired) (*Stat
 		ns.Config, ns.ConfigHash = nodeConfig(r, s)
 		st.Nodes = append(st.Nodes, ns)
 	}
-	live, kr, err := r.Observe(ctx, d)
+	if observeErr != nil {
+		st.PlanError = fmt.Sprintf("observe the nodes: %v", observeErr)
+		return st, nil
+	}
+	live, kr, err := r.observe(ctx, d, states, false)
 	if err != nil {
 		st.PlanError = err.Error()
 		return st, nil

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the sandbox runs, when they are missing:
 # etcd (etcd-server, etcd-client), sshd (openssh-server), Docker (docker.io),
-# git, unshare and jq. Services are not started: the sandbox starts its own.
+# git, unshare, jq and the CA certificates. Services are not started: the sandbox starts its own.
 set -euo pipefail
 
 need=()
@@ -14,6 +14,8 @@ command -v git >/dev/null || need+=(git)
 command -v unshare >/dev/null || need+=(util-linux)
 # keystore's test runs the jq command atrest adopt prints for the rkestate.
 command -v jq >/dev/null || need+=(jq)
+# The image (make image, and the charts' test of it) trusts Debian's CAs.
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || need+=(ca-certificates)
 ((${#need[@]})) || exit 0
 
 echo "install-deps: apt-get install ${need[*]}" >&2

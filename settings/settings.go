@@ -113,12 +113,20 @@ type Etcd struct {
 
 // Kubernetes is the cluster's API, for the rewrite and the canary.
 type Kubernetes struct {
-	Kubeconfig string  `json:"kubeconfig"`
-	InCluster  bool    `json:"inCluster"`
-	QPS        float64 `json:"qps"`
-	Burst      int     `json:"burst"`
+	Kubeconfig string `json:"kubeconfig"`
+	InCluster  bool   `json:"inCluster"`
+	// QPS caps the client's requests per second; 0 sets no cap: the
+	// rewrite's workers and the apiserver's flow control (429 with
+	// Retry-After, which the client honours) bound it. Burst goes with a
+	// cap (0: twice QPS).
+	QPS   float64 `json:"qps"`
+	Burst int     `json:"burst"`
 	// RewriteWorkers is how many updates the rewrite keeps in flight.
 	RewriteWorkers int `json:"rewriteWorkers"`
+	// Events makes the daemon record Kubernetes events (transitions, their
+	// steps, stalls, drift corrected, drills that failed) on the canary
+	// secret in kube-system.
+	Events bool `json:"events"`
 	// InsecureSkipTLSVerify admits a kubeconfig whose cluster has
 	// insecure-skip-tls-verify: true; InsecureAllowHTTP one whose server is
 	// http://. Without them such a kubeconfig is refused.
@@ -195,6 +203,12 @@ type Daemon struct {
 	// StallAfter is how often one step may fail with the same inputs
 	// before the transition stalls (atrest apply too).
 	StallAfter int `json:"stallAfter"`
+	// LiveCensus keeps the census the daemon observes with current from
+	// etcd's watch, rather than reading every stored value at every poll.
+	LiveCensus bool `json:"liveCensus"`
+	// CensusCrossCheck is how often the live census is compared with a
+	// full census of etcd (a mismatch is logged, counted and corrected).
+	CensusCrossCheck time.Duration `json:"censusCrossCheck"`
 }
 
 // Policy is the operator's bounds on what a commit may ask for. Git holds
@@ -243,12 +257,12 @@ func Default() *Settings {
 	return &Settings{
 		Git:        Git{Ref: "main", Path: ".", Interval: time.Minute, Timeout: time.Minute},
 		Vault:      Vault{AuthMethod: AuthToken, AppRoleMount: "approle", KubernetesMount: "kubernetes", KubernetesTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token", KVMount: "secret", Prefix: "atrest"},
-		Kubernetes: Kubernetes{QPS: 200, Burst: 400, RewriteWorkers: 16},
+		Kubernetes: Kubernetes{RewriteWorkers: 16},
 		SSH:        SSH{Timeout: 30 * time.Second, ReadyTimeout: 3 * time.Minute, ReloadTimeout: 3*time.Minute + 30*time.Second},
 		Snapshots:  Snapshots{DrillInterval: 24 * time.Hour},
 		KMS:        KMS{TransitMount: "transit", AppRoleMount: "approle", AwaitTimeout: 4 * time.Minute},
 		Listen:     Listen{Metrics: "127.0.0.1:9795"},
-		Daemon:     Daemon{MaxBackoff: 10 * time.Minute, StallAfter: 3},
+		Daemon:     Daemon{MaxBackoff: 10 * time.Minute, StallAfter: 3, LiveCensus: true, CensusCrossCheck: 6 * time.Hour},
 		Policy:     Policy{MinRotationInterval: time.Hour, MinSnapshotRetention: DefaultMinSnapshotRetention, AllowCustomConfig: true, AllowKMS: true},
 		Log:        Log{Format: "text", Level: "info"},
 	}
@@ -311,9 +325,10 @@ func (s *Settings) fields() []field {
 
 		{"kubernetes.kubeconfig", "kubeconfig for the cluster's API", &s.Kubernetes.Kubeconfig},
 		{"kubernetes.inCluster", "use the pod's service account to reach the cluster's API", &s.Kubernetes.InCluster},
-		{"kubernetes.qps", "client requests per second for the rewrite", &s.Kubernetes.QPS},
-		{"kubernetes.burst", "client burst for the rewrite", &s.Kubernetes.Burst},
-		{"kubernetes.rewriteWorkers", "updates the rewrite keeps in flight (with kubernetes.qps, how hard it may press the apiserver)", &s.Kubernetes.RewriteWorkers},
+		{"kubernetes.qps", "cap on client requests per second (0: none; the rewrite's workers and the apiserver's flow control, which answers 429 with Retry-After, bound it, as kubectl is bound)", &s.Kubernetes.QPS},
+		{"kubernetes.burst", "client burst with kubernetes.qps (0: twice the qps)", &s.Kubernetes.Burst},
+		{"kubernetes.rewriteWorkers", "updates the rewrite keeps in flight: how hard it may press the apiserver", &s.Kubernetes.RewriteWorkers},
+		{"kubernetes.events", "record Kubernetes events of the daemon (transitions, steps, stalls, drift corrected, drills that failed) on the canary secret kube-system/atrest-canary", &s.Kubernetes.Events},
 		{"kubernetes.insecureSkipTLSVerify", "DANGEROUS: allow a kubeconfig whose cluster has insecure-skip-tls-verify: true (accept any certificate from the API)", &s.Kubernetes.InsecureSkipTLSVerify},
 		{"kubernetes.insecureAllowHTTP", "DANGEROUS: allow a kubeconfig whose server is http://: Secrets cross the network in plaintext", &s.Kubernetes.InsecureAllowHTTP},
 
@@ -345,6 +360,8 @@ func (s *Settings) fields() []field {
 		{"daemon.suspend", "observe and report, but change nothing (as suspend: true in atrest.yaml)", &s.Daemon.Suspend},
 		{"daemon.maxBackoff", "longest wait before retrying after failed reconciles (the wait doubles from git.interval / 4)", &s.Daemon.MaxBackoff},
 		{"daemon.stallAfter", "stall a transition once the same step failed this many times with the same inputs (apply too); atrest resume lifts it", &s.Daemon.StallAfter},
+		{"daemon.liveCensus", "keep the census the daemon observes with current from etcd's watch (false: read every stored value at every poll); steps are always planned from a full census", &s.Daemon.LiveCensus},
+		{"daemon.censusCrossCheck", "how often the live census is compared with a full census of etcd; a mismatch is logged, counted and corrected", &s.Daemon.CensusCrossCheck},
 
 		{"policy.minRotationInterval", "refuse a commit whose atrest.yaml rotation.schedule can fire twice within this (each rotation is a snapshot, a deploy and a rewrite of every object)", &s.Policy.MinRotationInterval},
 		{"policy.minSnapshotRetention", "refuse a commit whose atrest.yaml snapshots.retention keeps fewer snapshots than this", &s.Policy.MinSnapshotRetention},

@@ -363,11 +363,11 @@ func (v *validator) kubernetes() {
 		v.add("kubernetes.inCluster", "give either a kubeconfig or inCluster, not both")
 	}
 	v.file("kubernetes.kubeconfig", k.Kubeconfig)
-	if k.QPS <= 0 {
-		v.add("kubernetes.qps", "must be positive, not %v", k.QPS)
+	if k.QPS < 0 {
+		v.add("kubernetes.qps", "must be 0 (no cap) or positive, not %v", k.QPS)
 	}
-	if k.Burst < 1 {
-		v.add("kubernetes.burst", "must be at least 1, not %d", k.Burst)
+	if k.Burst < 0 {
+		v.add("kubernetes.burst", "must be 0 (twice kubernetes.qps) or positive, not %d", k.Burst)
 	}
 	if k.RewriteWorkers < 1 || k.RewriteWorkers > 256 {
 		v.add("kubernetes.rewriteWorkers", "must be between 1 and 256, not %d", k.RewriteWorkers)
@@ -422,6 +422,9 @@ func (v *validator) listen() {
 	}
 	if v.s.Daemon.MaxBackoff <= 0 {
 		v.add("daemon.maxBackoff", "must be positive, not %s", v.s.Daemon.MaxBackoff)
+	}
+	if v.s.Daemon.CensusCrossCheck < time.Minute {
+		v.add("daemon.censusCrossCheck", "must be at least 1m, not %s (a cross-check reads every stored value)", v.s.Daemon.CensusCrossCheck)
 	}
 }
 

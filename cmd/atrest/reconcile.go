@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -17,6 +16,7 @@ import (
 
 func newPlanCommand() *cobra.Command {
 	var src source
+	var output string
 	cmd := &cobra.Command{
 		Use:   "plan",
 		Short: "Show what atrest would do to bring the cluster to cluster.yml, changing nothing",
@@ -28,12 +28,17 @@ permission to rewrite each resource, sudo on the nodes, the provider file's
 mount, each KMS plugin's socket), which apply would refuse before changing
 anything. Names, providers, hashes and counts only: never key material.
 Exit code 0: nothing to do; 1: there are changes; 2: error, or a failed
-preflight.`,
+preflight. -o json or yaml prints a Plan document (package api) with the
+same exit codes.`,
 		Args: cobra.NoArgs,
 	}
 	loader := withSettings(cmd)
 	src.bind(cmd)
+	outputFlag(cmd, &output)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := checkOutput(output); err != nil {
+			return errorExit(err)
+		}
 		ctx := cmd.Context()
 		ss, e, err := connect(cmd, loader, &src)
 		if err != nil {
@@ -47,10 +52,13 @@ preflight.`,
 			return errorExit(err)
 		}
 		plan, err := reconciler.MakePlan(e.rec.Input(want, live, kr, time.Time{}))
+		out := cmd.OutOrStdout()
+		if output != "text" {
+			return printPlanDoc(cmd, e.rec, output, d.cfg.Summary(), d.origin, live, plan, err)
+		}
 		if err != nil {
 			return errorExit(err)
 		}
-		out := cmd.OutOrStdout()
 		fmt.Fprintf(out, "desired (%s): %s\n", d.origin, d.cfg.Summary())
 		printLive(out, live)
 		for _, w := range plan.Drift {
@@ -74,6 +82,32 @@ preflight.`,
 		return printPreflight(out, pf)
 	}
 	return cmd
+}
+
+// printPlanDoc prints the plan as a Plan document in format, with plan's
+// exit code: 0 nothing to do, 1 changes, 2 a refusal or a failed
+// preflight.
+func printPlanDoc(cmd *cobra.Command, rec *reconciler.Reconciler, format, desired, origin string, live reconciler.Live, plan *reconciler.Plan, refused error) error {
+	var pf *reconciler.PreflightResult
+	if refused == nil && !plan.Empty() {
+		res, err := rec.Preflight(cmd.Context(), plan)
+		if err != nil {
+			return errorExit(err)
+		}
+		pf = &res
+	}
+	if err := printDoc(cmd.OutOrStdout(), format, planDoc(desired, origin, live, plan, pf, refused), nil); err != nil {
+		return errorExit(err)
+	}
+	switch {
+	case refused != nil:
+		return &exitCodeError{code: exitError}
+	case plan.Empty():
+		return nil
+	case len(pf.Failed()) > 0:
+		return &exitCodeError{code: exitError}
+	}
+	return &exitCodeError{code: exitChanges}
 }
 
 // printPreflight prints the preflight's result and returns plan's exit:
@@ -239,8 +273,11 @@ func newStatusCommand() *cobra.Command {
 	}
 	loader := withSettings(cmd)
 	src.bind(cmd)
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	outputFlag(cmd, &output)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := checkOutput(output); err != nil {
+			return errorExit(err)
+		}
 		ctx := cmd.Context()
 		ss, e, err := connect(cmd, loader, &src)
 		if err != nil {
@@ -248,7 +285,7 @@ func newStatusCommand() *cobra.Command {
 		}
 		defer e.Close()
 		d := ss.d
-		st, err := reconciler.StatusOf(ctx, e.rec, e.nodes, reconciler.DesiredFrom(d.cfg, d.policy, d.revision))
+		st, err := reconciler.StatusOf(ctx, e.rec, reconciler.DesiredFrom(d.cfg, d.policy, d.revision))
 		if err != nil {
 			return errorExit(err)
 		}
@@ -256,14 +293,10 @@ func newStatusCommand() *cobra.Command {
 		if st.Daemons, err = e.keys.DaemonStates(ctx); err != nil {
 			ss.log.Warn("read the daemons' state", "err", err)
 		}
-		out := cmd.OutOrStdout()
-		if output == "json" {
-			enc := json.NewEncoder(out)
-			enc.SetIndent("", "  ")
-			return enc.Encode(st)
-		}
-		fmt.Fprint(out, st.Text())
-		return nil
+		return printDoc(cmd.OutOrStdout(), output, statusDoc(st, time.Now()), func(w io.Writer) error {
+			_, err := fmt.Fprint(w, st.Text())
+			return err
+		})
 	}
 	return cmd
 }

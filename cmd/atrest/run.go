@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/atrest-io/atrest/controlplane"
 	"github.com/atrest-io/atrest/daemon"
 	"github.com/atrest-io/atrest/etcdsnap"
 	"github.com/atrest-io/atrest/gitsource"
@@ -67,8 +68,19 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 	for _, in := range s.Insecure(settings.NeedVault, settings.NeedEtcd) {
 		log.Warn("INSECURE: "+in.What, "setting", in.Key)
 	}
-	if _, err := restConfig(s, log); err != nil {
+	rc, err := restConfig(s, log)
+	if err != nil {
 		return err
+	}
+	host, _ := os.Hostname()
+	var events daemon.Events
+	if s.Kubernetes.Events {
+		ke, err := controlplane.NewEventRecorder(rc, host, log)
+		if err != nil {
+			return fmt.Errorf("kubernetes.events: %w", err)
+		}
+		defer ke.Shutdown()
+		events = ke
 	}
 	var secret []byte
 	if s.Listen.Webhook != "" {
@@ -86,7 +98,6 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 	}
 	ledger := &lazyLedger{open: func(ctx context.Context) (*keystore.Store, error) { return openLedger(ctx, s, log) }}
 	defer ledger.Close()
-	host, _ := os.Hostname()
 	d, err := daemon.New(daemon.Config{
 		Source: src,
 		Parse:  revisionParser(s, src, ledger),
@@ -96,6 +107,12 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 				return nil, err
 			}
 			e.rec.OnStep = h.Step
+			if s.Daemon.LiveCensus {
+				// At every poll the daemon reads the census the watch keeps,
+				// not every stored value; steps still take a full one.
+				e.live = e.etcd.NewLiveCensus(dd.Config.EtcdPrefix())
+				e.rec.LiveCensus = e.live
+			}
 			if e.rec.Rewriter, err = reconciler.NewRewriter(e.rest, reconciler.RewriteOptions{Workers: s.Kubernetes.RewriteWorkers, Logger: log, OnProgress: h.Progress, ProgressEvery: 2 * time.Second}); err != nil {
 				e.Close()
 				return nil, err
@@ -103,7 +120,7 @@ func runDaemon(cmd *cobra.Command, s *settings.Settings) error {
 			return &daemonCluster{env: e}, nil
 		},
 		Interval: s.Git.Interval, MaxBackoff: s.Daemon.MaxBackoff, Suspend: s.Daemon.Suspend, MinRotationInterval: s.Policy.MinRotationInterval,
-		DrillInterval: s.Snapshots.DrillInterval,
+		DrillInterval: s.Snapshots.DrillInterval, CrossCheckInterval: s.Daemon.CensusCrossCheck, Events: events,
 		WebhookSecret: secret, Instance: host, Version: version, Logger: log,
 	})
 	if err != nil {
@@ -266,11 +283,40 @@ func serve(log *slog.Logger, specs map[string]serverSpec) ([]*http.Server, error
 	return servers, nil
 }
 
-// daemonCluster is the cluster as the daemon drives it.
-type daemonCluster struct{ env *env }
+// daemonCluster is the cluster as the daemon drives it. A cycle observes
+// the nodes once: ImportOutsideKeys, its first call, observes them, and
+// the Status after uses that observation (and forgets it); a reconcile
+// observes afresh before every step.
+type daemonCluster struct {
+	env *env
+
+	mu      sync.Mutex
+	states  []controlplane.NodeState
+	observe error
+	taken   bool
+}
 
 func (c *daemonCluster) ImportOutsideKeys(ctx context.Context) ([]reconciler.OutsideKey, error) {
-	return c.env.rec.ImportOutsideKeys(ctx)
+	states, err := c.env.nodes.Observe(ctx)
+	c.mu.Lock()
+	c.states, c.observe, c.taken = states, err, true
+	c.mu.Unlock()
+	if err != nil && len(states) == 0 {
+		return nil, fmt.Errorf("observe the nodes: %w", err)
+	}
+	return c.env.rec.ImportOutsideKeysFrom(ctx, states)
+}
+
+// cycleStates is the cycle's observation of the nodes, taken once.
+func (c *daemonCluster) cycleStates(ctx context.Context) ([]controlplane.NodeState, error) {
+	c.mu.Lock()
+	states, err, taken := c.states, c.observe, c.taken
+	c.states, c.observe, c.taken = nil, nil, false
+	c.mu.Unlock()
+	if taken {
+		return states, err
+	}
+	return c.env.nodes.Observe(ctx)
 }
 
 func (c *daemonCluster) DrillDue(ctx context.Context, every time.Duration, now time.Time) ([]*etcdsnap.DrillReport, error) {
@@ -278,7 +324,11 @@ func (c *daemonCluster) DrillDue(ctx context.Context, every time.Duration, now t
 }
 
 func (c *daemonCluster) Status(ctx context.Context, d reconciler.Desired) (*reconciler.Status, error) {
-	return reconciler.StatusOf(ctx, c.env.rec, c.env.nodes, d)
+	states, err := c.cycleStates(ctx)
+	if err != nil && len(states) == 0 {
+		return nil, err
+	}
+	return reconciler.StatusFrom(ctx, c.env.rec, states, err, d)
 }
 
 func (c *daemonCluster) ReconcileUntil(ctx context.Context, stop <-chan struct{}, d reconciler.Desired) (*reconciler.Result, error) {
@@ -298,3 +348,24 @@ func (c *daemonCluster) ForgetDaemon(ctx context.Context, instance string) error
 }
 
 func (c *daemonCluster) Close() { c.env.Close() }
+
+// Costs is what observing has read from etcd, and what the live census
+// has done.
+func (c *daemonCluster) Costs() daemon.Costs {
+	snap, other := c.env.etcd.ReadBytes()
+	out := daemon.Costs{EtcdReadBytes: other, EtcdSnapshotBytes: snap, FullCensuses: c.env.etcd.FullCensuses()}
+	if c.env.live != nil {
+		st := c.env.live.Stats()
+		out.CensusEvents, out.CensusMismatches = st.Events, st.Mismatches
+	}
+	return out
+}
+
+// CrossCheck compares the live census with a full census of etcd (a
+// cluster without one has nothing to check).
+func (c *daemonCluster) CrossCheck(ctx context.Context) (int, error) {
+	if c.env.live == nil {
+		return 0, nil
+	}
+	return c.env.live.CrossCheck(ctx)
+}

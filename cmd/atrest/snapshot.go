@@ -95,9 +95,14 @@ func snapshotStore(s *settings.Settings) (*etcdsnap.LocalDir, error) {
 }
 
 func newSnapshotListCommand() *cobra.Command {
+	var output string
 	cmd := &cobra.Command{Use: "list", Short: "List snapshots, newest first", Args: cobra.NoArgs}
 	loader := withSettings(cmd)
+	outputFlag(cmd, &output)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := checkOutput(output); err != nil {
+			return errorExit(err)
+		}
 		_, store, err := loadSnapshotStore(loader)
 		if err != nil {
 			return errorExit(err)
@@ -106,10 +111,12 @@ func newSnapshotListCommand() *cobra.Command {
 		if err != nil {
 			return errorExit(err)
 		}
-		for _, m := range ms {
-			fmt.Fprintf(cmd.OutOrStdout(), "%s  %s  %-12s %-20s %10d bytes  keys %v  git %s\n", m.Name, m.Time.UTC().Format("2006-01-02T15:04:05Z"), orDash(m.Cluster), m.Reason, m.Size, m.KeyNames(), shortRev(m.GitRevision))
-		}
-		return nil
+		return printDoc(cmd.OutOrStdout(), output, snapshotListDoc(ms), func(w io.Writer) error {
+			for _, m := range ms {
+				fmt.Fprintf(w, "%s  %s  %-12s %-20s %10d bytes  keys %v  git %s\n", m.Name, m.Time.UTC().Format("2006-01-02T15:04:05Z"), orDash(m.Cluster), m.Reason, m.Size, m.KeyNames(), shortRev(m.GitRevision))
+			}
+			return nil
+		})
 	}
 	return cmd
 }

@@ -176,9 +176,14 @@ type env struct {
 	rest     *rest.Config
 	rec      *reconciler.Reconciler
 	log      *slog.Logger
+	// live is the daemon's live census (daemon.liveCensus), nil elsewhere.
+	live *etcdsnap.LiveCensus
 }
 
 func (e *env) Close() {
+	if e.live != nil {
+		e.live.Close()
+	}
 	if e.nodes != nil {
 		_ = e.nodes.Close()
 	}
@@ -345,7 +350,7 @@ func restConfig(s *settings.Settings, log *slog.Logger) (*rest.Config, error) {
 	if err := checkREST(s, cfg, origin, log); err != nil {
 		return nil, err
 	}
-	cfg.QPS, cfg.Burst = float32(s.Kubernetes.QPS), s.Kubernetes.Burst
+	reconciler.SetRateLimit(cfg, s.Kubernetes.QPS, s.Kubernetes.Burst)
 	cfg.UserAgent = "atrest/" + version
 	return cfg, nil
 }
