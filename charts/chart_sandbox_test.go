@@ -315,10 +315,22 @@ func TestTemplate(t *testing.T) {
 				t.Errorf("container runs %s %v", c.Image, c.Args)
 			}
 		}},
-		{name: "full", files: []string{fullValues}, kinds: append(slices.Clone(base), "NetworkPolicy", "ServiceMonitor"), check: func(t *testing.T, objs []*unstructured.Unstructured) {
+		{name: "full", files: []string{fullValues}, kinds: append(slices.Clone(base), "NetworkPolicy", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Role", "RoleBinding"), check: func(t *testing.T, objs []*unstructured.Unstructured) {
 			svc := typed[corev1.Service](t, find(t, objs, "Service", ""))
 			if len(svc.Spec.Ports) != 2 {
 				t.Errorf("service ports %v: want metrics and webhook", svc.Spec.Ports)
+			}
+			dash := typed[corev1.ConfigMap](t, find(t, objs, "ConfigMap", "t-atrest-dashboard"))
+			want, err := os.ReadFile("atrest/dashboards/atrest.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dash.Data["atrest.json"] != string(want) || dash.Labels["grafana_dashboard"] != "1" || dash.Annotations["grafana_folder"] != "Platform" {
+				t.Errorf("dashboard ConfigMap: labels %v, annotations %v, atrest.json the chart's file: %t", dash.Labels, dash.Annotations, dash.Data["atrest.json"] == string(want))
+			}
+			settings := typed[corev1.ConfigMap](t, find(t, objs, "ConfigMap", "t-atrest-settings"))
+			if !strings.Contains(settings.Data["settings.yaml"], "events: true") {
+				t.Errorf("events.enabled did not reach the settings:\n%s", settings.Data["settings.yaml"])
 			}
 		}},
 		{name: "no RBAC, own service account", files: []string{minimalValues}, sets: []string{"rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=platform-atrest"},
@@ -506,7 +518,8 @@ func TestServerSideDryRun(t *testing.T) {
 		"pod-security.kubernetes.io/enforce": "restricted",
 		"pod-security.kubernetes.io/warn":    "restricted",
 	}
-	createServiceMonitorCRD(t, ctx, k)
+	createCRD(t, ctx, k, "testdata/servicemonitor-crd.yaml")
+	createCRD(t, ctx, k, "testdata/prometheusrule-crd.yaml")
 	for _, tt := range []struct{ name, ns, file string }{
 		{"minimal", "atrest-minimal", minimalValues},
 		{"full", "atrest-full", fullValues},
@@ -567,11 +580,11 @@ func TestServerSideDryRun(t *testing.T) {
 	})
 }
 
-// createServiceMonitorCRD installs testdata/servicemonitor-crd.yaml and
-// waits until kube-apiserver serves it.
-func createServiceMonitorCRD(t *testing.T, ctx context.Context, k *kube) {
+// createCRD installs the CustomResourceDefinition in file and waits until
+// kube-apiserver serves it.
+func createCRD(t *testing.T, ctx context.Context, k *kube, file string) {
 	t.Helper()
-	data, err := os.ReadFile("testdata/servicemonitor-crd.yaml")
+	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -605,7 +618,10 @@ var (
 	rewriteVerbs = []string{"get", "list", "update"}
 	canaryRule   = rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"atrest-canary"}, Verbs: []string{"create", "patch", "delete"}}
 	leasesRule   = rbacv1.PolicyRule{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"list"}}
-	slicesRule   = rbacv1.PolicyRule{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list"}}
+	// Events: client-go's recorder creates an event, and patches it when
+	// it repeats.
+	eventsRule = rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}}
+	slicesRule = rbacv1.PolicyRule{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list"}}
 	// Each kube-apiserver's reload metrics prove a stage without restarts.
 	metricsRule = rbacv1.PolicyRule{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}
 )
@@ -615,19 +631,27 @@ var (
 // its namespace, bound to the chart's service account only, and the chart
 // renders no other RBAC.
 func TestRBACRules(t *testing.T) {
+	type role struct {
+		name, namespace string
+		rule            rbacv1.PolicyRule
+	}
 	for _, tt := range []struct {
 		name    string
 		sets    []string
 		cluster []rbacv1.PolicyRule
+		roles   []role
 	}{
-		{"default", nil, []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: rewriteVerbs}, metricsRule}},
-		{"extra resources", []string{
+		{name: "default", cluster: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: rewriteVerbs}, metricsRule}},
+		{name: "events", sets: []string{"events.enabled=true"},
+			cluster: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: rewriteVerbs}, metricsRule},
+			roles:   []role{{"t-atrest-events", "kube-system", eventsRule}}},
+		{name: "extra resources", sets: []string{
 			"rbac.extraResources[0].resource=configmaps",
 			"rbac.extraResources[1].apiGroup=apps", "rbac.extraResources[1].resource=statefulsets",
 			"rbac.extraResources[2].apiGroup=apps", "rbac.extraResources[2].resource=deployments",
 			"rbac.extraResources[3].apiGroup=", "rbac.extraResources[3].resource=secrets",
 			"rbac.extraResources[4].apiGroup=apps", "rbac.extraResources[4].resource=deployments",
-		}, []rbacv1.PolicyRule{
+		}, cluster: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: rewriteVerbs},
 			{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: rewriteVerbs},
 			{APIGroups: []string{"apps"}, Resources: []string{"deployments", "statefulsets"}, Verbs: rewriteVerbs},
@@ -644,14 +668,12 @@ func TestRBACRules(t *testing.T) {
 				t.Errorf("ClusterRole %s aggregates other roles: %+v", cr.Name, cr.AggregationRule)
 			}
 			sa := rbacv1.Subject{Kind: "ServiceAccount", Name: "t-atrest", Namespace: "atrest"}
-			for _, want := range []struct {
-				name, namespace string
-				rule            rbacv1.PolicyRule
-			}{
+			roles := append([]role{
 				{"t-atrest-canary", "kube-system", canaryRule},
 				{"t-atrest-apiserver-leases", "kube-system", leasesRule},
 				{"t-atrest-apiserver-endpoints", "default", slicesRule},
-			} {
+			}, tt.roles...)
+			for _, want := range roles {
 				role := typed[rbacv1.Role](t, find(t, objs, "Role", want.name))
 				if role.Namespace != want.namespace || !equalRules(role.Rules, []rbacv1.PolicyRule{want.rule}) {
 					t.Errorf("Role %s/%s grants %v, want exactly %v in %s", role.Namespace, role.Name, role.Rules, want.rule, want.namespace)
@@ -673,8 +695,8 @@ func TestRBACRules(t *testing.T) {
 					t.Errorf("unexpected RBAC object %s", kind)
 				}
 			}
-			if n := strings.Count(strings.Join(kinds(objs), " "), "Role"); n != 8 {
-				t.Errorf("%d RBAC objects, want the ClusterRole, the three Roles and their bindings", n)
+			if n := strings.Count(strings.Join(kinds(objs), " "), "Role"); n != 2+2*len(roles) {
+				t.Errorf("%d RBAC objects, want the ClusterRole, the %d Roles and their bindings", n, len(roles))
 			}
 		})
 	}
@@ -701,4 +723,20 @@ func (k *kube) apply(t *testing.T, ctx context.Context, objs []*unstructured.Uns
 			t.Fatalf("apply %s %s/%s: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
 		}
 	}
+}
+
+// settingsConfigMap is the ConfigMap holding the daemon's settings (the
+// dashboard's, when enabled, is another).
+func settingsConfigMap(t *testing.T, objs []*unstructured.Unstructured) *corev1.ConfigMap {
+	t.Helper()
+	var found []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == "ConfigMap" && strings.HasSuffix(o.GetName(), "-settings") {
+			found = append(found, o)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("want one settings ConfigMap in the rendered chart, found %d", len(found))
+	}
+	return typed[corev1.ConfigMap](t, found[0])
 }

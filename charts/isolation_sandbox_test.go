@@ -70,7 +70,7 @@ func TestVaultTokenProjected(t *testing.T) {
 					KubernetesTokenFile string `json:"kubernetesTokenFile"`
 				} `json:"vault"`
 			}
-			cm := typed[corev1.ConfigMap](t, find(t, objs, "ConfigMap", ""))
+			cm := settingsConfigMap(t, objs)
 			if err := yaml.Unmarshal([]byte(cm.Data["settings.yaml"]), &settings); err != nil {
 				t.Fatal(err)
 			}

@@ -230,6 +230,82 @@ func TestRBACIsEnoughAndNoMore(t *testing.T) {
 		}
 	})
 
+	t.Run("events, once the values enable them", func(t *testing.T) {
+		events := func(reason string) []corev1.Event {
+			l, err := k.client.CoreV1().Events(controlplane.CanaryNamespace).List(ctx, metav1.ListOptions{
+				FieldSelector: "involvedObject.name=" + controlplane.CanaryName + ",reason=" + reason})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return l.Items
+		}
+		// record records reason times, and waits up to wait for the
+		// broadcaster to have written them.
+		record := func(reason string, times int, wait time.Duration) {
+			rec, err := controlplane.NewEventRecorder(as, "rbac-test", slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rec.Shutdown()
+			for range times {
+				rec.Event(corev1.EventTypeNormal, reason, "recorded as the chart's service account")
+			}
+			// The broadcaster writes in the background; wait for it.
+			deadline := time.Now().Add(wait)
+			for time.Now().Before(deadline) {
+				if es := events(reason); len(es) == 1 && es[0].Count == int32(times) {
+					return
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+		record("RBACCheckOff", 1, 2*time.Second)
+		if es := events("RBACCheckOff"); len(es) != 0 {
+			t.Errorf("an event recorded without events.enabled: %v", es)
+		}
+		k.apply(t, ctx, rbacObjects("events.enabled=true"))
+		// The authorizer sees RBAC changes through an informer: soon.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, err := client.CoreV1().Events(controlplane.CanaryNamespace).Create(ctx, &corev1.Event{ObjectMeta: metav1.ObjectMeta{GenerateName: "rbac-probe-"},
+				InvolvedObject: corev1.ObjectReference{Kind: "Secret", Namespace: controlplane.CanaryNamespace, Name: "rbac-probe"}, Reason: "Probe", Type: corev1.EventTypeNormal}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("create an event with events.enabled: %v", err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		// Recorded three times: one create, then patches of the count.
+		record("RBACCheckOn", 3, 10*time.Second)
+		es := events("RBACCheckOn")
+		if len(es) != 1 || es[0].Count != 3 || es[0].Source.Component != "atrest" || es[0].InvolvedObject.Kind != "Secret" {
+			t.Fatalf("events recorded as the chart's service account: %+v, want one of count 3 on the canary", es)
+		}
+		for _, tt := range []struct {
+			what string
+			do   func() error
+		}{
+			{"delete an event", func() error {
+				return client.CoreV1().Events(controlplane.CanaryNamespace).Delete(ctx, es[0].Name, metav1.DeleteOptions{})
+			}},
+			{"list events", func() error {
+				_, err := client.CoreV1().Events(controlplane.CanaryNamespace).List(ctx, metav1.ListOptions{})
+				return err
+			}},
+			{"create an event elsewhere", func() error {
+				_, err := client.CoreV1().Events(ns).Create(ctx, &corev1.Event{ObjectMeta: metav1.ObjectMeta{GenerateName: "x-"},
+					InvolvedObject: corev1.ObjectReference{Kind: "Secret", Namespace: ns, Name: "x"}}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+				return err
+			}},
+		} {
+			if err := tt.do(); !apierrors.IsForbidden(err) {
+				t.Errorf("%s as the chart's service account: %v, want forbidden", tt.what, err)
+			}
+		}
+	})
+
 	t.Run("an extra resource, once the values name it", func(t *testing.T) {
 		if _, err := rw.Rewrite(ctx, "configmaps"); err == nil || !strings.Contains(err.Error(), "forbidden") {
 			t.Fatalf("rewrite configmaps before rbac.extraResources names them: %v, want forbidden", err)

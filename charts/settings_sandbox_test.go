@@ -75,7 +75,7 @@ func TestSettingsNameMountedFiles(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			objs := render(t, "t", "atrest", tt.files, tt.sets...)
 			d := typed[appsv1.Deployment](t, find(t, objs, "Deployment", ""))
-			cm := typed[corev1.ConfigMap](t, find(t, objs, "ConfigMap", ""))
+			cm := settingsConfigMap(t, objs)
 			c := d.Spec.Template.Spec.Containers[0]
 			file := filepath.Join(t.TempDir(), "settings.yaml")
 			if err := os.WriteFile(file, []byte(cm.Data["settings.yaml"]), 0o600); err != nil {
@@ -241,7 +241,7 @@ func TestInsecureSettings(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			objs := render(t, "t", "atrest", []string{minimalValues}, tt.sets...)
-			cm := typed[corev1.ConfigMap](t, find(t, objs, "ConfigMap", ""))
+			cm := settingsConfigMap(t, objs)
 			if got := strings.Contains(cm.Data["settings.yaml"], "insecure"); got != tt.allowed {
 				t.Errorf("settings mention insecure: %v, want %v:\n%s", got, tt.allowed, cm.Data["settings.yaml"])
 			}

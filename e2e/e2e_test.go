@@ -503,6 +503,7 @@ func TestTransitions(t *testing.T) {
 	if code != 0 || strings.Count(out, "Restorable") < len(lines) {
 		t.Errorf("status after the drills: exit %d, want every snapshot Restorable:\n%s", code, out)
 	}
+	checkDocuments(t, disabled)
 }
 
 // nodeFiles is every node's provider file, for "nothing changed" checks.

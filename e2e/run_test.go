@@ -306,7 +306,9 @@ func TestDaemon(t *testing.T) {
 
 	// Start from encryption off, whatever the tests before left.
 	commit(t, "Disable encryption at rest", map[string]string{"cluster.yml": yml(disabledBlock), "atrest.yaml": "snapshots:\n  retention: 5\n"})
-	d := startDaemon(t, "5s", secretFile)
+	// Every daemon here records Kubernetes events: step 8 reads them.
+	events := []string{"--daemon-max-backoff", "20s", "--kubernetes-events"}
+	d := startDaemonArgs(t, "5s", secretFile, events...)
 	converged(t, "the cluster to converge to no encryption", "identity", "", 5*time.Minute)
 
 	// 1. enabled: true converges within a few polls.
@@ -372,7 +374,7 @@ func TestDaemon(t *testing.T) {
 	err = d.signal(t, syscall.SIGKILL, 30*time.Second)
 	t.Logf("killed the daemon in the rewrite (%v); secrets stored as %v", err, storedAs(t))
 	said = append(said, d.logs())
-	d = startDaemon(t, "5s", secretFile)
+	d = startDaemonArgs(t, "5s", secretFile, events...)
 	d.waitLog(t, time.Minute, "resuming the transition in the journal")
 	converged(t, "the custom config to converge after the restart", "aescbc:v1:k-fw5hn", "", 5*time.Minute)
 
@@ -473,7 +475,7 @@ func TestDaemon(t *testing.T) {
 	}
 	// Drilled every minute from here, so that a key deleted from Vault by
 	// hand (7b) shows within minutes, not the default day.
-	d = startDaemonArgs(t, "5s", secretFile, "--daemon-max-backoff", "20s", "--snapshots-drill-interval", "1m")
+	d = startDaemonArgs(t, "5s", secretFile, append(events, "--snapshots-drill-interval", "1m")...)
 	d.waitLog(t, time.Minute, "resuming the transition in the journal")
 	if strings.Contains(d.logs(), "another transition holds the lock") {
 		t.Errorf("the graceful stop left the lock held:\n%s", d.logs())
@@ -568,6 +570,36 @@ func TestDaemon(t *testing.T) {
 		return len(missing) == 0, fmt.Sprintf("missing %q", missing)
 	})
 	said = append(said, m)
+
+	// The Kubernetes events of all that, on the canary secret, for
+	// `kubectl get events -n kube-system`.
+	var reasons map[string]string
+	eventually(t, "the daemons' events on the canary", time.Minute, func() (bool, string) {
+		l, err := clients(t)[0].CoreV1().Events("kube-system").List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=atrest-canary"})
+		if err != nil {
+			return false, err.Error()
+		}
+		reasons = map[string]string{}
+		for _, e := range l.Items {
+			if e.Source.Component == "atrest" {
+				reasons[e.Reason] += e.Type + ": " + e.Message + "\n"
+			}
+		}
+		for _, want := range []string{"TransitionStarted", "StepDone", "TransitionCompleted", "DriftCorrected", "Stalled", "DrillFailed"} {
+			if reasons[want] == "" {
+				return false, fmt.Sprintf("no %s event in %v", want, reasons)
+			}
+		}
+		return true, ""
+	})
+	if !strings.Contains(reasons["Stalled"], "SnapshotNotRestorable") || !strings.Contains(reasons["DrillFailed"], needs) ||
+		!strings.HasPrefix(reasons["Stalled"], "Warning: ") || !strings.HasPrefix(reasons["TransitionCompleted"], "Normal: ") {
+		t.Errorf("events:\n%v", reasons)
+	}
+	for _, r := range reasons {
+		said = append(said, r)
+	}
+
 	if err := d.signal(t, syscall.SIGTERM, 2*time.Minute); err != nil {
 		t.Fatalf("atrest run after SIGTERM: %v", err)
 	}

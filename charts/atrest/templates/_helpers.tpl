@@ -251,14 +251,27 @@ file it names is one the Deployment mounts.
   "git" $git
   "vault" $vault
   "etcd" $etcd
-  "kubernetes" (dict "inCluster" true "qps" $v.kubernetes.qps "burst" $v.kubernetes.burst "rewriteWorkers" $v.kubernetes.rewriteWorkers)
+  "kubernetes" (dict "inCluster" true "qps" $v.kubernetes.qps "burst" $v.kubernetes.burst "rewriteWorkers" $v.kubernetes.rewriteWorkers "events" $v.events.enabled)
   "ssh" $ssh
   "snapshots" (dict "dir" (include "atrest.snapshotsDir" .) "drillInterval" $v.snapshots.drillInterval)
   "kms" $kms
   "listen" $listen
-  "daemon" (dict "suspend" $v.daemon.suspend "maxBackoff" $v.daemon.maxBackoff)
+  "daemon" (dict "suspend" $v.daemon.suspend "maxBackoff" $v.daemon.maxBackoff "liveCensus" $v.daemon.liveCensus "censusCrossCheck" $v.daemon.censusCrossCheck)
   "policy" (dict "minRotationInterval" $v.policy.minRotationInterval "minSnapshotRetention" $v.policy.minSnapshotRetention "allowDisable" $v.policy.allowDisable "allowCustomConfig" $v.policy.allowCustomConfig "allowKMS" $v.policy.allowKMS)
   "log" (dict "format" $v.log.format "level" $v.log.level)
 }}
 {{- toYaml $settings }}
+{{- end }}
+
+{{- /*
+The seconds in a duration such as 90s, 30m or 1h30m (values.schema.json's
+promDuration), for alert thresholds: PromQL compares numbers.
+*/}}
+{{- define "atrest.seconds" -}}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+[hms]" . -1 }}
+{{- $n := int (trimSuffix "h" (trimSuffix "m" (trimSuffix "s" .))) }}
+{{- $total = add $total (mul $n (get (dict "h" 3600 "m" 60 "s" 1) (substr (sub (len .) 1 | int) (len .) .))) }}
+{{- end }}
+{{- $total }}
 {{- end }}
