@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"sigs.k8s.io/yaml"
 
 	"github.com/atrest-io/atrest/etcdsnap"
 	"github.com/atrest-io/atrest/keystore"
@@ -94,8 +92,8 @@ would be destroyed and changes nothing.`,
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "show what would be destroyed; change nothing")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text, json or yaml")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if !slices.Contains([]string{"text", "json", "yaml"}, output) {
-			return errorExit(fmt.Errorf("--output %q: use text, json or yaml", output))
+		if err := checkOutput(output); err != nil {
+			return errorExit(err)
 		}
 		ctx := cmd.Context()
 		ss, keys, err := beginKeys(cmd, loader, &src)
@@ -118,7 +116,7 @@ would be destroyed and changes nothing.`,
 		if report.Keys == nil {
 			report.Keys = []keystore.RetiredKey{}
 		}
-		if perr := printReport(cmd.OutOrStdout(), output, report, report.text); perr != nil && err == nil {
+		if perr := printDoc(cmd.OutOrStdout(), output, report, report.text); perr != nil && err == nil {
 			err = perr
 		}
 		if err != nil {
@@ -168,10 +166,10 @@ func manifestKeys(ctx context.Context, s *settings.Settings) (map[string][]keyst
 	return out, nil
 }
 
-func (r destroyRetiredReport) text(w io.Writer) {
+func (r destroyRetiredReport) text(w io.Writer) error {
 	if len(r.Keys) == 0 {
-		fmt.Fprintf(w, "cluster %s: no retired key to destroy\n", r.Cluster)
-		return
+		_, err := fmt.Fprintf(w, "cluster %s: no retired key to destroy\n", r.Cluster)
+		return err
 	}
 	for _, k := range r.Keys {
 		line := fmt.Sprintf("%s (%s %s, created %s): %s", k.Name, k.Provider, k.Fingerprint, k.Created.UTC().Format(time.RFC3339), k.Action)
@@ -183,24 +181,5 @@ func (r destroyRetiredReport) text(w io.Writer) {
 	if r.DryRun {
 		fmt.Fprintln(w, "dry run: nothing was changed")
 	}
-}
-
-// printReport prints v as text (with text), json or yaml.
-func printReport(w io.Writer, format string, v any, text func(io.Writer)) error {
-	switch format {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	case "yaml":
-		data, err := yaml.Marshal(v)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(data)
-		return err
-	default:
-		text(w)
-		return nil
-	}
+	return nil
 }

@@ -78,7 +78,7 @@ func TestDestroyRetiredReport(t *testing.T) {
 		format string
 		buf    *bytes.Buffer
 	}{{"text", &text}, {"json", &js}, {"yaml", &ym}} {
-		if err := printReport(o.buf, o.format, r, r.text); err != nil {
+		if err := printDoc(o.buf, o.format, r, r.text); err != nil {
 			t.Fatal(err)
 		}
 	}

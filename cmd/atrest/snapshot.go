@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"time"
 
@@ -150,8 +149,8 @@ and the snapshot directory, not the nodes.`,
 	cmd.Flags().BoolVar(&decrypt, "decrypt", false, "decrypt every object with the keys in Vault (the drill), not only re-hash the file")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text, json or yaml (with --decrypt: the drill report)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if !slices.Contains([]string{"text", "json", "yaml"}, output) {
-			return errorExit(fmt.Errorf("--output %q: use text, json or yaml", output))
+		if err := checkOutput(output); err != nil {
+			return errorExit(err)
 		}
 		ctx := cmd.Context()
 		s, store, err := loadSnapshotStore(loader)
@@ -179,7 +178,10 @@ and the snapshot directory, not the nodes.`,
 		}
 		rep, err := rec.Drill(ctx, args[0])
 		if rep != nil {
-			if perr := printReport(cmd.OutOrStdout(), output, rep, func(w io.Writer) { fmt.Fprint(w, rep.Text()) }); perr != nil && err == nil {
+			if perr := printDoc(cmd.OutOrStdout(), output, rep, func(w io.Writer) error {
+				_, err := io.WriteString(w, rep.Text())
+				return err
+			}); perr != nil && err == nil {
 				err = perr
 			}
 		}

@@ -29,7 +29,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +44,7 @@ import (
 
 	"github.com/atrest-io/atrest/etcdsnap"
 	"github.com/atrest-io/atrest/internal/atrestbin"
+	"github.com/atrest-io/atrest/internal/heappeak"
 	"github.com/atrest-io/atrest/reconciler"
 	"github.com/atrest-io/atrest/sandbox"
 	"github.com/atrest-io/atrest/sandbox/sandboxtest"
@@ -354,11 +354,12 @@ func censusHeap(b *testing.B, ctx context.Context) (small, large heaps) {
 			b.Fatal(err)
 		}
 		for _, registry := range []string{"/cost-small", "/cost-large"} {
-			peak := peakHeap(func() {
+			before, peak := heappeak.Measure(func() {
 				if _, _, err := c.CensusKeyIDs(ctx, registry, []string{"secrets"}, 500); err != nil {
 					b.Fatal(err)
 				}
 			})
+			peak -= min(peak, before)
 			h := &small
 			if registry == "/cost-large" {
 				h = &large
@@ -372,36 +373,4 @@ func censusHeap(b *testing.B, ctx context.Context) (small, large heaps) {
 		c.Close()
 	}
 	return small, large
-}
-
-// peakHeap runs f and returns the largest heap in use while it ran, above
-// what was in use before.
-func peakHeap(f func()) uint64 {
-	// Twice: gRPC keeps received buffers in pools that one collection
-	// only moves to the victim cache.
-	runtime.GC()
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	})
-	f()
-	close(stop)
-	wg.Wait()
-	return peak.Load() - min(peak.Load(), before.HeapInuse)
 }

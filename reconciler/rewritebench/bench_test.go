@@ -37,6 +37,7 @@ import (
 
 	"github.com/atrest-io/atrest/cluster"
 	"github.com/atrest-io/atrest/internal/atrestbin"
+	"github.com/atrest-io/atrest/internal/heappeak"
 	"github.com/atrest-io/atrest/reconciler"
 	"github.com/atrest-io/atrest/sandbox"
 	"github.com/atrest-io/atrest/sandbox/sandboxtest"
@@ -157,32 +158,14 @@ func measureAtrest(b *testing.B, ctx context.Context, cfg *rest.Config) measurem
 	if err != nil {
 		b.Fatal(err)
 	}
-	runtime.GC()
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
+	var m measurement
+	_, m.peakHeap = heappeak.Measure(func() {
+		cpu0, busy0, start := selfCPU(), machineBusy(), time.Now()
+		if _, err := rw.Rewrite(ctx, "secrets"); err != nil {
+			b.Fatal(err)
 		}
+		m.wall, m.cpu, m.busy = time.Since(start), selfCPU()-cpu0, machineBusy()-busy0
 	})
-	cpu0, busy0, start := selfCPU(), machineBusy(), time.Now()
-	if _, err := rw.Rewrite(ctx, "secrets"); err != nil {
-		b.Fatal(err)
-	}
-	m := measurement{wall: time.Since(start), cpu: selfCPU() - cpu0, busy: machineBusy() - busy0}
-	close(stop)
-	wg.Wait()
-	m.peakHeap = peak.Load()
 	return m
 }
 
