@@ -501,7 +501,7 @@ func (d *Daemon) drill(ctx context.Context, log *slog.Logger) {
 	for _, r := range reps {
 		d.metrics.drills.WithLabelValues(r.Verdict).Inc()
 		if r.Verdict == etcdsnap.NotRestorable {
-			d.event(EventWarning, ReasonDrillFailed, "%s", r.Summary())
+			d.event(EventWarning, ReasonDrillFailed, "snapshot %s: %s", r.Snapshot, r.Summary())
 		}
 	}
 	if err != nil {

@@ -49,15 +49,19 @@ func (c *stallCluster) DaemonStates(context.Context) ([]keystore.DaemonState, er
 func (c *stallCluster) ForgetDaemon(context.Context, string) error { return nil }
 func (c *stallCluster) Close()                                     {}
 
-// eventLog records the daemon's events as "Type Reason".
+// eventLog records the daemon's events as "Type Reason: message".
 type eventLog []string
 
-func (e *eventLog) Event(eventType, reason, _ string) { *e = append(*e, eventType+" "+reason) }
+func (e *eventLog) Event(eventType, reason, message string) {
+	*e = append(*e, eventType+" "+reason+": "+message)
+}
 
+// count counts the events that start with s ("Type Reason", or more of
+// the message).
 func (e eventLog) count(s string) int {
 	n := 0
 	for _, x := range e {
-		if x == s {
+		if strings.HasPrefix(x, s) {
 			n++
 		}
 	}
@@ -179,7 +183,7 @@ func TestDrills(t *testing.T) {
 			`atrest_snapshot_drills_total{verdict="Restorable"} 3`,
 		}, absent: []string{`snapshot="s-new"`}},
 		{name: "a snapshot fails: stalled", cl: stallCluster{
-			drills: []*etcdsnap.DrillReport{{Verdict: etcdsnap.NotRestorable}},
+			drills: []*etcdsnap.DrillReport{{Snapshot: "s-bad", Verdict: etcdsnap.NotRestorable}},
 			status: reconciler.Status{Snapshots: []reconciler.SnapshotProof{good, bad}, Plan: []string{"rotate"},
 				Stall: &keystore.Stall{Reason: reconciler.ReasonSnapshotNotRestorable, Message: "s-bad fails", Since: proven}},
 		}, stalled: reconciler.ReasonSnapshotNotRestorable, result: resultStalled, metrics: []string{
@@ -187,7 +191,7 @@ func TestDrills(t *testing.T) {
 			`atrest_snapshot_restorable{snapshot="s-good"} 1`,
 			`atrest_snapshot_drills_total{verdict="NotRestorable"} 3`,
 			`atrest_stalled{reason="SnapshotNotRestorable"} 1`,
-		}, events: []string{"Warning DrillFailed", "Warning Stalled"}},
+		}, events: []string{"Warning DrillFailed: snapshot s-bad: NotRestorable", "Warning Stalled"}},
 		{name: "Vault unreachable: the cycle goes on", cl: stallCluster{
 			drillErr: errors.New("vault: connection refused"),
 			status:   reconciler.Status{Snapshots: []reconciler.SnapshotProof{good}},
