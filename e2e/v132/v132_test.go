@@ -114,24 +114,18 @@ func value(i int) []byte { return []byte(fmt.Sprintf("v132-%03d", i)) }
 // stored is the storage prefix of every secret the test wrote.
 func stored(t *testing.T) map[string]int {
 	t.Helper()
-	c, err := sb.EtcdClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	resp, err := c.Get(context.Background(), sb.EtcdPrefix+"/secrets/v132/", clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]int{}
-	for _, kv := range resp.Kvs {
-		out[cluster.StoragePrefix(kv.Value)]++
-	}
-	return out
+	return countStored(t, func(v []byte) (string, bool) { return cluster.StoragePrefix(v), true })
 }
 
 // keyIDs counts the test's secrets by the KMS v2 key_id in their envelope.
 func keyIDs(t *testing.T) map[string]int {
+	t.Helper()
+	return countStored(t, cluster.KMSv2KeyID)
+}
+
+// countStored counts the test's secrets, read straight from etcd, by what
+// label says of each stored value (those it gives no label are left out).
+func countStored(t *testing.T, label func([]byte) (string, bool)) map[string]int {
 	t.Helper()
 	c, err := sb.EtcdClient()
 	if err != nil {
@@ -144,8 +138,8 @@ func keyIDs(t *testing.T) map[string]int {
 	}
 	out := map[string]int{}
 	for _, kv := range resp.Kvs {
-		if id, ok := cluster.KMSv2KeyID(kv.Value); ok {
-			out[id]++
+		if l, ok := label(kv.Value); ok {
+			out[l]++
 		}
 	}
 	return out
