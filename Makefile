@@ -57,13 +57,15 @@ tools:
 	tools/build.sh all
 
 # Both tiers in one run: the sandbox tag adds the tests that bring up real
-# nodes, etcd, Vault and Git. One package at a time: each starts a sandbox.
+# nodes, etcd, Vault and Git. Two packages at a time: each starts its own
+# sandbox on its own loopback /24, and the end-to-end package, the longest,
+# overlaps all the others.
 test: deps
 	ATREST_KUBE_APISERVER=$$(tools/build.sh kube-apiserver) \
 	ATREST_KUBE_APISERVER_V1_32=$$(tools/build.sh kube-apiserver-v1.32) \
 	ATREST_VAULT=$$(tools/build.sh vault) \
 	ATREST_HELM=$$(tools/build.sh helm) \
-	$(GO) test -count=1 -tags sandbox -p 1 -timeout 60m ./...
+	$(GO) test -count=1 -tags sandbox -p 2 -timeout 60m ./...
 
 # Measurements print numbers; they assert nothing and are not part of test.
 bench-rewrite: deps
