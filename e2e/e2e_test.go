@@ -33,7 +33,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/atrest-io/atrest/cluster"
-	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/sandbox"
 	"github.com/atrest-io/atrest/sandbox/sandboxtest"
 	"github.com/atrest-io/atrest/settings"
@@ -49,15 +48,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(standInEnv) != "" {
 		os.Exit(standInRKE(os.Args[1:]))
 	}
-	bin, cleanup, err := atrestbin.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	atrest = bin
-	code := sandboxtest.Main(m, sandbox.Options{Nodes: 3, KMSPlugin: bin}, &sb)
-	cleanup()
-	os.Exit(code)
+	os.Exit(sandboxtest.MainWithAtrest(m, &atrest, &sb, func(bin string) sandbox.Options {
+		return sandbox.Options{Nodes: 3, KMSPlugin: bin}
+	}))
 }
 
 const (

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"maps"
 	"net/http"
 	"os"
@@ -25,7 +24,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/atrest-io/atrest/cluster"
-	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/internal/leaktest"
 	"github.com/atrest-io/atrest/keystore"
 	"github.com/atrest-io/atrest/keystore/keystoretest"
@@ -36,16 +34,9 @@ import (
 var sb *sandbox.Sandbox
 
 func TestMain(m *testing.M) {
-	sandbox.RunHelper()
-	bin, cleanup, err := atrestbin.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	atrestBin = bin
-	code := sandboxtest.Main(m, sandbox.Options{Nodes: 1, KMSPlugin: bin}, &sb)
-	cleanup()
-	os.Exit(code)
+	os.Exit(sandboxtest.MainWithAtrest(m, &atrestBin, &sb, func(bin string) sandbox.Options {
+		return sandbox.Options{Nodes: 1, KMSPlugin: bin}
+	}))
 }
 
 // The release the Vault role is set up for, as the chart would run it.

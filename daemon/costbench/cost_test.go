@@ -43,7 +43,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/atrest-io/atrest/etcdsnap"
-	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/internal/heappeak"
 	"github.com/atrest-io/atrest/reconciler"
 	"github.com/atrest-io/atrest/sandbox"
@@ -61,15 +60,9 @@ func TestMain(m *testing.M) {
 	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
 		os.Exit(m.Run())
 	}
-	bin, cleanup, err := atrestbin.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	atrest = bin
-	code := sandboxtest.Main(m, sandbox.Options{Nodes: 1}, &sb)
-	cleanup()
-	os.Exit(code)
+	os.Exit(sandboxtest.MainWithAtrest(m, &atrest, &sb, func(string) sandbox.Options {
+		return sandbox.Options{Nodes: 1}
+	}))
 }
 
 func BenchmarkDaemonCost(b *testing.B) {

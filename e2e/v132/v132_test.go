@@ -27,7 +27,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/atrest-io/atrest/cluster"
-	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/sandbox"
 	"github.com/atrest-io/atrest/sandbox/sandboxtest"
 )
@@ -47,15 +46,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bin, cleanup, err := atrestbin.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	atrest = bin
-	code := sandboxtest.Main(m, sandbox.Options{Nodes: 2, KubeAPIServer: kas, KMSPlugin: bin}, &sb)
-	cleanup()
-	os.Exit(code)
+	os.Exit(sandboxtest.MainWithAtrest(m, &atrest, &sb, func(bin string) sandbox.Options {
+		return sandbox.Options{Nodes: 2, KubeAPIServer: kas, KMSPlugin: bin}
+	}))
 }
 
 func run(t *testing.T, args ...string) (int, string) {

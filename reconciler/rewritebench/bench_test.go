@@ -36,7 +36,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/atrest-io/atrest/cluster"
-	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/internal/heappeak"
 	"github.com/atrest-io/atrest/reconciler"
 	"github.com/atrest-io/atrest/sandbox"
@@ -59,15 +58,9 @@ func TestMain(m *testing.M) {
 		// Not benchmarking: no sandbox to start.
 		os.Exit(m.Run())
 	}
-	bin, cleanup, err := atrestbin.Build()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	atrestBin = bin
-	code := sandboxtest.Main(m, sandbox.Options{Nodes: 1, KMSPlugin: bin}, &sb)
-	cleanup()
-	os.Exit(code)
+	os.Exit(sandboxtest.MainWithAtrest(m, &atrestBin, &sb, func(bin string) sandbox.Options {
+		return sandbox.Options{Nodes: 1, KMSPlugin: bin}
+	}))
 }
 
 func BenchmarkRewrite(b *testing.B) {

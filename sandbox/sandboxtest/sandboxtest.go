@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atrest-io/atrest/internal/atrestbin"
 	"github.com/atrest-io/atrest/sandbox"
 )
 
@@ -48,6 +49,27 @@ func Main(m *testing.M, opts sandbox.Options, sb **sandbox.Sandbox) int {
 		}
 	}()
 	return m.Run()
+}
+
+// MainWithAtrest is Main for the packages that run the atrest binary as
+// operators do: it builds the binary into *atrest before the sandbox
+// starts, so that opts (given the binary's path) can make the nodes' KMS
+// plugin image from it, and removes it after the tests.
+//
+//	os.Exit(sandboxtest.MainWithAtrest(m, &atrest, &sb, func(bin string) sandbox.Options {
+//		return sandbox.Options{Nodes: 3, KMSPlugin: bin}
+//	}))
+func MainWithAtrest(m *testing.M, atrest *string, sb **sandbox.Sandbox, opts func(bin string) sandbox.Options) int {
+	// Before the build: the sandbox runs this test binary as its helpers.
+	sandbox.RunHelper()
+	bin, cleanup, err := atrestbin.Build()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer cleanup()
+	*atrest = bin
+	return Main(m, opts(bin), sb)
 }
 
 // binaries fills in the kube-apiserver and Vault binaries: from the
