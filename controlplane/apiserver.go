@@ -375,14 +375,41 @@ func (n *Node) Restart(ctx context.Context) error {
 // own address. On timeout the error (ErrNotReady) holds the tail of the
 // container's log.
 func (n *Node) WaitReady(ctx context.Context) error {
-	const op = "wait for kube-apiserver /readyz"
+	return n.waitReadyz(ctx, "wait for kube-apiserver /readyz", "kube-apiserver ready", func(err error) bool { return err == nil })
+}
+
+// WaitKMSReady is WaitReady for the node's KMS plugins only: it waits until
+// no check of kube-apiserver's /readyz that names a KMS provider fails.
+// kube-apiserver asks its plugins for their status on its own schedule
+// (every 10 s while one fails, each minute otherwise), so a plugin that
+// answers again is not yet one kube-apiserver uses; and a node that is not
+// ready for another reason (a key it lacks) is not waited for here.
+func (n *Node) WaitKMSReady(ctx context.Context) error {
+	return n.waitReadyz(ctx, "wait for kube-apiserver's KMS providers to be healthy", "kube-apiserver's KMS providers healthy", kmsHealthy)
+}
+
+// kmsHealthy reports whether a /readyz answer (probeReady's error) shows
+// kube-apiserver answering with every KMS provider check passing: the
+// aggregate "kms-providers" with automatic reload, "kms-provider-N"
+// without.
+func kmsHealthy(readyz error) bool {
+	if readyz == nil {
+		return true
+	}
+	var nr *NotReadyError
+	return errors.As(readyz, &nr) && !slices.ContainsFunc(nr.Failed, func(c string) bool { return strings.HasPrefix(c, "kms-provider") })
+}
+
+// waitReadyz asks /readyz, with backoff and at most Options.ReadyTimeout,
+// until done says its answer is enough, and then logs ready.
+func (n *Node) waitReadyz(ctx context.Context, op, ready string, done func(error) bool) error {
 	start := time.Now()
 	deadline := start.Add(n.opts.ReadyTimeout)
 	wait := 250 * time.Millisecond
 	var last error
 	for {
-		if last = n.probeReady(ctx); last == nil {
-			n.log.Info("kube-apiserver ready", "took", time.Since(start).Round(time.Millisecond))
+		if last = n.probeReady(ctx); done(last) {
+			n.log.Info(ready, "took", time.Since(start).Round(time.Millisecond))
 			return nil
 		}
 		if ctx.Err() != nil {

@@ -201,6 +201,11 @@ func (n *Node) DeployPlugin(ctx context.Context, spec PluginSpec, cred *cluster.
 		logs, _ := n.docker.logsTail(context.WithoutCancel(ctx), id, 20, false)
 		return n.putPluginBack(ctx, idOf(old), id, nodeErr(n.name, op, nil, fmt.Errorf("%w\n--- %s container log ---\n%s", err, KMSPluginContainer, logs)))
 	}
+	// Healthy to itself is not yet in use: the node is done when its
+	// kube-apiserver says so, or the next plan finds it not ready.
+	if err := n.WaitKMSReady(ctx); err != nil {
+		return n.putPluginBack(ctx, idOf(old), id, err)
+	}
 	if old != nil {
 		if err := n.docker.remove(ctx, old.ID); err != nil {
 			n.log.Warn("remove the previous KMS plugin container", "err", err)

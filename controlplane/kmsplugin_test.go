@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -61,5 +62,27 @@ func TestPluginBody(t *testing.T) {
 	st := PluginState{Present: true, Running: true, Healthy: true, SpecHash: spec.Hash(), KeyID: "transit/k:v1"}
 	if !st.Current(spec) || st.Current(other) || !strings.Contains(st.String(), "key_id transit/k:v1") {
 		t.Errorf("state %v: current for spec, not for another", st)
+	}
+}
+
+func TestKMSHealthy(t *testing.T) {
+	readyz := func(lines ...string) error {
+		body := []byte(strings.Join(append(lines, "readyz check failed\n"), "\n"))
+		return &NotReadyError{Status: "500 Internal Server Error", Failed: failedNames(body), Detail: failedChecks(body)}
+	}
+	for _, tc := range []struct {
+		name   string
+		answer error
+		want   bool
+	}{
+		{"ready", nil, true},
+		{"the aggregate check (automatic reload)", readyz("[+]ping ok", "[-]kms-providers failed: reason withheld", "[+]etcd ok"), false},
+		{"one provider's check", readyz("[+]ping ok", "[-]kms-provider-0 failed: reason withheld"), false},
+		{"a key it lacks, not its plugin", readyz("[+]ping ok", "[+]kms-providers ok", "[-]informer-sync failed: reason withheld"), true},
+		{"no answer at all", errors.New("dial tcp 127.0.0.2:6443: connection refused"), false},
+	} {
+		if got := kmsHealthy(tc.answer); got != tc.want {
+			t.Errorf("%s: kmsHealthy = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -276,6 +276,15 @@ func TestKMS(t *testing.T) {
 	if _, err := sb.Docker(context.Background(), 1, "rm", "-f", "atrest-kms"); err != nil {
 		t.Fatal(err)
 	}
+	// From the moment node2's kube-apiserver sees its plugin gone (it asks
+	// once a minute while healthy): the repair is done when it serves
+	// again, not when the plugin answers, or the next plan finds node2
+	// not ready and stalls.
+	node2 := kubernetes.NewForConfigOrDie(restConfigFor(t, 1))
+	eventually(t, "node2's kube-apiserver to fail its KMS check", 2*time.Minute, func() (bool, string) {
+		body, err := node2.Discovery().RESTClient().Get().AbsPath("/readyz").Param("verbose", "true").DoRaw(context.Background())
+		return err != nil && strings.Contains(string(body), "[-]kms-provider"), string(body)
+	})
 	out = apply("repair node2's plugin", "apply", "--config", managed, "--policy", transitPolicy)
 	if !strings.Contains(out, "start the KMS plugin (atrest-kms) with a fresh Vault credential on node2,") {
 		t.Errorf("repair: want the plugin started again on node2 alone:\n%s", out)

@@ -298,7 +298,7 @@ func (s Step) String() string {
 	case StepRotateTransit:
 		return "rotate the Transit key in Vault: a new version wraps every data key from now on"
 	case StepDeployPlugin:
-		return "start the KMS plugin (" + "atrest-kms" + ") with a fresh Vault credential on " + strings.Join(s.Nodes, ", ") + ", one at a time, each proven healthy"
+		return "start the KMS plugin (" + "atrest-kms" + ") with a fresh Vault credential on " + strings.Join(s.Nodes, ", ") + ", one at a time, each proven healthy (the plugin, then kube-apiserver's KMS checks)"
 	case StepRemovePlugin:
 		return "remove the KMS plugin from every node and revoke its Vault credentials: nothing is stored under it and no node reads with it"
 	case StepRemoveConfig:
